@@ -1,0 +1,5 @@
+"""explain"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

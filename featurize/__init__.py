@@ -1,0 +1,51 @@
+"""featurize: slides → tissue → tiles → encoder → Parquet store. Owns the store schema."""
+
+from __future__ import annotations
+
+from featurize._store import (
+    EMBEDDINGS_DIR,
+    SLIDES_DIR,
+    SLIDES_SCHEMA,
+    STORE_FORMAT,
+    TARGETS_DIR,
+    TARGETS_SCHEMA,
+    TILES_DIR,
+    TILES_SCHEMA,
+    StoreError,
+    embeddings_path,
+    embeddings_schema,
+    init_store,
+    read_metadata,
+    slide_path,
+    targets_path,
+    tcga_patient,
+    tcga_sample,
+    tiles_path,
+    tiling_name,
+    write_bytes_atomic,
+    write_table_atomic,
+)
+
+__all__ = [
+    "EMBEDDINGS_DIR",
+    "SLIDES_DIR",
+    "SLIDES_SCHEMA",
+    "STORE_FORMAT",
+    "TARGETS_DIR",
+    "TARGETS_SCHEMA",
+    "TILES_DIR",
+    "TILES_SCHEMA",
+    "StoreError",
+    "embeddings_path",
+    "embeddings_schema",
+    "init_store",
+    "read_metadata",
+    "slide_path",
+    "targets_path",
+    "tcga_patient",
+    "tcga_sample",
+    "tiles_path",
+    "tiling_name",
+    "write_bytes_atomic",
+    "write_table_atomic",
+]

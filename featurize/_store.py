@@ -1,0 +1,284 @@
+"""The store layout: the contract between stages.
+
+A store is a directory of Parquet files, one per slide and stage::
+
+    STORE/
+      store.json
+      slides/<slide_id>.parquet
+      tiles/<tiling>/<slide_id>.parquet
+      embeddings/<tiling>/<encoder>/<slide_id>.parquet
+      targets/<name>.parquet
+
+Every file is written to a hidden temporary name in its own directory and renamed into place, so a reader that
+globs ``*.parquet`` never sees a partial file and a crash never leaves one. Key names live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STORE_FORMAT = 1
+STORE_JSON = "store.json"
+SLIDES_DIR = "slides"
+TILES_DIR = "tiles"
+EMBEDDINGS_DIR = "embeddings"
+TARGETS_DIR = "targets"
+
+#: Parquet key-value metadata keys (bytes keys in the file; values are JSON strings).
+META_PREFIX = "slide2expr."
+META_KEYS = (
+    "format",  # store format version
+    "version",  # package version that wrote the file
+    "kind",  # slides | tiles | embeddings | targets
+    "slide_id",
+    "tiling",  # tiling name, e.g. mpp0.50_px224_ov0
+    "tiling_params",  # {"mpp":…, "tile_px":…, "overlap_px":…, "min_tissue":…}
+    "encoder",  # encoder name
+    "encoder_spec",  # dict: architecture, dim, output mode, preprocessing (mean/std/size/interp), licence …
+    "weights_sha256",
+    "dim",
+    "dtype",  # float32 | float16
+    "fingerprint",  # slide file fingerprint {"size":…, "mtime_ns":…, "head_sha256":…}
+    "config_hash",  # hash of everything that affects the output (for resume)
+)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class StoreError(ValueError):
+    """A store path or file does not follow the layout."""
+
+
+def tiling_name(*, mpp: float, tile_px: int, overlap_px: int = 0) -> str:
+    """Name a tiling by its parameters, e.g. ``mpp0.50_px224_ov0``.
+
+    >>> tiling_name(mpp=1.0, tile_px=224)
+    'mpp1.00_px224_ov0'
+    """
+    return f"mpp{mpp:.2f}_px{int(tile_px)}_ov{int(overlap_px)}"
+
+
+def check_id(value: str, *, what: str = "slide_id") -> str:
+    """Return ``value`` if it is a safe file stem, else raise a :class:`StoreError` naming it."""
+    if not _SAFE_ID.match(value or ""):
+        raise StoreError(
+            f"{what} {value!r} cannot be used as a file name: use letters, digits, '.', '_' and '-' only"
+        )
+    return value
+
+
+def init_store(store: str | os.PathLike) -> Path:
+    """Create ``store`` (and ``store.json``) if missing; return it as a Path. Refuses a newer format."""
+    root = Path(store)
+    root.mkdir(parents=True, exist_ok=True)
+    meta = root / STORE_JSON
+    if meta.exists():
+        fmt = json.loads(meta.read_text()).get("format")
+        if fmt != STORE_FORMAT:
+            raise StoreError(f"{root} has store format {fmt}; this slide2expr reads format {STORE_FORMAT}")
+    else:
+        write_bytes_atomic(meta, json.dumps({"format": STORE_FORMAT}, indent=2).encode())
+    return root
+
+
+def slide_path(store: str | os.PathLike, slide_id: str) -> Path:
+    return Path(store) / SLIDES_DIR / f"{check_id(slide_id)}.parquet"
+
+
+def tiles_path(store: str | os.PathLike, tiling: str, slide_id: str) -> Path:
+    return Path(store) / TILES_DIR / tiling / f"{check_id(slide_id)}.parquet"
+
+
+def embeddings_path(store: str | os.PathLike, tiling: str, encoder: str, slide_id: str) -> Path:
+    return Path(store) / EMBEDDINGS_DIR / tiling / encoder / f"{check_id(slide_id)}.parquet"
+
+
+def targets_path(store: str | os.PathLike, name: str) -> Path:
+    return Path(store) / TARGETS_DIR / f"{check_id(name, what='targets name')}.parquet"
+
+
+def _tmp_name(path: Path) -> Path:
+    # hidden (leading dot) and not ending in .parquet, so `*.parquet` globs never match it
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a hidden temporary file, fsync, and rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def encode_metadata(meta: dict) -> dict[bytes, bytes]:
+    """JSON-encode ``meta`` values under the ``slide2expr.`` prefix for Parquet key-value metadata."""
+    return {f"{META_PREFIX}{k}".encode(): json.dumps(v, sort_keys=True).encode() for k, v in meta.items()}
+
+
+def decode_metadata(raw: dict[bytes, bytes] | None) -> dict:
+    """Inverse of :func:`encode_metadata`; other keys (pandas, ARROW:schema) are ignored."""
+    out = {}
+    for k, v in (raw or {}).items():
+        key = k.decode()
+        if key.startswith(META_PREFIX):
+            out[key[len(META_PREFIX) :]] = json.loads(v.decode())
+    return out
+
+
+def write_table_atomic(
+    table: pa.Table,
+    path: str | os.PathLike,
+    *,
+    metadata: dict | None = None,
+    compression: str | None = "none",
+    row_group_size: int | None = None,
+) -> Path:
+    """Write ``table`` as Parquet to ``path`` atomically, with ``metadata`` as ``slide2expr.*`` keys.
+
+    The file is written to a hidden temporary name in the same directory, fsynced, and renamed into place.
+    Uncompressed by default: embeddings barely compress and uncompressed pages read fastest (see benchmarks/bags.py).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update(encode_metadata(metadata))
+        table = table.replace_schema_metadata(merged)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression=compression,
+            row_group_size=row_group_size,
+            write_statistics=True,
+        )
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``slide2expr.*`` metadata of a store file, decoded."""
+    return decode_metadata(pq.read_schema(path).metadata)
+
+
+# ---- schemas -------------------------------------------------------------------------------------------------
+
+SLIDES_SCHEMA = pa.schema(
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("file_size", pa.int64()),
+        pa.field("file_mtime_ns", pa.int64()),
+        pa.field("head_sha256", pa.string()),
+        pa.field("vendor", pa.string()),
+        pa.field("width", pa.int64()),
+        pa.field("height", pa.int64()),
+        pa.field("mpp_x", pa.float64()),
+        pa.field("mpp_y", pa.float64()),
+        pa.field("mpp_source", pa.string()),  # metadata | override
+        pa.field("objective_power", pa.float64()),
+        pa.field("levels", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # ok | failed | no_tissue
+        pa.field("error", pa.string()),
+        pa.field("n_tiles", pa.int64()),
+        pa.field("tissue_area_mm2", pa.float64()),
+        pa.field("tiling", pa.string()),
+        pa.field("encoder", pa.string()),
+        pa.field("seconds_read", pa.float64()),
+        pa.field("seconds_total", pa.float64()),
+        pa.field("featurized_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+TILES_SCHEMA = pa.schema(
+    [
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("tile_id", pa.int32(), nullable=False),
+        pa.field("x", pa.int64(), nullable=False),  # level-0 px, top-left
+        pa.field("y", pa.int64(), nullable=False),
+        pa.field("w", pa.int64(), nullable=False),  # level-0 px
+        pa.field("h", pa.int64(), nullable=False),
+        pa.field("tissue_frac", pa.float32(), nullable=False),
+    ]
+)
+
+
+def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """Schema of ``embeddings/<tiling>/<encoder>/<slide_id>.parquet``: a non-nullable fixed-size list."""
+    value_type = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
+    return pa.schema(
+        [
+            pa.field("slide_id", pa.string(), nullable=False),
+            pa.field("tile_id", pa.int32(), nullable=False),
+            pa.field("x", pa.int64(), nullable=False),
+            pa.field("y", pa.int64(), nullable=False),
+            pa.field(
+                "embedding",
+                pa.list_(pa.field("element", value_type, nullable=False), int(dim)),
+                nullable=False,
+            ),
+        ]
+    )
+
+
+TARGETS_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("gene", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),  # transformed (e.g. log1p)
+        pa.field("raw_value", pa.float64()),
+    ]
+)
+
+
+# ---- ids -----------------------------------------------------------------------------------------------------
+
+_TCGA = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(-\d{2}[A-Z]?)?", re.IGNORECASE)
+
+
+def tcga_patient(barcode: str) -> str | None:
+    """The patient part of a TCGA barcode, or None when ``barcode`` is not one.
+
+    >>> tcga_patient("TCGA-AA-3511-01A-01-TS1")
+    'TCGA-AA-3511'
+    >>> tcga_patient("slide_7") is None
+    True
+    """
+    m = _TCGA.match(barcode or "")
+    return m.group(1).upper() if m else None
+
+
+def tcga_sample(barcode: str) -> str | None:
+    """The sample part of a TCGA barcode (patient + sample type + vial), e.g. ``TCGA-AA-3511-01A``.
+
+    >>> tcga_sample("TCGA-AA-3511-01A-01-TS1")
+    'TCGA-AA-3511-01A'
+    """
+    m = _TCGA.match(barcode or "")
+    if not m or not m.group(2):
+        return None
+    return (m.group(1) + m.group(2)).upper()
