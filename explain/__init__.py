@@ -1,5 +1,53 @@
-"""explain"""
+"""explain: where expression comes from — heatmaps, hotspots (GeoJSON), gallery, SHAP, localisation, HTML report.
+
+Reads a run directory written by ``regress.compare`` and the store it was trained on; never imports slide2expr.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from explain._figures import model_summary, plot_scatter, save_figure
+from explain._gallery import Gallery, gallery, plot_gallery
+from explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
+from explain._io import ExplainError, Run, load_run
+from explain._localisation import attention_scores, localisation_auroc, plot_localisation, shap_scores
+from explain._maps import ScoreMap, plot_heatmap, plot_slide_maps, tile_score_map
+from explain._report import find_chromium, render_dom, screenshot, write_report
+from explain._run import ExplainResult, explain_run, slide_score_maps, write_maps
+from explain._shap import ShapResult, plot_shap_importance, plot_shap_summary, shap_tree, tree_models
+
+__all__ = [
+    "ExplainError",
+    "ExplainResult",
+    "Gallery",
+    "Run",
+    "ScoreMap",
+    "ShapResult",
+    "attention_scores",
+    "explain_run",
+    "find_chromium",
+    "find_hotspots",
+    "gallery",
+    "gene_colors",
+    "hotspots_to_geojson",
+    "load_run",
+    "localisation_auroc",
+    "model_summary",
+    "plot_gallery",
+    "plot_heatmap",
+    "plot_localisation",
+    "plot_scatter",
+    "plot_shap_importance",
+    "plot_shap_summary",
+    "plot_slide_maps",
+    "render_dom",
+    "save_figure",
+    "screenshot",
+    "shap_scores",
+    "shap_tree",
+    "slide_score_maps",
+    "tile_score_map",
+    "tree_models",
+    "write_geojson",
+    "write_maps",
+    "write_report",
+]

@@ -1,0 +1,94 @@
+"""Saving figures, and the run-level plots (true vs predicted scatter, model summary)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from featurize._store import write_bytes_atomic
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically; returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return write_bytes_atomic(Path(path), buf.getvalue())
+
+
+def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def plot_scatter(
+    predictions: pd.DataFrame, *, genes=None, models=None, metrics: pd.DataFrame | None = None
+) -> Figure:
+    """True vs predicted (held-out) expression, one panel per gene, one colour per model.
+
+    Parameters
+    ----------
+    predictions
+        ``RUN/predictions.parquet`` rows (model, gene, y_true, y_pred).
+    metrics
+        ``RUN/metrics.parquet``; pooled Pearson r per model is written into the legend when given.
+    """
+    genes = list(dict.fromkeys(predictions["gene"])) if genes is None else list(genes)
+    models = (
+        [m for m in dict.fromkeys(predictions["model"]) if m != "mean"] if models is None else list(models)
+    )
+    cols = min(4, max(len(genes), 1))
+    rows = int(np.ceil(len(genes) / cols))
+    fig = Figure(figsize=(3.3 * cols, 3.1 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    pooled = None
+    if metrics is not None and not metrics.empty:
+        pooled = metrics[metrics["fold"] == -1].set_index(["model", "gene"])["pearson_r"]
+    for ax, g in zip(axes, genes, strict=False):
+        d = predictions[predictions["gene"] == g]
+        lo, hi = np.inf, -np.inf
+        for k, m in enumerate(models):
+            dm = d[d["model"] == m]
+            if dm.empty:
+                continue
+            r = pooled.get((m, g), np.nan) if pooled is not None else np.nan
+            label = f"{m} (r={r:.2f})" if np.isfinite(r) else m
+            ax.scatter(dm["y_true"], dm["y_pred"], s=9, alpha=0.7, color=f"C{k}", label=label)
+            lo = min(lo, dm["y_true"].min(), dm["y_pred"].min())
+            hi = max(hi, dm["y_true"].max(), dm["y_pred"].max())
+        if np.isfinite(lo):
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.set_title(g, fontsize=9)
+        ax.set_xlabel("true (held out)", fontsize=7)
+        ax.set_ylabel("predicted", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in axes[len(genes) :]:
+        ax.set_visible(False)
+    fig.suptitle("Held-out predictions vs true expression (targets' transformed scale)", fontsize=10)
+    return fig
+
+
+def model_summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per model over genes (pooled rows): median Pearson r, well-predicted genes, median RMSE ÷ baseline RMSE."""
+    pooled = metrics[metrics["fold"] == -1]
+    rows = []
+    for m, d in pooled.groupby("model", sort=False):
+        ratio = d["rmse"] / d["rmse_baseline"].where(d["rmse_baseline"] > 0)
+        rows.append(
+            {
+                "model": m,
+                "n_genes": int(len(d)),
+                "median_pearson_r": float(d["pearson_r"].median()),
+                "n_well_predicted": int(d["well_predicted"].fillna(False).astype(bool).sum()),
+                "median_rmse_over_baseline": float(ratio.median()),
+            }
+        )
+    out = pd.DataFrame(rows)
+    return out.sort_values("median_pearson_r", ascending=False, na_position="last").reset_index(drop=True)

@@ -1,0 +1,207 @@
+"""explain_run end to end on a fabricated run over real .svs slides: every output checked against the truth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import explain
+from explain import ExplainError, explain_run, gallery, load_run, localisation_auroc
+from tests.explain.conftest import GENES, TILE0
+from tests.explain.test_hotspots import check_polygon
+
+
+@pytest.fixture(scope="module")
+def explained(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explained")
+    return explain_run(toy.run, store=toy.store, out=out, top_slides=1)
+
+
+def test_hotspots_table_and_geojson_match_the_slides(explained, toy):
+    import openslide
+
+    hs = pq.read_table(explained.out / "hotspots.parquet").to_pandas()
+    assert {"model", "score", "gene", "slide_id", "area_mm2", "mean_score", "geometry"} <= set(hs.columns)
+    assert set(hs["gene"]) <= set(GENES) and set(hs["slide_id"]) <= set(toy.slides)
+    assert (hs["area_mm2"] > 0).all() and (hs["n_cells"] >= 2).all()
+    assert len(explained.geojson) == hs["slide_id"].nunique()
+    for path in explained.geojson:
+        sid = path.stem
+        with openslide.OpenSlide(toy.store.parent / "slides" / f"{sid}.svs") as slide:
+            size = slide.dimensions
+        fc = json.loads(path.read_text())
+        assert fc["type"] == "FeatureCollection"
+        assert len(fc["features"]) == (hs["slide_id"] == sid).sum()
+        for f in fc["features"]:
+            check_polygon(f["geometry"], slide_size=size)
+            assert f["properties"]["objectType"] == "annotation"
+    # HOTA hotspots sit on driver tiles: tiles whose centre lies inside a hotspot are mostly planted drivers,
+    # far above the base rate of driver tiles
+    from matplotlib.path import Path as MplPath
+
+    centres = np.column_stack([(np.arange(48) % 8 + 0.5) * TILE0, (np.arange(48) // 8 + 0.5) * TILE0])
+    inside = []
+    for r in hs[hs["gene"] == "HOTA"].itertuples():
+        ring = json.loads(r.geometry)["coordinates"][0]
+        inside.extend(toy.drivers[r.slide_id]["HOTA"][MplPath(ring).contains_points(centres)])
+    base = np.mean(np.concatenate([d["HOTA"] for d in toy.drivers.values()]))
+    assert len(inside) >= 2 * len(toy.slides)
+    assert np.mean(inside) > max(0.6, 3 * base)
+
+
+def test_localisation_is_written_to_the_run(explained, toy):
+    loc = pq.read_table(toy.run / "localisation.parquet").to_pandas()
+    assert list(loc.columns[:6]) == ["model", "gene", "score", "auroc", "n_pos", "n_neg"]
+    assert set(loc["score"]) == {"attention", "tile_pred", "shap"}
+    n_tiles = sum(len(d["HOTA"]) for d in toy.drivers.values())
+    hota = loc[loc["gene"] == "HOTA"].set_index(["model", "score"])
+    assert (hota["n_pos"] + hota["n_neg"] == n_tiles).all()
+    assert hota.loc[("mil", "attention"), "auroc"] > 0.95
+    assert hota.loc[("lgbm", "shap"), "auroc"] > 0.9
+    noise = loc[loc["gene"] == "NOISE1"]
+    assert (noise["n_pos"] == 0).all() and noise["auroc"].isna().all()
+    pd.testing.assert_frame_equal(loc, explained.localisation.reset_index(drop=True), check_dtype=False)
+
+
+def test_localisation_auroc_on_known_scores():
+    truth = pd.DataFrame(
+        {
+            "slide_id": ["a"] * 4 + ["b"] * 4,
+            "tile_id": [0, 1, 2, 3] * 2,
+            "gene": "G",
+            "driver_frac": [1, 0.6, 0.2, 0, 0, 0, 0.9, 0],
+        }
+    )
+    scores = truth[["slide_id", "tile_id", "gene"]].assign(
+        model="m", score="s", value=[4, 3, 2, 1, 1, 2, 3, 0.5]
+    )
+    loc = localisation_auroc(scores, truth=truth)
+    assert loc.loc[0, "n_pos"] == 3 and loc.loc[0, "n_neg"] == 5
+    # positives 4, 3, 3 vs negatives 2, 1, 1, 2, 0.5: all pairs ordered
+    assert (
+        loc.loc[0, "auroc"] == 1.0 and loc.loc[0, "auroc_slide_mean"] == 1.0 and loc.loc[0, "n_slides"] == 2
+    )
+    flipped = localisation_auroc(scores.assign(value=-scores["value"]), truth=truth)
+    assert flipped.loc[0, "auroc"] == 0.0
+    with pytest.raises(ExplainError, match="driver_frac"):
+        localisation_auroc(scores, truth=truth.drop(columns="driver_frac"))
+
+
+def test_shap_global_importance_finds_the_planted_dimensions(explained):
+    sr = explained.shap["lgbm"]
+    gi = sr.global_importance
+    top = gi[gi["rank"] == 1].set_index("gene")["feature"]
+    assert top["HOTA"] in ("mean_0", "max_0")  # HOTA is planted in embedding dimension 0
+    assert top["STRB"] in ("mean_1", "max_1")
+    on_disk = pq.read_table(explained.out / "shap" / "global_lgbm.parquet").to_pandas()
+    assert len(on_disk) == len(GENES) * 12 and set(on_disk["rank"]) == set(range(1, 13))
+    tiles = pq.read_table(explained.out / "shap" / "tiles_lgbm.parquet").to_pandas()
+    # local accuracy: pred - sum of a tile's SHAP values is the expected value of its fold's model
+    t = tiles[tiles["gene"] == "HOTA"]
+    assert t.assign(base=t["pred"] - t["shap_value"]).groupby("fold")["base"].std().max() < 1e-6
+    assert t["fold"].nunique() == 3
+    assert {"x", "y", "top_feature", "top_feature_shap"} <= set(tiles.columns)
+    assert tiles[["x", "y"]].notna().all().all()
+
+
+def test_shap_tile_values_add_up_to_the_model_output(toy):
+    import joblib
+
+    sr = explain.shap_tree(toy.run, store=toy.store, model="lgbm", genes=["HOTA"], slides=[toy.slides[0]])
+    fold = int(sr.tiles["fold"].iloc[0])
+    est = joblib.load(toy.run / "models" / "lgbm" / f"fold{fold}.joblib")
+    tid, emb = explain._io.read_embeddings(toy.store, "mpp1.00_px64_ov0", "toy-encoder", toy.slides[0])
+    direct = est.predict([emb[i : i + 1] for i in range(len(emb))])[:, 0]
+    np.testing.assert_allclose(sr.tiles["pred"].to_numpy(), direct, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ExplainError, match="no fitted models"):
+        explain.shap_tree(toy.run, store=toy.store, model="mil")
+    from sklearn.linear_model import Ridge
+    from sklearn.multioutput import MultiOutputRegressor
+    from sklearn.pipeline import Pipeline
+
+    from tests.explain._pooler import MeanMaxPooler
+
+    ridge = Pipeline([("pool", MeanMaxPooler()), ("reg", MultiOutputRegressor(Ridge()))])
+    ridge.fit([emb[:5], emb[5:20], emb[20:]], np.arange(9.0).reshape(3, 3))
+    with pytest.raises(ExplainError, match="not a tree model"):
+        explain._shap._split_pipeline(ridge, path="ridge/fold0.joblib", n_genes=3)
+    with pytest.raises(ExplainError, match="3 fitted regressors but the run has 2 genes"):
+        explain._shap._split_pipeline(ridge, path="ridge/fold0.joblib", n_genes=2)
+    with pytest.raises(ExplainError, match="not in the run"):
+        explain.shap_tree(toy.run, store=toy.store, genes=["NOPE"])
+
+
+def test_gallery_bins_patients_and_reads_full_resolution_tiles(toy):
+    import openslide
+
+    g = gallery(toy.run, store=toy.store, gene="HOTA", n_bins=7, top_k=5)
+    t = g.table
+    assert sorted(t["bin"].unique()) == list(range(7))  # quantile bins over 9 patients: none empty
+    assert t.groupby("bin")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
+    assert (t.groupby("bin")["relative_attention"].apply(lambda a: (np.diff(a) <= 0).all())).all()
+    assert ((t["y_true"] >= t["bin_lo"] - 1e-12) & (t["y_true"] <= t["bin_hi"] + 1e-12)).all()
+    assert t.groupby("bin")["y_true"].min().is_monotonic_increasing
+    assert len(g.images) == len(t)
+    r = t.iloc[0]
+    with openslide.OpenSlide(toy.store.parent / "slides" / f"{r.slide_id}.svs") as s:
+        ref = np.asarray(s.read_region((int(r.x), int(r.y)), 0, (int(r.w), int(r.h))).convert("RGB"))
+    assert g.images[0].shape == (TILE0, TILE0, 3)
+    np.testing.assert_array_equal(g.images[0], ref)
+    # top tiles of the highest bin are driver tiles of HOTA
+    top = t[t["bin"] == 6]
+    assert (
+        np.mean([toy.drivers[s]["HOTA"][i] for s, i in zip(top["slide_id"], top["tile_id"], strict=True)])
+        >= 0.8
+    )
+    fig = explain.plot_gallery(g)
+    assert len([ax for ax in fig.axes if ax.get_images()]) == len(t)
+    with pytest.raises(ExplainError, match="no attention rows"):
+        gallery(toy.run, store=toy.store, gene="HOTA", model="lgbm")
+
+
+def test_report_is_self_contained_with_every_section(explained):
+    html = explained.report.read_text()
+    for sid in explain._report.SECTIONS:
+        assert f'<section id="{sid}">' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    srcs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    n_figs = sum(len(v) for v in explained.figures.values()) + 1  # + the run's plots/median_r.png
+    assert len(srcs) == n_figs == html.count("<img ")
+    for s in srcs:
+        assert base64.b64decode(s).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "HOTA" in html and "well predicted" in html
+    manifest = json.loads((explained.out / "manifest.json").read_text())
+    assert set(manifest["figures"]) == {"scatter", "shap", "heatmaps", "gallery", "localisation"}
+    assert len(manifest["figures"]["heatmaps"]) == len(GENES)  # top_slides=1: one slide per gene
+
+
+def test_report_renders_in_headless_chromium(explained, tmp_path):
+    if explain.find_chromium() is None:
+        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium); .ci/run installs it")
+    dom = explain.render_dom(explained.report)
+    for sid in explain._report.SECTIONS:
+        assert f'id="{sid}"' in dom
+    n = dom.count("<img ")
+    assert n > 5
+    assert f'data-images="{n}/{n}"' in dom  # every embedded image decoded
+    png = explain.screenshot(explained.report, out=tmp_path / "report.png", width=900, height=1200)
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (900, 1200)
+        assert np.asarray(im.convert("L")).std() > 5  # not a blank page
+
+
+def test_missing_inputs_give_clear_errors(toy, tmp_path):
+    with pytest.raises(ExplainError, match="not a run directory"):
+        load_run(tmp_path)
+    with pytest.raises(ExplainError, match=r"genes \['NOPE'\] are not in the run"):
+        explain_run(toy.run, store=toy.store, out=tmp_path, genes=["NOPE"])
+    with pytest.raises(ExplainError, match="models"):
+        explain_run(toy.run, store=toy.store, out=tmp_path, models=["xgb"])
