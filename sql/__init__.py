@@ -1,7 +1,63 @@
-"""sql: the store's read side — DuckDB views, named queries, targets and bags."""
+"""sql: the store's read side — DuckDB views, named queries, targets and bags.
+
+- :func:`connect` — a DuckDB connection with views ``slides``, ``tiles``, ``embeddings`` (``FLOAT[d]``),
+  ``embedding_files``, ``targets`` and, with ``run=``, ``folds``, ``predictions``, ``metrics``, ``attention``,
+  ``comparisons`` (the views of ``sql/_views.sql``).
+- :func:`list_queries` / :func:`run_query` — the named queries ``sql/<name>.sql`` with bound ``$parameters``;
+  :func:`run_sql` for ad-hoc SQL.
+- :func:`import_targets` / :func:`import_star_counts` — expression targets into ``targets/<name>.parquet``.
+- :func:`load_cohort` / :func:`iter_cohort` — bags for training as views into one flat ``(N, d)`` array.
+
+The same ``.sql`` files run in the plain ``duckdb`` shell (``pip install duckdb-cli``), from the repository root::
+
+    duckdb -c "set variable store = '/path/to/STORE'" -c ".read sql/_views.sql" -c ".read sql/cohort_summary.sql"
+    duckdb -c "set variable store = '/path/to/STORE'" -c ".read sql/_views.sql" \
+           -c "prepare q as $(cat sql/patient_bag.sql)" \
+           -c "execute q(patient_id := 'TCGA-AA-3511', encoder := 'uni')"
+
+(``set variable run = '/path/to/RUN'`` before ``.read`` adds the run views; a quote in a path is doubled.)
+
+>>> import sql
+>>> "cohort_summary" in sql.list_queries()
+True
+"""
 
 from __future__ import annotations
 
+from sql._bags import MissingTargetsWarning, iter_cohort, load_cohort
 from sql._cohort import Cohort
+from sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
+from sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
+from sql._targets import (
+    PANELS,
+    SamplesWithoutSlidesWarning,
+    TargetsError,
+    TargetsReport,
+    import_star_counts,
+    import_targets,
+    list_targets,
+)
 
-__all__ = ["Cohort"]
+__all__ = [
+    "RUN_VIEWS",
+    "STORE_VIEWS",
+    "PANELS",
+    "Cohort",
+    "MissingTargetsWarning",
+    "QueryError",
+    "QueryInfo",
+    "SamplesWithoutSlidesWarning",
+    "TargetsError",
+    "TargetsReport",
+    "connect",
+    "get_query",
+    "import_star_counts",
+    "import_targets",
+    "iter_cohort",
+    "list_queries",
+    "list_targets",
+    "load_cohort",
+    "run_query",
+    "run_sql",
+    "sql_text",
+]

@@ -1,0 +1,211 @@
+"""``slide2expr sql``: run a named query (``sql/<name>.sql``) or ad-hoc SQL against a store's views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slide2expr._app import app, fail
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _cell(value, *, width: int = 60) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:4])
+        return f"[{shown}{', …' if len(value) > 4 else ''}] ({len(value)} values)"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_table(table, *, title: str, limit: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(
+        title=title,
+        caption=f"{table.num_rows} row(s)" + (f", first {limit} shown" if table.num_rows > limit else ""),
+    )
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in table.slice(0, limit).to_pylist():
+        out.add_row(*(_cell(v) for v in row.values()))
+    Console().print(out)
+
+
+def _json_ready(table):
+    """Arrow → list of dicts with JSON-able values (timestamps as ISO text)."""
+    import datetime
+
+    def conv(v):
+        if isinstance(v, (datetime.datetime, datetime.date)):
+            return v.isoformat()
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return v
+
+    return [{k: conv(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+def _flat_for_csv(table):
+    """Lists (embeddings) become JSON text: CSV has no list type."""
+    import json
+
+    import pyarrow as pa
+
+    cols = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        t = col.type
+        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+            cols[name] = pa.array(
+                [None if v is None else json.dumps(v) for v in col.to_pylist()], pa.string()
+            )
+        else:
+            cols[name] = col
+    return pa.table(cols)
+
+
+def write_result(table, *, fmt: str, out: Path | None, title: str, limit: int) -> None:
+    """Print or write an Arrow table as a rich table, CSV, JSON (array of objects) or Parquet."""
+    import io
+    import json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt == "table":
+        if out is not None:
+            raise fail("--format table prints to the terminal; use --format csv|json|parquet with --out")
+        _print_table(table, title=title, limit=limit)
+    elif fmt == "parquet":
+        if out is None:
+            raise fail("--format parquet needs --out FILE")
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        buf = io.BytesIO()
+        pacsv.write_csv(_flat_for_csv(table), buf)
+        data = buf.getvalue().decode()
+        if out is None:
+            typer.echo(data, nl=False)
+        else:
+            out.write_text(data)
+    elif fmt == "json":
+        data = json.dumps(_json_ready(table), indent=1, allow_nan=True)
+        if out is None:
+            typer.echo(data)
+        else:
+            out.write_text(data + "\n")
+    else:
+        raise fail(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+
+
+def _list(as_json: bool) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sql import list_queries
+
+    queries = list_queries()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    n: {
+                        "purpose": q.purpose,
+                        "grain": q.grain,
+                        "params": {p: t for p, (t, _) in q.params.items()},
+                    }
+                    for n, q in queries.items()
+                },
+                indent=1,
+            )
+        )
+        return
+    table = Table(
+        title="named queries (sql/<name>.sql)", caption="run: slide2expr sql STORE NAME --param k=v …"
+    )
+    for col in ("name", "purpose", "parameters"):
+        table.add_column(col, overflow="fold")
+    for name, q in queries.items():
+        params = " ".join(f"{p}:{t}" for p, (t, _) in q.params.items()) or "—"
+        table.add_row(name, q.purpose, params)
+    Console().print(table)
+
+
+@app.command(name="sql")
+def sql_command(
+    store: Path | None = typer.Argument(None, help="The store directory."),
+    name: str | None = typer.Argument(None, help="A named query (see --list)."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."
+    ),
+    query: str | None = typer.Option(
+        None, "--query", "-q", help="Ad-hoc SQL over the views instead of a name."
+    ),
+    run: Path | None = typer.Option(
+        None, "--run", help="A run directory: adds predictions, metrics, attention …"
+    ),
+    encoder: str | None = typer.Option(
+        None, "--encoder", help="Restrict the embeddings view to one encoder."
+    ),
+    tiling: str | None = typer.Option(None, "--tiling", help="Restrict the embeddings view to one tiling."),
+    list_: bool = typer.Option(
+        False, "--list", help="List the named queries with their purpose and parameters."
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the result to FILE."),
+    limit: int = typer.Option(50, "--limit", help="Rows shown by --format table."),
+) -> None:
+    """Query a store with SQL: a named query (`slide2expr sql STORE cohort_summary`) or `-q "select …"`.
+
+    Views: slides, tiles, embeddings (embedding FLOAT[d]), embedding_files, targets; with --run: folds,
+    predictions, metrics, attention, comparisons. Parameters are bound, never formatted into the SQL.
+    """
+    import duckdb
+
+    from featurize._store import StoreError
+    from sql import QueryError, connect, get_query, list_queries, run_query, run_sql
+
+    if list_:
+        _list(as_json=fmt == "json")
+        return
+    if fmt not in FORMATS:
+        raise fail(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if store is None:
+        raise fail(
+            "give a STORE (and a query NAME or -q SQL); `slide2expr sql --list` lists the named queries"
+        )
+    if (name is None) == (query is None):
+        raise fail(
+            "give either a query NAME or -q SQL (not both); named queries: " + ", ".join(list_queries())
+        )
+    params = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--param {item!r}: write it as NAME=VALUE")
+        if key in params:
+            raise fail(f"--param {key} given twice")
+        params[key] = value
+    try:
+        if name is not None:
+            get_query(name)  # an unknown name lists the known ones before the store is opened
+        con = connect(store, run=run, encoder=encoder, tiling=tiling)
+        if name is not None:
+            result = run_query(con, name, params=params)
+            title = name
+        else:
+            result = run_sql(con, query, params=params or None)
+            title = "query"
+    except (QueryError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    except duckdb.Error as exc:
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    write_result(result, fmt=fmt, out=out, title=title, limit=limit)

@@ -1,0 +1,77 @@
+"""``connect``: a DuckDB connection with views over a store (and a run directory)."""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+
+from featurize._store import STORE_JSON, StoreError
+
+VIEWS_FILE = "_views.sql"
+STORE_VIEWS = ("slides", "tiles", "embeddings", "embedding_files", "targets")
+RUN_VIEWS = ("folds", "predictions", "metrics", "attention", "comparisons")
+
+
+def sql_text(name: str) -> str:
+    """The text of ``sql/<name>.sql`` as shipped with the package."""
+    return files("sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def connect(
+    store: str | os.PathLike,
+    *,
+    run: str | os.PathLike | None = None,
+    encoder: str | None = None,
+    tiling: str | None = None,
+    database: str = ":memory:",
+) -> duckdb.DuckDBPyConnection:
+    """Open DuckDB with views over ``store`` (and ``run``).
+
+    Views: ``slides``, ``tiles``, ``embeddings`` (``embedding`` as ``FLOAT[d]``, plus ``tiling`` and ``encoder``
+    columns from the folder names), ``embedding_files`` (one row per file, from the footers), ``targets`` (with a
+    ``name`` column, the file stem); with ``run``: ``folds``, ``predictions``, ``metrics``, ``attention``,
+    ``comparisons``. The views are those of ``sql/_views.sql``, the same file the plain ``duckdb`` shell reads;
+    the paths are bound as DuckDB variables (``store``, ``run``), never formatted into SQL.
+
+    Parameters
+    ----------
+    store
+        The store directory.
+    run
+        A run directory written by ``regress.compare``.
+    encoder, tiling
+        Restrict ``embeddings`` to one encoder / tiling. Needed only when the store holds encoders whose
+        embeddings have different dimensions (``embeddings`` then raises on use, naming them); one query can
+        compare encoders of the same dimension without it.
+    database
+        DuckDB database (default in memory).
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        Views over missing stages (no targets imported yet, no run) exist and raise a clear error when used.
+    """
+    root = Path(store)
+    if not root.is_dir():
+        raise StoreError(f"store {root} does not exist: run `slide2expr featurize … --store {root}` first")
+    if not (root / STORE_JSON).exists() and not any(
+        (root / d).is_dir() for d in ("slides", "embeddings", "tiles")
+    ):
+        raise StoreError(f"{root} is not a slide2expr store (no {STORE_JSON}, no slides/ or embeddings/)")
+    if run is not None and not Path(run).is_dir():
+        raise StoreError(f"run directory {run} does not exist: run `slide2expr compare` first")
+    con = duckdb.connect(database)
+    values = {
+        "store": str(root.resolve()),
+        "run": None if run is None else str(Path(run).resolve()),
+        "encoder": encoder,
+        "tiling": tiling,
+    }
+    for name, value in values.items():
+        # variable names are fixed identifiers here; the values are bound
+        con.execute(f"set variable {name} = $value", {"value": value})
+    con.execute(sql_text(VIEWS_FILE.removesuffix(".sql")))
+    return con
