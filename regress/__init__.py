@@ -1,5 +1,56 @@
-"""regress"""
+"""regress: attention-MIL and baseline regressors of bag-level targets, one CV harness, statistics.
+
+>>> import regress
+>>> regress.MODEL_NAMES
+('mil', 'mil-embedding', 'lgbm', 'ridge', 'he2rna', 'mean')
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from regress._baselines import (
+    LGBM_PARAMS,
+    BagPooler,
+    MeanRegressor,
+    PerGeneRegressor,
+    lgbm_regressor,
+    ridge_regressor,
+)
+from regress._compare import CompareError, CompareResult, compare, make_folds, print_summary
+from regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
+from regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
+from regress._persist import EncoderMismatchError, check_encoder, load_model, predict, train
+from regress._plots import plot_compare_pearson
+from regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
+from regress._torchbag import BagInputError
+
+__all__ = [
+    "GRAZIANI2022",
+    "LGBM_PARAMS",
+    "MIL_MODELS",
+    "MODEL_NAMES",
+    "AttentionMILRegressor",
+    "BagInputError",
+    "BagPooler",
+    "CompareError",
+    "CompareResult",
+    "EncoderMismatchError",
+    "HE2RNARegressor",
+    "MeanRegressor",
+    "PerGeneRegressor",
+    "UnknownModelError",
+    "bh_fdr",
+    "check_encoder",
+    "compare",
+    "lgbm_regressor",
+    "load_model",
+    "make_folds",
+    "make_model",
+    "metrics_table",
+    "paired_comparison",
+    "plot_compare_pearson",
+    "predict",
+    "print_summary",
+    "regression_metrics",
+    "ridge_regressor",
+    "train",
+]

@@ -1,0 +1,539 @@
+"""``compare``: every model on the same patient-grouped folds, metrics, statistics and a run directory."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
+from regress._stats import metrics_table, paired_comparison
+
+RUN_FILES = (
+    "config.json",
+    "folds.parquet",
+    "predictions.parquet",
+    "metrics.parquet",
+    "comparisons.parquet",
+    "attention.parquet",
+)
+
+
+class CompareError(ValueError):
+    """A cohort or argument that ``compare`` cannot run on."""
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` computed (and wrote to ``run`` when given).
+
+    Attributes
+    ----------
+    run : Path or None
+    config : dict
+        The content of ``config.json``.
+    folds, predictions, metrics, comparisons : pandas.DataFrame
+        The tables of the run directory (same columns); ``predictions`` has no ``y_baseline`` column.
+    summary : pandas.DataFrame
+        One row per model: ``median_r`` (pooled Pearson r over genes), ``n_well_predicted``, ``n_genes``,
+        ``median_rmse_ratio`` (RMSE ÷ training-mean RMSE), ``fit_seconds`` (all folds).
+    """
+
+    run: Path | None
+    config: dict
+    folds: pd.DataFrame
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    comparisons: pd.DataFrame
+    summary: pd.DataFrame
+    attention_rows: int = 0
+    seconds: dict = field(default_factory=dict)
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slide2expr")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _fit(est, bags, y, groups):
+    kwargs = {"groups": groups} if "groups" in inspect.signature(est.fit).parameters else {}
+    return est.fit(bags, y, **kwargs)
+
+
+def make_folds(groups: Sequence[str], *, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each bag (``(n_bags,)`` int32): ``GroupKFold`` over ``groups`` (patients), groups shuffled by ``seed``."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_folds < 2:
+        raise CompareError(f"n_folds={n_folds}: cross-validation needs at least 2 folds")
+    if n_groups < n_folds:
+        raise CompareError(
+            f"n_folds={n_folds} but the cohort has only {n_groups} patients: use --folds {max(2, n_groups)} or fewer"
+        )
+    folds = np.empty(len(groups), dtype=np.int32)
+    cv = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(cv.split(np.zeros(len(groups)), groups=groups)):
+        folds[test] = k
+    return folds
+
+
+def compare(
+    cohort,
+    *,
+    models: Sequence[str] = ("mil", "lgbm", "ridge"),
+    n_folds: int = 5,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    model_params: Mapping[str, Mapping] | None = None,
+    progress: bool = True,
+    store: str | os.PathLike | None = None,
+    targets: str | None = None,
+    save_models: bool = True,
+) -> CompareResult:
+    """Cross-validate ``models`` on the same patient-grouped folds and write a run directory.
+
+    Every model is fitted per fold on the training patients only (MIL models z-score the targets and standardise
+    the features inside ``fit``) and predicts every held-out bag. The training-mean floor (``"mean"``) is always
+    included.
+
+    Parameters
+    ----------
+    cohort : sql.Cohort
+        Bags with targets (``sql.load_cohort(store, encoder=…, targets=…)``). Bags with a missing target value are
+        left out (and reported).
+    models
+        Names from :data:`regress.MODEL_NAMES`.
+    n_folds, seed
+        ``GroupKFold(n_folds, shuffle=True, random_state=seed)`` over patients; fold ``k`` fits models with
+        ``random_state = seed + k``.
+    out
+        The run directory to write (created; existing files are replaced). None computes without writing.
+    model_params
+        Per model name, constructor parameters (see :func:`regress.make_model`), e.g.
+        ``{"mil": {"max_epochs": 30}, "lgbm": {"n_estimators": 300}}``.
+    progress
+        Show a progress bar (models × folds) and print the comparison table.
+    store, targets
+        Recorded in ``config.json`` (where the cohort came from).
+    save_models
+        Write ``models/<model>/fold<k>.joblib``.
+
+    Returns
+    -------
+    CompareResult
+
+    Writes
+    ------
+    ``RUN/config.json``, ``folds.parquet`` (one row per bag), ``predictions.parquet`` (model × bag × gene),
+    ``metrics.parquet`` (model × gene × fold, fold -1 pooled), ``comparisons.parquet`` (model pairs),
+    ``attention.parquet`` (MIL models, held-out tiles × genes), ``models/<model>/fold<k>.joblib``,
+    ``plots/compare_pearson.png``.
+    """
+    from featurize._store import write_bytes_atomic, write_table_atomic
+
+    if cohort.y_true is None:
+        raise CompareError(
+            "the cohort has no targets: load it with sql.load_cohort(store, encoder=…, targets=NAME) "
+            "(or `slide2expr compare --targets NAME`)"
+        )
+    models = list(dict.fromkeys(models))
+    for m in models:
+        if m not in MODEL_NAMES:
+            raise UnknownModelError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+    if "mean" not in models:
+        models.append("mean")
+    model_params = {k: dict(v) for k, v in (model_params or {}).items()}
+    for k in model_params:
+        if k not in models:
+            raise CompareError(
+                f"model_params names {k!r}, which is not among the models run: {', '.join(models)}"
+            )
+    genes = list(cohort.genes)
+    Y_all = np.asarray(cohort.y_true, dtype=np.float64)
+    complete = ~np.isnan(Y_all).any(axis=1)
+    dropped = [str(b) for b, c in zip(cohort.bag_ids, complete, strict=True) if not c]
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} bag(s) with missing target values are left out of the comparison: "
+            + ", ".join(dropped[:10])
+            + (" …" if len(dropped) > 10 else ""),
+            stacklevel=2,
+        )
+    keep = np.flatnonzero(complete)
+    all_bags = cohort.bags
+    bags = [all_bags[i] for i in keep]
+    Y = Y_all[keep]
+    bag_ids = np.asarray(cohort.bag_ids, dtype=object)[keep].astype(str)
+    patients = np.asarray(cohort.groups, dtype=object)[keep].astype(str)
+    folds = make_folds(patients, n_folds=n_folds, seed=seed)
+
+    run = None if out is None else Path(out)
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        if (run / "models").is_dir() and (run / "config.json").exists():
+            import shutil
+
+            shutil.rmtree(run / "models")  # fold models of an earlier run in this directory would be stale
+    pred_parts, att_parts, seconds = [], [], {m: 0.0 for m in models}
+    bar = _Progress(enabled=progress, total=len(models) * n_folds)
+    with bar:
+        for name in models:
+            for k in range(n_folds):
+                bar.describe(f"{name} fold {k + 1}/{n_folds}")
+                tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+                est = make_model(name, params=model_params.get(name), random_state=seed + k)
+                t0 = time.perf_counter()
+                _fit(est, [bags[i] for i in tr], Y[tr], patients[tr])
+                test_bags = [bags[i] for i in te]
+                yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(genes))
+                seconds[name] += time.perf_counter() - t0
+                base = Y[tr].mean(axis=0)
+                pred_parts.append(
+                    pd.DataFrame(
+                        {
+                            "model": name,
+                            "fold": np.int32(k),
+                            "bag_id": np.repeat(bag_ids[te], len(genes)),
+                            "patient_id": np.repeat(patients[te], len(genes)),
+                            "gene": np.tile(genes, len(te)),
+                            "y_true": Y[te].ravel(),
+                            "y_pred": yp.ravel(),
+                            "y_baseline": np.tile(base, len(te)),
+                        }
+                    )
+                )
+                if name in MIL_MODELS:
+                    att_parts.append(
+                        _attention_rows(est, cohort, keep[te], test_bags, name=name, fold=k, genes=genes)
+                    )
+                if run is not None and save_models:
+                    import joblib
+
+                    path = run / "models" / name / f"fold{k}.joblib"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    joblib.dump(est, path)
+                bar.advance()
+
+    pred = pd.concat(pred_parts, ignore_index=True)
+    metrics = metrics_table(pred, genes=genes, models=models)
+    comparisons = _comparisons(metrics, models=models, seed=seed)
+    summary = _summary(metrics, models=models, seconds=seconds)
+    folds_df = pd.DataFrame({"bag_id": bag_ids, "patient_id": patients, "fold": folds.astype(np.int32)})
+    predictions = pred.drop(columns="y_baseline")
+    config = {
+        "store": None if store is None else str(Path(store).resolve()),
+        "targets": targets,
+        "encoder": cohort.encoder,
+        "tiling": cohort.tiling,
+        "by": cohort.by,
+        "models": models,
+        "model_params": _jsonable(model_params),
+        "n_folds": int(n_folds),
+        "seed": int(seed),
+        "genes": genes,
+        "transform": _target_transform(store, targets),
+        "version": _package_version(),
+        "encoder_meta": _jsonable(dict(cohort.meta)),
+        "dropped_bags": dropped,
+    }
+    att_table = _concat_attention(att_parts)
+    if run is not None:
+        write_bytes_atomic(run / "config.json", json.dumps(config, indent=2).encode())
+        write_table_atomic(_arrow(folds_df, FOLDS_TYPES), run / "folds.parquet")
+        write_table_atomic(
+            _arrow(predictions, PREDICTION_TYPES), run / "predictions.parquet", compression="zstd"
+        )
+        write_table_atomic(_arrow(metrics, METRIC_TYPES), run / "metrics.parquet")
+        write_table_atomic(_arrow(comparisons, COMPARISON_TYPES), run / "comparisons.parquet")
+        write_table_atomic(att_table, run / "attention.parquet", compression="zstd")
+        from regress._plots import plot_compare_pearson
+
+        fig = plot_compare_pearson(metrics, models=models)
+        (run / "plots").mkdir(exist_ok=True)
+        fig.savefig(run / "plots" / "compare_pearson.png", dpi=110)
+    result = CompareResult(
+        run,
+        config,
+        folds_df,
+        predictions,
+        metrics,
+        comparisons,
+        summary,
+        attention_rows=att_table.num_rows,
+        seconds=seconds,
+    )
+    if progress:
+        print_summary(result)
+    return result
+
+
+def _target_transform(store, targets) -> str | None:
+    if store is None or targets is None:
+        return None
+    from featurize._store import read_metadata, targets_path
+
+    try:
+        path = targets_path(store, targets) if not str(targets).endswith(".parquet") else Path(targets)
+        meta = read_metadata(path)
+    except (OSError, ValueError):
+        return None
+    return meta.get("transform")
+
+
+def _attention_rows(est, cohort, bag_index, test_bags, *, name: str, fold: int, genes: list[str]) -> pa.Table:
+    """Held-out attention as an Arrow table (gene-major within a bag; tiles in cohort order = tile_id order)."""
+    outs = est._tile_outputs(test_bags)
+    G = len(genes)
+    cols = {
+        k: [] for k in ("bag_id", "slide_id", "tile_id", "x", "y", "gene", "attention", "logit", "tile_pred")
+    }
+    for b, (att, logits, tile) in zip(bag_index, outs, strict=True):
+        sl = cohort.bag_slice(int(b))
+        n = sl.stop - sl.start
+        cols["bag_id"].append(np.full(n * G, str(cohort.bag_ids[b]), dtype=object))
+        cols["slide_id"].append(np.tile(np.asarray(cohort.slide_ids[sl], dtype=object), G))
+        cols["tile_id"].append(np.tile(np.asarray(cohort.tile_ids[sl], dtype=np.int32), G))
+        cols["x"].append(np.tile(np.asarray(cohort.x[sl], dtype=np.int64), G))
+        cols["y"].append(np.tile(np.asarray(cohort.y[sl], dtype=np.int64), G))
+        cols["gene"].append(np.repeat(np.asarray(genes, dtype=object), n))
+        cols["attention"].append(att.T.ravel().astype(np.float32))
+        cols["logit"].append(
+            np.full(n * G, np.nan, np.float32) if logits is None else logits.T.ravel().astype(np.float32)
+        )
+        cols["tile_pred"].append(None if tile is None else tile.T.ravel().astype(np.float32))
+    n_rows = sum(len(a) for a in cols["attention"])
+
+    def strings(parts):
+        return pa.array(np.concatenate(parts), type=pa.string())
+
+    tile_pred = (
+        pa.nulls(n_rows, type=pa.float32())
+        if any(t is None for t in cols["tile_pred"])
+        else pa.array(np.concatenate(cols["tile_pred"]), type=pa.float32())
+    )
+    return pa.table(
+        {
+            "model": pa.array(np.full(n_rows, name, dtype=object), type=pa.string()),
+            "fold": pa.array(np.full(n_rows, fold, dtype=np.int32)),
+            "bag_id": strings(cols["bag_id"]),
+            "slide_id": strings(cols["slide_id"]),
+            "tile_id": pa.array(np.concatenate(cols["tile_id"]), type=pa.int32()),
+            "x": pa.array(np.concatenate(cols["x"]), type=pa.int64()),
+            "y": pa.array(np.concatenate(cols["y"]), type=pa.int64()),
+            "gene": strings(cols["gene"]),
+            "attention": pa.array(np.concatenate(cols["attention"]), type=pa.float32()),
+            "attention_logit": pa.array(np.concatenate(cols["logit"]), type=pa.float32(), from_pandas=True),
+            "tile_pred": tile_pred,
+        },
+        schema=ATTENTION_SCHEMA,
+    )
+
+
+ATTENTION_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("fold", pa.int32()),
+        ("bag_id", pa.string()),
+        ("slide_id", pa.string()),
+        ("tile_id", pa.int32()),
+        ("x", pa.int64()),
+        ("y", pa.int64()),
+        ("gene", pa.string()),
+        ("attention", pa.float32()),
+        ("attention_logit", pa.float32()),
+        ("tile_pred", pa.float32()),
+    ]
+)
+FOLDS_TYPES = {"bag_id": pa.string(), "patient_id": pa.string(), "fold": pa.int32()}
+PREDICTION_TYPES = {
+    "model": pa.string(),
+    "fold": pa.int32(),
+    "bag_id": pa.string(),
+    "patient_id": pa.string(),
+    "gene": pa.string(),
+    "y_true": pa.float64(),
+    "y_pred": pa.float64(),
+}
+METRIC_TYPES = {
+    "model": pa.string(),
+    "gene": pa.string(),
+    "fold": pa.int32(),
+    "n": pa.int64(),
+    **{
+        c: pa.float64()
+        for c in (
+            "pearson_r",
+            "pearson_p",
+            "spearman_rho",
+            "spearman_p",
+            "r2",
+            "mae",
+            "rmse",
+            "rmse_baseline",
+            "fdr",
+        )
+    },
+    "well_predicted": pa.bool_(),
+}
+COMPARISON_TYPES = {
+    "model_a": pa.string(),
+    "model_b": pa.string(),
+    "metric": pa.string(),
+    "n_genes": pa.int64(),
+    **{c: pa.float64() for c in ("median_diff", "ci_low", "ci_high", "wilcoxon_stat", "wilcoxon_p")},
+}
+
+
+def _arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType]) -> pa.Table:
+    return pa.table(
+        {
+            c: pa.array(
+                df[c].to_numpy(dtype=object if pa.types.is_string(t) or pa.types.is_boolean(t) else None),
+                type=t,
+                from_pandas=True,
+            )
+            for c, t in types.items()
+        },
+        schema=pa.schema([pa.field(c, t) for c, t in types.items()]),
+    )
+
+
+def _concat_attention(parts: list[pa.Table]) -> pa.Table:
+    if not parts:
+        return ATTENTION_SCHEMA.empty_table()
+    return pa.concat_tables(parts)
+
+
+def _comparisons(metrics: pd.DataFrame, *, models: list[str], seed: int) -> pd.DataFrame:
+    pooled = metrics[metrics["fold"] == -1].pivot(index="gene", columns="model", values="pearson_r")
+    rows = []
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            rows.append(
+                {
+                    "model_a": a,
+                    "model_b": b,
+                    "metric": "pearson_r",
+                    **paired_comparison(pooled[a].to_numpy(), pooled[b].to_numpy(), seed=seed),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COMPARISON_TYPES))
+
+
+def _summary(metrics: pd.DataFrame, *, models: list[str], seconds: Mapping[str, float]) -> pd.DataFrame:
+    pooled = metrics[metrics["fold"] == -1]
+    rows = []
+    for m in models:
+        p = pooled[pooled["model"] == m]
+        ratio = p["rmse"] / p["rmse_baseline"]
+        rows.append(
+            {
+                "model": m,
+                "median_r": float(np.nanmedian(p["pearson_r"]))
+                if p["pearson_r"].notna().any()
+                else float("nan"),
+                "n_well_predicted": int(p["well_predicted"].astype(bool).sum()),
+                "n_genes": len(p),
+                "median_rmse_ratio": float(np.nanmedian(ratio)) if ratio.notna().any() else float("nan"),
+                "fit_seconds": float(seconds.get(m, float("nan"))),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def print_summary(result: CompareResult, *, console=None) -> None:
+    """Print the comparison table (per model: median r, genes well predicted, median RMSE ratio)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    cfg = result.config
+    table = Table(
+        title=f"{len(cfg['genes'])} genes · {len(result.folds)} bags · {cfg['n_folds']}-fold patient-grouped CV",
+        caption="well predicted: pooled r > 0, BH-FDR < 0.05, RMSE < training-mean RMSE",
+    )
+    for col, justify in (
+        ("model", "left"),
+        ("median r", "right"),
+        ("well predicted", "right"),
+        ("median RMSE ratio", "right"),
+        ("fit s", "right"),
+    ):
+        table.add_column(col, justify=justify)
+    for r in result.summary.itertuples():
+        table.add_row(
+            r.model,
+            f"{r.median_r:.3f}",
+            f"{r.n_well_predicted}/{r.n_genes}",
+            f"{r.median_rmse_ratio:.3f}",
+            f"{r.fit_seconds:.1f}",
+        )
+    console.print(table)
+    if result.run is not None:
+        console.print(f"run directory: {result.run}")
+
+
+class _Progress:
+    """A rich progress bar over models × folds, or nothing."""
+
+    def __init__(self, *, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+        self._p = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._p.__enter__()
+            self._task = self._p.add_task("compare", total=self.total)
+        return self
+
+    def describe(self, text: str) -> None:
+        if self._p is not None:
+            self._p.update(self._task, description=text)
+
+    def advance(self) -> None:
+        if self._p is not None:
+            self._p.advance(self._task)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+        return False

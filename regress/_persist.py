@@ -1,0 +1,188 @@
+"""``train`` a model on a whole cohort into a model directory; ``predict`` another cohort with it.
+
+A model directory holds ``model.joblib`` (the fitted estimator) and ``config.json`` (model name and parameters,
+genes, and the encoder identity the model was trained on: encoder name, tiling, dim, weights sha256).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from regress._compare import _fit, _jsonable, _package_version
+from regress._models import make_model
+
+MODEL_FILE = "model.joblib"
+CONFIG_FILE = "config.json"
+
+
+class EncoderMismatchError(ValueError):
+    """The cohort's features come from another encoder (name, weights or dimension) than the model's."""
+
+
+def _encoder_identity(cohort) -> dict:
+    meta = dict(cohort.meta or {})
+    return {
+        "encoder": cohort.encoder,
+        "tiling": cohort.tiling,
+        "dim": int(cohort.dim),
+        "weights_sha256": meta.get("weights_sha256"),
+    }
+
+
+def train(
+    cohort,
+    *,
+    model: str = "mil",
+    model_params: Mapping | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    store: str | os.PathLike | None = None,
+    targets: str | None = None,
+):
+    """Fit ``model`` on every bag of ``cohort`` with complete targets; optionally save it to ``out``.
+
+    Parameters
+    ----------
+    cohort : sql.Cohort
+        Bags with targets.
+    model, model_params
+        A name from :data:`regress.MODEL_NAMES` and its parameters (see :func:`regress.make_model`).
+    seed
+        ``random_state`` of the model.
+    out
+        Model directory to write: ``model.joblib`` and ``config.json`` (with the encoder identity).
+    store, targets
+        Recorded in ``config.json``.
+
+    Returns
+    -------
+    The fitted estimator.
+    """
+    from featurize._store import write_bytes_atomic
+
+    if cohort.y_true is None:
+        raise ValueError(
+            "the cohort has no targets: load it with sql.load_cohort(store, encoder=…, targets=NAME)"
+        )
+    Y = np.asarray(cohort.y_true, dtype=np.float64)
+    keep = np.flatnonzero(~np.isnan(Y).any(axis=1))
+    if len(keep) < 2:
+        raise ValueError(f"only {len(keep)} bags have complete targets; training needs at least 2")
+    bags = cohort.bags
+    est = make_model(model, params=model_params, random_state=seed)
+    t0 = time.perf_counter()
+    _fit(est, [bags[i] for i in keep], Y[keep], np.asarray(cohort.groups, dtype=object)[keep].astype(str))
+    seconds = time.perf_counter() - t0
+    if out is not None:
+        import joblib
+
+        root = Path(out)
+        root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model": model,
+            "model_params": _jsonable(dict(model_params or {})),
+            "seed": int(seed),
+            "genes": list(cohort.genes),
+            "by": cohort.by,
+            "store": None if store is None else str(Path(store).resolve()),
+            "targets": targets,
+            "n_bags": int(len(keep)),
+            "fit_seconds": seconds,
+            "version": _package_version(),
+            **_encoder_identity(cohort),
+            "encoder_meta": _jsonable(dict(cohort.meta or {})),
+        }
+        tmp = root / f".{MODEL_FILE}.tmp"
+        joblib.dump(est, tmp)
+        os.replace(tmp, root / MODEL_FILE)
+        write_bytes_atomic(root / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    return est
+
+
+def load_model(model_dir: str | os.PathLike):
+    """``(estimator, config)`` from a model directory written by :func:`train`."""
+    import joblib
+
+    root = Path(model_dir)
+    if not (root / MODEL_FILE).exists() or not (root / CONFIG_FILE).exists():
+        raise FileNotFoundError(
+            f"{root} is not a model directory (no {MODEL_FILE} / {CONFIG_FILE}): run `slide2expr train … --out {root}`"
+        )
+    config = json.loads((root / CONFIG_FILE).read_text())
+    return joblib.load(root / MODEL_FILE), config
+
+
+def check_encoder(config: Mapping, cohort) -> None:
+    """Raise :class:`EncoderMismatchError` unless ``cohort``'s features match the model's encoder identity."""
+    have = _encoder_identity(cohort)
+    problems = []
+    if have["encoder"] != config.get("encoder"):
+        problems.append(f"encoder {have['encoder']!r} ≠ the model's {config.get('encoder')!r}")
+    if have["dim"] != config.get("dim"):
+        problems.append(f"dimension {have['dim']} ≠ the model's {config.get('dim')}")
+    want_sha = config.get("weights_sha256")
+    if want_sha and have["weights_sha256"] and have["weights_sha256"] != want_sha:
+        problems.append(
+            f"weights sha256 {str(have['weights_sha256'])[:12]}… ≠ the model's {str(want_sha)[:12]}… "
+            "(same encoder name, different weights)"
+        )
+    if problems:
+        raise EncoderMismatchError(
+            "cannot apply this model to the cohort: "
+            + "; ".join(problems)
+            + ". Featurize the slides with the model's encoder (and weights) first, or train a model on this encoder."
+        )
+
+
+def predict(cohort, *, model: str | os.PathLike, out: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Predict every bag of ``cohort`` with the model directory ``model``; optionally write ``out`` (Parquet).
+
+    Refuses (:class:`EncoderMismatchError`) a cohort featurized with another encoder name, weights or dimension.
+
+    Returns
+    -------
+    DataFrame with one row per bag × gene: ``bag_id``, ``patient_id``, ``gene``, ``y_pred`` (and ``y_true`` when
+    the cohort has targets for the model's genes, else null).
+    """
+    import pyarrow as pa
+
+    from featurize._store import write_table_atomic
+
+    est, config = load_model(model)
+    check_encoder(config, cohort)
+    genes = list(config["genes"])
+    pred = np.asarray(est.predict(cohort.bags), dtype=np.float64).reshape(cohort.n_bags, len(genes))
+    y_true = np.full_like(pred, np.nan)
+    if cohort.y_true is not None:
+        col = {g: j for j, g in enumerate(cohort.genes)}
+        for j, g in enumerate(genes):
+            if g in col:
+                y_true[:, j] = np.asarray(cohort.y_true, dtype=np.float64)[:, col[g]]
+    df = pd.DataFrame(
+        {
+            "bag_id": np.repeat(np.asarray(cohort.bag_ids, dtype=object).astype(str), len(genes)),
+            "patient_id": np.repeat(np.asarray(cohort.groups, dtype=object).astype(str), len(genes)),
+            "gene": np.tile(genes, cohort.n_bags),
+            "y_pred": pred.ravel(),
+            "y_true": y_true.ravel(),
+        }
+    )
+    if out is not None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        write_table_atomic(
+            table,
+            out,
+            metadata={
+                "kind": "predictions",
+                "model": str(Path(model).resolve()),
+                "encoder": config.get("encoder"),
+            },
+        )
+    return df
