@@ -1,0 +1,199 @@
+"""The end-to-end demo: synthetic cohort → featurize → targets → compare → truth → explain → report."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+#: Defaults chosen so the whole demo runs in well under 15 minutes on 2 CPU cores (see README for timings).
+DEMO_PATIENTS = 40
+DEMO_SLIDE_PX = (5_000, 7_000)
+DEMO_ENCODER = "stain-texture"
+DEMO_MPP = 1.0
+DEMO_TILE_PX = 112
+DEMO_MODELS = ("mil", "lgbm", "ridge")
+TARGETS_NAME = "expression"
+
+
+@dataclass
+class DemoResult:
+    """Where the demo wrote things and how long each stage took (seconds)."""
+
+    out: Path
+    cohort: Path
+    store: Path
+    run: Path
+    report: Path | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    summary: pd.DataFrame | None = None
+    hotspot_genes: pd.DataFrame | None = None
+
+
+def write_truth_tiles(cohort_dir: str | os.PathLike, *, store: str | os.PathLike, tiling: str, run: str | os.PathLike) -> Path:
+    """Write ``RUN/truth_tiles.parquet`` (slide_id, tile_id, gene, driver_frac) from the synthetic ground truth.
+
+    Only meaningful for a cohort written by :func:`slide2expr.synth.make_cohort`: for every tile of every slide in
+    ``STORE/tiles/<tiling>/``, the share of the tile covered by each gene's planted driver regions.
+    """
+    import pyarrow.parquet as pq
+
+    from featurize import write_table_atomic
+    from slide2expr.synth import tile_truth
+
+    parts = []
+    for f in sorted((Path(store) / "tiles" / tiling).glob("*.parquet")):
+        tiles = pq.read_table(f).to_pandas()
+        if tiles.empty:
+            continue
+        sid = str(tiles["slide_id"].iloc[0])
+        truth = tile_truth(cohort_dir, slide_id=sid, x=tiles["x"], y=tiles["y"], w=tiles["w"], h=tiles["h"])
+        cols = [c for c in truth.columns if c.startswith("driver_frac_")]
+        long = truth[cols].assign(tile_id=tiles["tile_id"].to_numpy()).melt(
+            id_vars="tile_id", var_name="gene", value_name="driver_frac"
+        )
+        long["gene"] = long["gene"].str.removeprefix("driver_frac_")
+        long.insert(0, "slide_id", sid)
+        parts.append(long)
+    df = pd.concat(parts, ignore_index=True)
+    table = pa.Table.from_pandas(df, preserve_index=False).cast(
+        pa.schema(
+            [
+                ("slide_id", pa.string()),
+                ("tile_id", pa.int32()),
+                ("gene", pa.string()),
+                ("driver_frac", pa.float32()),
+            ]
+        )
+    )
+    return write_table_atomic(table, Path(run) / "truth_tiles.parquet", metadata={"kind": "truth_tiles"})
+
+
+def run_demo(
+    out: str | os.PathLike,
+    *,
+    n_patients: int = DEMO_PATIENTS,
+    seed: int = 0,
+    slide_px: tuple[int, int] = DEMO_SLIDE_PX,
+    encoder: str = DEMO_ENCODER,
+    mpp: float = DEMO_MPP,
+    tile_px: int = DEMO_TILE_PX,
+    models: tuple[str, ...] = DEMO_MODELS,
+    n_folds: int = 5,
+    workers: int | None = None,
+    explain: bool = True,
+    progress: bool = True,
+    log=print,
+) -> DemoResult:
+    """Run the whole pipeline on a synthetic cohort under ``out``; idempotent (stages resume).
+
+    Writes ``out/cohort`` (slides, expression, truth), ``out/store`` (the Parquet store), ``out/run`` (the
+    comparison run, with ``truth_tiles.parquet``, ``localisation.parquet`` and ``explain/report.html``).
+    """
+    import explain as ex
+    import regress
+    import sql
+    from featurize import featurize_cohort, tiling_name
+    from slide2expr.synth import make_cohort, read_truth
+
+    out = Path(out)
+    cohort_dir, store, run = out / "cohort", out / "store", out / "run"
+    res = DemoResult(out=out, cohort=cohort_dir, store=store, run=run, report=None)
+    t = time.perf_counter()
+
+    log(f"[1/6] synthetic cohort: {n_patients} patients → {cohort_dir}")
+    if (cohort_dir / "truth.json").is_file():
+        log("      (exists; reusing it)")
+    else:
+        make_cohort(cohort_dir, n_patients=n_patients, seed=seed, size=slide_px)
+    res.seconds["synth"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log(f"[2/6] featurize with {encoder} at {mpp} µm/px, {tile_px} px tiles → {store}")
+    summary = featurize_cohort(
+        cohort_dir / "slides.csv",
+        store=store,
+        encoder=encoder,
+        mpp=mpp,
+        tile_px=tile_px,
+        workers=workers,
+        progress=progress,
+    )
+    tiling = tiling_name(mpp=mpp, tile_px=tile_px)
+    res.seconds["featurize"] = time.perf_counter() - t
+    log(f"      {summary}")
+
+    t = time.perf_counter()
+    log(f"[3/6] import targets ({TARGETS_NAME}, log1p) into the store")
+    sql.import_targets(
+        cohort_dir / "expression.csv", store=store, name=TARGETS_NAME, transform="log1p", overwrite=True
+    )
+    cohort = sql.load_cohort(store, encoder=encoder, tiling=tiling, targets=TARGETS_NAME)
+    res.seconds["targets+bags"] = time.perf_counter() - t
+    log(f"      {cohort.n_bags} patients, {len(cohort.features):,} tiles × {cohort.dim} dims")
+
+    t = time.perf_counter()
+    log(f"[4/6] compare {', '.join(models)} on {n_folds} patient-grouped folds → {run}")
+    result = regress.compare(
+        cohort,
+        models=models,
+        n_folds=n_folds,
+        seed=seed,
+        out=run,
+        progress=progress,
+        store=store,
+        targets=TARGETS_NAME,
+    )
+    res.seconds["compare"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log("[5/6] ground truth per tile (planted drivers) → run/truth_tiles.parquet")
+    write_truth_tiles(cohort_dir, store=store, tiling=tiling, run=run)
+    res.seconds["truth"] = time.perf_counter() - t
+
+    if explain:
+        t = time.perf_counter()
+        log("[6/6] explain: heatmaps, hotspots (GeoJSON), gallery, SHAP, localisation, report")
+        truth = read_truth(cohort_dir)
+        genes = _demo_genes(truth)
+        exr = ex.explain_run(run, store=store, genes=genes, progress=(lambda m: log(f"      {m}")) if progress else None)
+        res.report = getattr(exr, "report", None)
+        res.seconds["explain"] = time.perf_counter() - t
+
+    res.summary = getattr(result, "summary", None)
+    res.hotspot_genes = hotspot_gene_table(run, truth=read_truth(cohort_dir))
+    return res
+
+
+def _demo_genes(truth: dict) -> list[str]:
+    """The genes the demo explains: every hotspot gene, two compartment genes and one negative control."""
+    kinds = {g: v["kind"] for g, v in truth["genes"].items()}
+    hot = [g for g, k in kinds.items() if k == "hotspot"]
+    comp = [g for g, k in kinds.items() if k == "compartment"][:2]
+    noise = [g for g, k in kinds.items() if k == "noise"][:1]
+    return hot + comp + noise
+
+
+def hotspot_gene_table(run: str | os.PathLike, *, truth: dict) -> pd.DataFrame:
+    """Per gene kind: pooled Pearson r per model, well-predicted calls, and MIL localisation AUROC."""
+    import pyarrow.parquet as pq
+
+    run = Path(run)
+    m = pq.read_table(run / "metrics.parquet").to_pandas()
+    m = m[m["fold"] == -1]
+    kinds = {g: v["kind"] for g, v in truth["genes"].items()}
+    m = m.assign(kind=m["gene"].map(kinds))
+    wide = m.pivot_table(index=["kind", "gene"], columns="model", values="pearson_r")
+    wide.columns = [f"r_{c}" for c in wide.columns]
+    well = m[m["well_predicted"]].groupby("gene")["model"].apply(lambda s: ",".join(sorted(s)))
+    wide["well_predicted_by"] = wide.index.get_level_values("gene").map(well).fillna("")
+    loc_path = run / "localisation.parquet"
+    if loc_path.exists():
+        loc = pq.read_table(loc_path).to_pandas()
+        for (model, score), grp in loc.groupby(["model", "score"]):
+            wide[f"auroc_{model}_{score}"] = wide.index.get_level_values("gene").map(grp.set_index("gene")["auroc"])
+    return wide.reset_index()
