@@ -1,8 +1,10 @@
-"""The self-contained HTML report: one file, images embedded as base64 PNG, no external URLs."""
+"""The self-contained HTML report: one file, images embedded as base64 PNG (JPEG for large photographic
+figures), no external URLs."""
 
 from __future__ import annotations
 
 import base64
+import io
 import html
 import json
 import os
@@ -58,9 +60,23 @@ window.addEventListener('load', function () {
 """
 
 
+#: PNGs larger than this are embedded as JPEG: slide thumbnails and tile galleries are photographs, and as PNG
+#: they made a demo report of ~27 MB; as JPEG (quality 85) it is a few MB and looks the same.
+_JPEG_ABOVE_BYTES = 150_000
+
+
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    raw = Path(path).read_bytes()
+    mime = "image/png"
+    if len(raw) > _JPEG_ABOVE_BYTES:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(raw)).convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
+        if buf.tell() < len(raw):
+            raw, mime = buf.getvalue(), "image/jpeg"
+    data = base64.b64encode(raw).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
 
 
 def _figure(path: Path, caption: str) -> str:

@@ -170,11 +170,12 @@ def test_report_is_self_contained_with_every_section(explained):
     for sid in explain._report.SECTIONS:
         assert f'<section id="{sid}">' in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
-    srcs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    srcs = re.findall(r'src="data:image/(png|jpeg);base64,([^"]+)"', html)
     n_figs = sum(len(v) for v in explained.figures.values()) + 1  # + the run's plots/median_r.png
     assert len(srcs) == n_figs == html.count("<img ")
-    for s in srcs:
-        assert base64.b64decode(s).startswith(b"\x89PNG\r\n\x1a\n")
+    magic = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
+    for kind, s in srcs:
+        assert base64.b64decode(s).startswith(magic[kind])
     assert "HOTA" in html and "well predicted" in html
     manifest = json.loads((explained.out / "manifest.json").read_text())
     assert set(manifest["figures"]) == {"scatter", "shap", "heatmaps", "gallery", "localisation"}
