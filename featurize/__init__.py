@@ -1,7 +1,21 @@
-"""featurize: slides → tissue → tiles → encoder → Parquet store. Owns the store schema."""
+"""featurize: slides → tissue → tiles → encoder → Parquet store. Owns the store schema.
+
+>>> from featurize import featurize_cohort, open_slide, list_encoders
+"""
 
 from __future__ import annotations
 
+from featurize._inputs import SlideInput, SlideListError, collect_slides, file_fingerprint, select_shard
+from featurize._pipeline import FeaturizeSummary, SlideResult, qc_path, read_chunk
+from featurize._reader import (
+    MissingMPPError,
+    SlideError,
+    SlideOpenError,
+    SlideReader,
+    SlideReadError,
+    open_slide,
+)
+from featurize._run import featurize_cohort, magnification_to_mpp
 from featurize._store import (
     EMBEDDINGS_DIR,
     SLIDES_DIR,
@@ -25,6 +39,14 @@ from featurize._store import (
     write_bytes_atomic,
     write_table_atomic,
 )
+from featurize._tissue import TileGrid, tile_grid, tissue_mask
+from featurize.encoders import (
+    EncoderSpec,
+    WeightsNotFoundError,
+    create_encoder,
+    list_encoders,
+    register_encoder,
+)
 
 __all__ = [
     "EMBEDDINGS_DIR",
@@ -35,17 +57,42 @@ __all__ = [
     "TARGETS_SCHEMA",
     "TILES_DIR",
     "TILES_SCHEMA",
+    "EncoderSpec",
+    "FeaturizeSummary",
+    "MissingMPPError",
+    "SlideError",
+    "SlideInput",
+    "SlideListError",
+    "SlideOpenError",
+    "SlideReadError",
+    "SlideReader",
+    "SlideResult",
     "StoreError",
+    "TileGrid",
+    "WeightsNotFoundError",
+    "collect_slides",
+    "create_encoder",
     "embeddings_path",
     "embeddings_schema",
+    "featurize_cohort",
+    "file_fingerprint",
     "init_store",
+    "list_encoders",
+    "magnification_to_mpp",
+    "open_slide",
+    "qc_path",
+    "read_chunk",
     "read_metadata",
+    "register_encoder",
+    "select_shard",
     "slide_path",
     "targets_path",
     "tcga_patient",
     "tcga_sample",
+    "tile_grid",
     "tiles_path",
     "tiling_name",
+    "tissue_mask",
     "write_bytes_atomic",
     "write_table_atomic",
 ]

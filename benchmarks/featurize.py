@@ -1,0 +1,334 @@
+"""Featurization benchmark; prints JSON.
+
+Measures, in one run on the same device, batch size and encoder:
+
+- ``end_to_end_tiles_per_s``: :func:`featurize.featurize_cohort` on a synthetic slide (tissue detection, reading in
+  worker processes, embedding, writing), tiles ÷ wall seconds;
+- ``encoder_only_tiles_per_s``: the encoder on pre-decoded uint8 tensors (mean of a run before and after);
+- their ratio (target ≥ 0.9; ≥ 0.95 with a heavy encoder);
+- ``read_tiles_per_s_per_worker``: read + decode + resize in one process, as a worker does it (row runs of tiles
+  read as one region), and ``openslide_read_region_tiles_per_s``: OpenSlide's plain per-tile ``read_region`` +
+  RGBA→RGB + resize, for reference;
+- ``peak_rss_mb`` of the main process and of the reader processes.
+
+Examples::
+
+    python benchmarks/featurize.py --encoder efficientnet-lite0 --size 13000 --slide-mpp 0.5 --mpp 0.5 --tile 224
+    python benchmarks/featurize.py --encoder resnet50-trunc --size 16384 --slide-mpp 0.25 --mpp 0.5 --tile 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / "_work"
+#: Large ellipses: most of the slide is tissue, some glass remains for the tissue detector to find.
+BLOBS = ((0.3, 0.3, 0.28, 0.28), (0.7, 0.35, 0.25, 0.3), (0.35, 0.72, 0.3, 0.25), (0.72, 0.72, 0.25, 0.25))
+
+
+def synthetic_slide(size: int, slide_mpp: float) -> Path:
+    from featurize._svs import write_svs
+
+    WORK.mkdir(exist_ok=True)
+    path = WORK / f"bench_{size}_{slide_mpp:.2f}.svs"
+    if not path.exists():
+        write_svs(path, size=(size, size), mpp=slide_mpp, levels=3, blobs=BLOBS, seed=7, quality=80)
+    return path
+
+
+def encoder_only(
+    enc, tiles: np.ndarray, *, batch: int, autocast_dtype, device: str, seconds: float = 8.0
+) -> float:
+    import torch
+
+    x_all = torch.from_numpy(tiles).permute(0, 3, 1, 2)
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        x_all = x_all.to(dev)
+    ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else None
+    n = 0
+    with torch.inference_mode():
+        if ctx is not None:
+            ctx.__enter__()
+        try:
+            enc(x_all[:batch]).float().cpu()  # warm-up
+            t0 = time.perf_counter()
+            i = 0
+            while time.perf_counter() - t0 < seconds or n < 4 * batch:
+                s = (i * batch) % max(1, len(x_all) - batch + 1)
+                enc(x_all[s : s + batch]).float().cpu().numpy()
+                n += batch
+                i += 1
+            el = time.perf_counter() - t0
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    return n / el
+
+
+def read_rate(
+    path: Path, grid, *, level: int, out_px: int, chunk: int, n_max: int
+) -> tuple[float, np.ndarray]:
+    from featurize._pipeline import make_chunks, read_chunk
+    from featurize._reader import open_slide
+
+    r = open_slide(path)
+    chunks = make_chunks(grid, max_tiles=chunk)
+    keep = []
+    n = 0
+    t0 = time.perf_counter()
+    for c in chunks:
+        t = read_chunk(
+            r,
+            x=grid.x[c.start : c.stop],
+            y=grid.y[c.start : c.stop],
+            w0=grid.w0,
+            h0=grid.h0,
+            level=level,
+            out_px=out_px,
+        )
+        n += len(t)
+        if sum(len(k) for k in keep) < 512:
+            keep.append(t)
+        if n >= n_max:
+            break
+    el = time.perf_counter() - t0
+    r.close()
+    return n / el, np.concatenate(keep)
+
+
+def openslide_rate(path: Path, grid, *, level: int, out_px: int, n_max: int) -> float:
+    import openslide
+    from PIL import Image
+
+    o = openslide.OpenSlide(str(path))
+    d = o.level_downsamples[level]
+    lw = round(grid.w0 / d)
+    n = min(n_max, len(grid))
+    t0 = time.perf_counter()
+    for i in range(n):
+        im = o.read_region((int(grid.x[i]), int(grid.y[i])), level, (lw, lw)).convert("RGB")
+        if lw != out_px:
+            im = im.resize((out_px, out_px), Image.Resampling.BILINEAR)
+        np.asarray(im)
+    el = time.perf_counter() - t0
+    o.close()
+    return n / el
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoder", default="efficientnet-lite0")
+    ap.add_argument("--size", type=int, default=13000, help="synthetic slide side, level-0 px")
+    ap.add_argument("--slide-mpp", type=float, default=0.5, help="level-0 µm/px of the synthetic slide")
+    ap.add_argument(
+        "--slide", type=Path, default=None, help="benchmark this slide instead of a synthetic one"
+    )
+    ap.add_argument("--mpp", type=float, default=0.5)
+    ap.add_argument("--tile", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="load real weights (speed does not depend on them; default: random init)",
+    )
+    ap.add_argument("--encoder-seconds", type=float, default=8.0)
+    ap.add_argument("--overlap", type=int, default=0)
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="end-to-end runs, each between two encoder-only runs"
+    )
+    ap.add_argument(
+        "--input-px", type=int, default=None, help="encoder input size (default: its data config)"
+    )
+    ap.add_argument(
+        "--memory",
+        type=int,
+        default=0,
+        metavar="N",
+        help="memory mode: featurize the slide N times (as N slide ids) and sample RSS instead of timing",
+    )
+    args = ap.parse_args(argv)
+    if args.memory:
+        return memory(args)
+
+    import torch
+
+    from featurize._inputs import collect_slides
+    from featurize._pipeline import TilingParams, plan_slide, resolve_device
+    from featurize._run import DEFAULT_BATCH, default_workers, featurize_cohort
+    from featurize.encoders import create_encoder
+
+    device = resolve_device(args.device)
+    t_make = time.perf_counter()
+    path = args.slide or synthetic_slide(args.size, args.slide_mpp)
+    make_s = time.perf_counter() - t_make
+    enc = create_encoder(args.encoder, pretrained=args.pretrained, device=device)
+    batch = args.batch or DEFAULT_BATCH.get(torch.device(device).type, 8)
+    workers = default_workers() if args.workers is None else args.workers
+    if args.precision == "auto":
+        ac = enc.autocast_dtype(torch.device(device))
+    else:
+        ac = torch.bfloat16 if args.precision == "bf16" else None
+    out_px = enc.input_size[0]
+
+    slide = collect_slides(path)[0]
+    tiling = TilingParams(mpp=args.mpp, tile_px=args.tile)
+    plan = plan_slide(slide, tiling)
+    if plan.status != "ok":
+        raise SystemExit(f"benchmark slide {path}: {plan.status}: {plan.error}")
+    grid = plan.grid
+    n_tiles = len(grid)
+    read_tps, sample = read_rate(
+        path, grid, level=plan.level, out_px=out_px, chunk=min(batch, 16), n_max=3000
+    )
+    os_tps = openslide_rate(path, grid, level=plan.level, out_px=out_px, n_max=600)
+
+    # encoder-only and end-to-end alternate (E F E F … E), so each run is compared with its neighbours in time:
+    # the ratio then holds on a machine whose load changes during the benchmark
+    enc_runs = [
+        encoder_only(enc, sample, batch=batch, autocast_dtype=ac, device=device, seconds=args.encoder_seconds)
+    ]
+    e2e_runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            summary = featurize_cohort(
+                [slide],
+                store=Path(tmp) / "store",
+                encoder=enc,
+                mpp=args.mpp,
+                tile_px=args.tile,
+                device=device,
+                batch_size=batch,
+                workers=workers,
+                precision=args.precision,
+                force=True,
+            )
+            e2e_runs.append(summary.tiles / summary.seconds)
+            enc_runs.append(
+                encoder_only(
+                    enc, sample, batch=batch, autocast_dtype=ac, device=device, seconds=args.encoder_seconds
+                )
+            )
+    ratios = [f / ((a + b) / 2) for f, a, b in zip(e2e_runs, enc_runs[:-1], enc_runs[1:], strict=True)]
+    res = summary.results[0]
+    if res.status != "ok":
+        raise SystemExit(f"featurize failed: {res.error}")
+    e2e = float(np.median(e2e_runs))
+    enc_tps = float(np.median(enc_runs))
+    out = {
+        "benchmark": "featurize",
+        "encoder": args.encoder,
+        "device": device,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "precision": "bf16" if ac is not None else "fp32",
+        "channels_last": bool(getattr(enc, "channels_last", False)),
+        "batch_size": batch,
+        "workers": workers,
+        "slide": str(path.name),
+        "slide_size": list(plan.width and (plan.width, plan.height)),
+        "slide_mpp": plan.mpp[0],
+        "tiling": tiling.name,
+        "read_level": plan.level,
+        "read_box_px": round(grid.w0 / plan.level_downsample),
+        "encoder_input_px": out_px,
+        "tissue_tiles": n_tiles,
+        "end_to_end_tiles_per_s": round(e2e, 2),
+        "end_to_end_seconds": round(summary.seconds, 2),
+        "encoder_only_tiles_per_s": round(enc_tps, 2),
+        "end_to_end_runs": [round(v, 2) for v in e2e_runs],
+        "encoder_only_runs": [round(v, 2) for v in enc_runs],
+        "ratio_per_run": [round(v, 3) for v in ratios],
+        "ratio_end_to_end_over_encoder": round(float(np.median(ratios)), 3),
+        "read_tiles_per_s_per_worker": round(read_tps, 1),
+        "openslide_read_region_tiles_per_s": round(os_tps, 1),
+        "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb_workers": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "slide_make_seconds": round(make_s, 1),
+        "load_average": os.getloadavg()[0],
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+def memory(args) -> dict:
+    """RSS of the main process (+ readers) sampled every 0.2 s while featurizing the slide ``args.memory`` times."""
+    import threading
+
+    import psutil
+
+    from featurize._inputs import SlideInput
+    from featurize._run import featurize_cohort
+
+    path = args.slide or synthetic_slide(args.size, args.slide_mpp)
+    slides = [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(args.memory)]
+    me = psutil.Process()
+    samples: list[tuple[float, float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        t0 = time.perf_counter()
+        while not stop.is_set():
+            main_mb = me.memory_info().rss / 2**20
+            kids = sum(c.memory_info().rss for c in me.children(recursive=True)) / 2**20
+            samples.append((time.perf_counter() - t0, main_mb, kids))
+            stop.wait(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        th.start()
+        summary = featurize_cohort(
+            slides,
+            store=Path(tmp) / "store",
+            encoder=args.encoder,
+            mpp=args.mpp,
+            tile_px=args.tile,
+            overlap_px=args.overlap,
+            input_px=args.input_px,
+            batch_size=args.batch,
+            workers=args.workers,
+            device=args.device,
+            precision=args.precision,
+        )
+        stop.set()
+        th.join()
+    arr = np.array(samples)
+    q = len(arr) // 4 or 1
+    out = {
+        "benchmark": "featurize-memory",
+        "encoder": args.encoder,
+        "slides": args.memory,
+        "tiles_per_slide": summary.results[0].n_tiles,
+        "tiles_total": summary.tiles,
+        "seconds": round(summary.seconds, 1),
+        "tiles_per_s": round(summary.tiles_per_s, 1),
+        "rss_mb_main_peak": round(float(arr[:, 1].max()), 1),
+        "rss_mb_main_first_quarter_max": round(float(arr[:q, 1].max()), 1),
+        "rss_mb_main_last_quarter_max": round(float(arr[-q:, 1].max()), 1),
+        "rss_mb_readers_peak": round(float(arr[:, 2].max()), 1),
+        "peak_rss_mb_main_getrusage": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "statuses": sorted({r.status for r in summary.results}),
+        "load_average": os.getloadavg()[0],
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,671 @@
+"""The featurization pipeline: plan (tissue, grid) and read tiles in worker processes, embed on the device, write
+beside the model.
+
+Data flow for a cohort::
+
+    worker processes (one slide handle each)        main thread                    writer thread
+    plan slide i+1 (thumbnail → mask → grid)  ─┐
+    read chunks of slide i (row runs of tiles) ─┼─► uint8 batches → encoder ──► queue ─► tiles/, qc/, slides/,
+                                               ┘    (bf16 autocast, channels_last)         embeddings/ (last)
+
+Work is submitted ahead in a bounded window in consumption order, so the next slide is planned and read while
+the current one is embedded, and memory stays bounded whatever the slide size. The embeddings file is written
+last: it is the commit marker that resume checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from featurize._inputs import SlideInput, file_fingerprint
+from featurize._reader import SlideError, SlideReader, open_slide, resize_rgb
+from featurize._store import (
+    SLIDES_SCHEMA,
+    STORE_FORMAT,
+    TILES_SCHEMA,
+    embeddings_path,
+    embeddings_schema,
+    read_metadata,
+    slide_path,
+    tiles_path,
+    tiling_name,
+    write_bytes_atomic,
+    write_table_atomic,
+)
+from featurize._tissue import TISSUE_MPP, TISSUE_VERSION, TileGrid, qc_image, tile_grid, tissue_mask
+
+#: Bumped when the pipeline changes what it writes (part of the config hash, so resume redoes old slides).
+PIPELINE_VERSION = 1
+QC_DIR = "qc"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slide2expr")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "0+unknown"
+
+
+def qc_path(store: str | os.PathLike, tiling: str, slide_id: str) -> Path:
+    """``STORE/qc/<tiling>/<slide_id>.png``: the thumbnail with the tissue outline and the kept tiles."""
+    return Path(store) / QC_DIR / tiling / f"{slide_id}.png"
+
+
+# ---- plan: open, tissue, grid (runs in a worker) -------------------------------------------------------------
+
+
+@dataclass
+class SlidePlan:
+    """What a slide's run needs and records; built by :func:`plan_slide`."""
+
+    slide: SlideInput
+    fingerprint: dict
+    status: str = "ok"  # ok | failed | no_tissue
+    error: str | None = None
+    vendor: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mpp: tuple[float, float] | None = None
+    mpp_source: str | None = None
+    objective_power: float | None = None
+    levels: int | None = None
+    level: int = 0
+    level_downsample: float = 1.0
+    grid: TileGrid | None = None  # kept tiles
+    tissue_area_mm2: float | None = None
+    qc_png: bytes | None = None
+    seconds_plan: float = 0.0
+    seconds_read: float = 0.0
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    mpp: float
+    tile_px: int
+    overlap_px: int = 0
+    min_tissue: float = 0.5
+    tissue_mpp: float = TISSUE_MPP
+
+    @property
+    def name(self) -> str:
+        return tiling_name(mpp=self.mpp, tile_px=self.tile_px, overlap_px=self.overlap_px)
+
+    def as_dict(self) -> dict:
+        return {
+            "mpp": self.mpp,
+            "tile_px": self.tile_px,
+            "overlap_px": self.overlap_px,
+            "min_tissue": self.min_tissue,
+            "tissue_mpp": self.tissue_mpp,
+            "tissue_version": TISSUE_VERSION,
+        }
+
+
+_READERS: dict[tuple[str, float | None], SlideReader] = {}
+
+
+def _reader_for(slide: SlideInput) -> SlideReader:
+    """The worker's open handle for ``slide`` (one slide open per worker; reopened when another is asked for)."""
+    key = (str(slide.path), slide.mpp)
+    r = _READERS.get(key)
+    if r is None:
+        for k in list(_READERS):
+            with contextlib.suppress(Exception):
+                _READERS.pop(k).close()
+        r = open_slide(slide.path, mpp_override=slide.mpp, slide_id=slide.slide_id)
+        _READERS[key] = r
+    return r
+
+
+def _drop_reader(slide: SlideInput) -> None:
+    r = _READERS.pop((str(slide.path), slide.mpp), None)
+    if r is not None:
+        with contextlib.suppress(Exception):
+            r.close()
+
+
+def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
+    """Open ``slide``, detect tissue on a thumbnail and lay out the kept tiles. Never raises for slide problems:
+    they end up in ``status``/``error``."""
+    t0 = time.perf_counter()
+    plan = SlidePlan(slide=slide, fingerprint=file_fingerprint(slide.path))
+    try:
+        r = _reader_for(slide)
+        plan.vendor = r.vendor
+        plan.width, plan.height = r.dimensions
+        plan.mpp, plan.mpp_source = r.mpp, r.mpp_source
+        plan.objective_power = r.objective_power
+        plan.levels = r.level_count
+        plan.level = r.best_level(tiling.mpp)
+        plan.level_downsample = r.level_downsamples[plan.level]
+        thumb, tmpp = r.thumbnail(mpp=tiling.tissue_mpp)
+        mask = tissue_mask(thumb, mpp=tmpp)
+        full = tile_grid(
+            r.dimensions,
+            slide_mpp=r.mpp,
+            mpp=tiling.mpp,
+            tile_px=tiling.tile_px,
+            overlap_px=tiling.overlap_px,
+            mask=mask,
+            mask_mpp=tmpp,
+        )
+        grid = full.select(full.tissue_frac >= tiling.min_tissue)
+        plan.grid = grid
+        plan.tissue_area_mm2 = float(mask.sum()) * tmpp * tmpp / 1e6
+        if len(grid) == 0:
+            plan.status = "no_tissue"
+            plan.error = (
+                f"no tile has a tissue fraction >= {tiling.min_tissue} (tissue covers {plan.tissue_area_mm2:.3f} mm², "
+                f"{len(full)} tile positions); check the QC image or lower --min-tissue"
+            )
+        plan.qc_png = _qc_png(thumb, tmpp, r.mpp, mask, grid, f"{slide.slide_id} {tiling.name} n={len(grid)}")
+    except SlideError as exc:
+        plan.status, plan.error = "failed", str(exc)
+        _drop_reader(slide)
+    except (
+        OSError,
+        ValueError,
+        MemoryError,
+        RuntimeError,
+    ) as exc:  # an unexpected decoder or library failure
+        plan.status, plan.error = "failed", f"{slide.slide_id}: {type(exc).__name__}: {exc}"
+        _drop_reader(slide)
+    plan.seconds_plan = time.perf_counter() - t0
+    return plan
+
+
+def _qc_png(thumb, tmpp, slide_mpp, mask, grid, title) -> bytes:
+    # upscale small thumbnails (nearest) so the grid stays legible
+    k = max(1, min(4, 800 // max(thumb.shape[:2])))
+    if k > 1:
+        thumb = np.repeat(np.repeat(thumb, k, axis=0), k, axis=1)
+        mask = np.repeat(np.repeat(mask, k, axis=0), k, axis=1)
+    return qc_image(thumb, thumb_mpp=tmpp / k, slide_mpp=slide_mpp, mask=mask, grid=grid, title=title)
+
+
+# ---- reading tiles (runs in a worker) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive kept tiles of one grid row, read as one region: ``index`` into the slide's kept grid."""
+
+    start: int
+    stop: int
+
+
+def make_chunks(grid: TileGrid, *, max_tiles: int) -> list[Chunk]:
+    """Split the kept tiles (row-major) into runs of neighbours in one row, at most ``max_tiles`` each."""
+    n = len(grid)
+    if n == 0:
+        return []
+    brk = np.flatnonzero((np.diff(grid.row) != 0) | (np.diff(grid.col) != 1)) + 1
+    bounds = [0, *brk.tolist(), n]
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for s in range(a, b, max_tiles):
+            out.append(Chunk(s, min(b, s + max_tiles)))
+    return out
+
+
+def read_chunk(
+    reader: SlideReader, *, x: np.ndarray, y: np.ndarray, w0: int, h0: int, level: int, out_px: int
+) -> np.ndarray:
+    """Read tiles that share a row with one region read, cut and resize them.
+
+    Parameters
+    ----------
+    x, y
+        ``(k,)`` level-0 top-left corners (same ``y`` for a row run; any layout works).
+    w0, h0
+        Level-0 tile size.
+    level
+        Pyramid level to read.
+    out_px
+        Output tile size.
+
+    Returns
+    -------
+    np.ndarray
+        ``(k, out_px, out_px, 3)`` uint8 RGB.
+    """
+    d = reader.level_downsamples[level]
+    x0, y0 = int(x.min()), int(y.min())
+    x1, y1 = int(x.max()) + w0, int(y.max()) + h0
+    region = reader.read_region(x0, y0, x1 - x0, y1 - y0, level=level)
+    lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
+    out = np.empty((len(x), out_px, out_px, 3), np.uint8)
+    rh, rw = region.shape[:2]
+    for i, (tx, ty) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
+        ox = min(round((tx - x0) / d), rw - lw)
+        oy = min(round((ty - y0) / d), rh - lh)
+        out[i] = resize_rgb(region[oy : oy + lh, ox : ox + lw], out_px, out_px)
+    return out
+
+
+def _read_chunk_task(
+    slide: SlideInput, level: int, x: np.ndarray, y: np.ndarray, w0: int, h0: int, out_px: int
+):
+    t0 = time.perf_counter()
+    r = _reader_for(slide)
+    tiles = read_chunk(r, x=x, y=y, w0=w0, h0=h0, level=level, out_px=out_px)
+    return tiles, time.perf_counter() - t0
+
+
+class _InlineExecutor:
+    """``submit`` runs the call now (``workers=0``: everything in the main process)."""
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - delivered through the future like a process pool would
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        for key in list(_READERS):
+            with contextlib.suppress(Exception):
+                _READERS.pop(key).close()
+
+
+def _worker_init() -> None:
+    # die with the parent (a killed run must not leave readers behind), Linux only
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    # readers use numpy/PIL only; keep BLAS/OpenMP pools from oversubscribing the cores the encoder uses
+    os.environ["OMP_NUM_THREADS"] = "1"
+    with contextlib.suppress(Exception):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def make_executor(workers: int):
+    if workers <= 0:
+        return _InlineExecutor()
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init)
+    # with fork, the first submit launches every worker: do it now, before the writer and progress threads exist
+    ex.submit(os.getpid).result()
+    return ex
+
+
+# ---- the stream of work, in consumption order ----------------------------------------------------------------
+
+
+def _stream(
+    slides: list[SlideInput],
+    *,
+    executor,
+    tiling: TilingParams,
+    out_px: int,
+    chunk_tiles: int,
+    max_inflight: int,
+    plan_ahead: int = 1,
+) -> Iterator[tuple]:
+    """Yield ``("plan", plan)``, ``("chunk", plan, chunk, future)``…, ``("end", plan)`` per slide, in order,
+    with up to ``max_inflight`` chunk reads and ``plan_ahead`` slide plans running ahead of the consumer."""
+    plan_futs: dict[int, Future] = {}
+
+    def ensure_plans(upto: int) -> None:
+        for j in range(upto, min(len(slides), upto + plan_ahead + 1)):
+            if j not in plan_futs:
+                plan_futs[j] = executor.submit(plan_slide, slides[j], tiling)
+
+    def submissions() -> Iterator[tuple]:
+        for i in range(len(slides)):
+            ensure_plans(i)
+            plan = plan_futs.pop(i).result()
+            yield ("plan", plan)
+            if plan.status == "ok":
+                g = plan.grid
+                for c in make_chunks(g, max_tiles=chunk_tiles):
+                    fut = executor.submit(
+                        _read_chunk_task,
+                        plan.slide,
+                        plan.level,
+                        g.x[c.start : c.stop],
+                        g.y[c.start : c.stop],
+                        g.w0,
+                        g.h0,
+                        out_px,
+                    )
+                    yield ("chunk", plan, c, fut)
+                    ensure_plans(i + 1)
+            yield ("end", plan)
+
+    window: deque = deque()
+    inflight = 0
+    sub = submissions()
+    exhausted = False
+    while True:
+        while not exhausted and inflight < max_inflight:
+            item = next(sub, None)
+            if item is None:
+                exhausted = True
+                break
+            window.append(item)
+            if item[0] == "chunk":
+                inflight += 1
+        if not window:
+            return
+        item = window.popleft()
+        if item[0] == "chunk":
+            inflight -= 1
+        yield item
+
+
+# ---- the writer ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """Everything fixed for a run (the parts that change outputs go into the config hash)."""
+
+    store: Path
+    tiling: TilingParams
+    encoder_name: str
+    encoder_meta: dict
+    weights_sha256: str | None
+    dim: int
+    dtype: str
+    out_px: int
+    precision: str
+
+    @property
+    def config(self) -> dict:
+        return {
+            "pipeline_version": PIPELINE_VERSION,
+            "store_format": STORE_FORMAT,
+            "tiling": self.tiling.as_dict(),
+            "encoder": self.encoder_name,
+            "weights_sha256": self.weights_sha256,
+            "architecture": self.encoder_meta.get("architecture"),
+            "output_mode": self.encoder_meta.get("output_mode"),
+            "preprocessing": self.encoder_meta.get("preprocessing"),
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "out_px": self.out_px,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _slide_row(plan: SlidePlan, cfg: RunConfig, *, n_tiles: int, seconds_total: float) -> pa.Table:
+    s = plan.slide
+    row: dict[str, Any] = {
+        "slide_id": s.slide_id,
+        "patient_id": s.patient_id,
+        "path": str(s.path),
+        "file_size": plan.fingerprint.get("size"),
+        "file_mtime_ns": plan.fingerprint.get("mtime_ns"),
+        "head_sha256": plan.fingerprint.get("head_sha256"),
+        "vendor": plan.vendor,
+        "width": plan.width,
+        "height": plan.height,
+        "mpp_x": plan.mpp[0] if plan.mpp else None,
+        "mpp_y": plan.mpp[1] if plan.mpp else None,
+        "mpp_source": plan.mpp_source,
+        "objective_power": plan.objective_power,
+        "levels": plan.levels,
+        "status": plan.status,
+        "error": plan.error,
+        "n_tiles": n_tiles,
+        "tissue_area_mm2": plan.tissue_area_mm2,
+        "tiling": cfg.tiling.name,
+        "encoder": cfg.encoder_name,
+        "seconds_read": round(plan.seconds_plan + plan.seconds_read, 4),
+        "seconds_total": round(seconds_total, 4),
+        "featurized_at": datetime.now(timezone.utc),
+    }
+    return pa.Table.from_pylist([row], schema=SLIDES_SCHEMA)
+
+
+def _file_meta(plan: SlidePlan, cfg: RunConfig, kind: str) -> dict:
+    meta = {
+        "format": STORE_FORMAT,
+        "version": package_version(),
+        "kind": kind,
+        "slide_id": plan.slide.slide_id,
+        "tiling": cfg.tiling.name,
+        "tiling_params": cfg.tiling.as_dict(),
+        "fingerprint": plan.fingerprint,
+        "config_hash": cfg.config_hash,
+    }
+    if kind in ("embeddings", "slides"):
+        meta.update(
+            {
+                "encoder": cfg.encoder_name,
+                "encoder_spec": {**cfg.encoder_meta, "out_px": cfg.out_px, "precision": cfg.precision},
+                "weights_sha256": cfg.weights_sha256,
+                "dim": cfg.dim,
+                "dtype": cfg.dtype,
+            }
+        )
+    return meta
+
+
+def _clean_stale_tmp(path: Path) -> None:
+    """Remove hidden temporaries of ``path`` left by a killed run (only this slide's: shards never collide)."""
+    if path.parent.is_dir():
+        for t in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                t.unlink()
+
+
+def write_slide(plan: SlidePlan, cfg: RunConfig, emb: np.ndarray | None, *, seconds_total: float) -> None:
+    """Write one slide's files: ``slides/``, ``tiles/<tiling>/``, ``qc/<tiling>/`` and, last (the commit marker
+    that resume checks), ``embeddings/<tiling>/<encoder>/`` (empty for ``no_tissue``; none for ``failed``)."""
+    sid = plan.slide.slide_id
+    store, tiling = cfg.store, cfg.tiling.name
+    sp, tp = slide_path(store, sid), tiles_path(store, tiling, sid)
+    ep, qp = embeddings_path(store, tiling, cfg.encoder_name, sid), qc_path(store, tiling, sid)
+    for p in (sp, tp, ep, qp):
+        _clean_stale_tmp(p)
+    g = plan.grid
+    n = len(g) if (g is not None and plan.status == "ok") else 0
+    if plan.status == "failed":
+        # a failed slide must not keep outputs of an earlier run of this tiling and encoder
+        for p in (ep, tp, qp):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    write_table_atomic(
+        _slide_row(plan, cfg, n_tiles=n, seconds_total=seconds_total),
+        sp,
+        metadata=_file_meta(plan, cfg, "slides"),
+    )
+    if plan.status == "failed":
+        return
+    if plan.qc_png is not None:
+        write_bytes_atomic(qp, plan.qc_png)
+    ids = np.arange(n, dtype=np.int32)
+    if n:
+        cols = {"x": g.x, "y": g.y, "w": np.full(n, g.w0, np.int64), "h": np.full(n, g.h0, np.int64)}
+        frac = g.tissue_frac
+    else:
+        cols = {k: np.zeros(0, np.int64) for k in ("x", "y", "w", "h")}
+        frac = np.zeros(0, np.float32)
+    sid_col = pa.array([sid] * n, pa.string())
+    tiles = pa.Table.from_arrays(
+        [
+            sid_col,
+            pa.array(ids),
+            *(pa.array(cols[k]) for k in ("x", "y", "w", "h")),
+            pa.array(frac, pa.float32()),
+        ],
+        schema=TILES_SCHEMA,
+    )
+    write_table_atomic(tiles, tp, metadata=_file_meta(plan, cfg, "tiles"))
+    schema = embeddings_schema(cfg.dim, cfg.dtype)
+    values = (
+        emb.reshape(-1)
+        if (emb is not None and n)
+        else np.zeros(0, np.float32 if cfg.dtype == "float32" else np.float16)
+    )
+    emb_col = pa.FixedSizeListArray.from_arrays(pa.array(values), type=schema.field("embedding").type)
+    table = pa.Table.from_arrays(
+        [sid_col, pa.array(ids), pa.array(cols["x"]), pa.array(cols["y"]), emb_col], schema=schema
+    )
+    write_table_atomic(table, ep, metadata=_file_meta(plan, cfg, "embeddings"))
+
+
+def is_done(slide: SlideInput, cfg: RunConfig) -> bool:
+    """Whether ``slide`` has outputs of this exact config and file (resume skips it)."""
+    ep = embeddings_path(cfg.store, cfg.tiling.name, cfg.encoder_name, slide.slide_id)
+    sp = slide_path(cfg.store, slide.slide_id)
+    if not (ep.is_file() and sp.is_file()):
+        return False
+    try:
+        meta = read_metadata(ep)
+    except (OSError, pa.ArrowInvalid):
+        return False
+    if meta.get("config_hash") != cfg.config_hash:
+        return False
+    fp = meta.get("fingerprint") or {}
+    now = file_fingerprint(slide.path)
+    if (fp.get("size"), fp.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
+        return False
+    tiling = meta.get("tiling_params") or {}
+    return tiling.get("mpp") == cfg.tiling.mpp and (slide.mpp is None or _slide_mpp_matches(sp, slide.mpp))
+
+
+def _slide_mpp_matches(sp: Path, mpp: float) -> bool:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(sp, columns=["mpp_x"])
+    return t.num_rows == 1 and t.column(0)[0].as_py() == mpp
+
+
+class _Writer:
+    """Writes finished slides on a thread beside the model; a bounded queue keeps memory flat."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="slide2expr-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            plan, emb, seconds = item
+            if self.error is not None:
+                continue
+            try:
+                write_slide(plan, self.cfg, emb, seconds_total=seconds)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread by close()
+                self.error = exc
+
+    def put(self, plan: SlidePlan, emb: np.ndarray | None, seconds: float) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((plan, emb, seconds))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+@dataclass
+class SlideResult:
+    slide_id: str
+    status: str  # ok | failed | no_tissue | skipped
+    n_tiles: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class FeaturizeSummary:
+    """What :func:`featurize_cohort` did, slide by slide.
+
+    Attributes
+    ----------
+    results : list[SlideResult]
+        In processing order (sorted slide ids of the shard).
+    seconds : float
+        Wall time of the run.
+    tiles : int
+        Tiles embedded in this run (skipped slides excluded).
+    """
+
+    store: Path
+    tiling: str
+    encoder: str
+    results: list[SlideResult] = field(default_factory=list)
+    seconds: float = 0.0
+    tiles: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def n_failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "store": str(self.store),
+            "tiling": self.tiling,
+            "encoder": self.encoder,
+            "seconds": round(self.seconds, 3),
+            "tiles": self.tiles,
+            "tiles_per_s": round(self.tiles_per_s, 2),
+            "device": self.device,
+            "precision": self.precision,
+            "counts": {s: self.count(s) for s in ("ok", "no_tissue", "failed", "skipped")},
+            "slides": [r.__dict__ for r in self.results],
+        }

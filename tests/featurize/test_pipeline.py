@@ -1,0 +1,333 @@
+"""The pipeline and the store it writes: layout, metadata, resume, shards, failure isolation, crash safety."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from featurize import (
+    collect_slides,
+    embeddings_path,
+    featurize_cohort,
+    open_slide,
+    qc_path,
+    read_chunk,
+    read_metadata,
+    slide_path,
+    tile_grid,
+    tiles_path,
+)
+from tests.featurize.conftest import FAST
+
+TILING = "mpp1.00_px112_ov0"
+TIMING = ("seconds_read", "seconds_total", "featurized_at")
+
+
+def snapshot(store: Path) -> dict[str, object]:
+    """Every file of a store by relative path: Parquet as rows (timings dropped), others by content hash."""
+    out: dict[str, object] = {}
+    for p in sorted(store.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = str(p.relative_to(store))
+        if p.suffix == ".parquet":
+            t = pq.read_table(p)
+            t = t.drop_columns([c for c in TIMING if c in t.column_names])
+            out[rel] = t.to_pylist()
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def hidden_files(store: Path) -> list[Path]:
+    return [p for p in store.rglob(".*") if p.is_file()]
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory, slide_dir) -> Path:
+    store = tmp_path_factory.mktemp("base") / "store"
+    summary = featurize_cohort(slide_dir, store=store, **FAST)
+    assert summary.count("ok") == 3 and summary.n_failed == 0
+    return store
+
+
+def test_store_layout_metadata_and_duckdb(base_store, slide_dir):
+    sid = "TCGA-AA-0001-01Z-00-DX1"
+    ep = embeddings_path(base_store, TILING, "stain-texture", sid)
+    tp = tiles_path(base_store, TILING, sid)
+    sp = slide_path(base_store, sid)
+    assert ep.is_file() and tp.is_file() and sp.is_file() and qc_path(base_store, TILING, sid).is_file()
+    slide = pq.read_table(sp).to_pylist()[0]
+    assert slide["status"] == "ok" and slide["error"] is None
+    assert slide["patient_id"] == "TCGA-AA-0001"  # parsed from the barcode
+    assert (slide["width"], slide["height"], slide["mpp_x"], slide["mpp_source"]) == (
+        2048,
+        1536,
+        0.5,
+        "metadata",
+    )
+    assert slide["vendor"] == "aperio" and slide["levels"] == 2 and slide["file_size"] > 0
+    tiles = pq.read_table(tp)
+    emb = pq.read_table(ep)
+    n = slide["n_tiles"]
+    assert tiles.num_rows == emb.num_rows == n > 0
+    assert tiles.column("tile_id").to_pylist() == list(range(n))
+    assert emb.column("tile_id").to_pylist() == list(range(n))
+    assert tiles.column("x").to_pylist() == emb.column("x").to_pylist()
+    assert min(tiles.column("tissue_frac").to_pylist()) >= 0.5
+    assert set(tiles.column("w").to_pylist()) == {224}  # 112 px at 1 µm/px on a 0.5 µm/px slide
+    assert emb.schema.field("embedding").type.list_size == 102
+    assert pq.ParquetFile(ep).metadata.row_group(0).column(4).compression == "UNCOMPRESSED"
+    meta = read_metadata(ep)
+    assert meta["encoder"] == "stain-texture" and meta["dim"] == 102 and meta["dtype"] == "float32"
+    assert meta["kind"] == "embeddings" and meta["tiling"] == TILING
+    assert meta["tiling_params"]["mpp"] == 1.0 and meta["tiling_params"]["min_tissue"] == 0.5
+    assert meta["encoder_spec"]["preprocessing"]["input_size"] == [3, 224, 224]
+    assert meta["encoder_spec"]["out_px"] == 112
+    assert len(meta["config_hash"]) == 16 and meta["fingerprint"]["size"] == slide["file_size"]
+    assert "weights_sha256" in meta and meta["version"]
+    # embeddings are finite and differ between tiles
+    vecs = np.asarray(emb.column("embedding").combine_chunks().flatten()).reshape(n, 102)
+    assert np.isfinite(vecs).all() and np.unique(vecs, axis=0).shape[0] > 1
+    # DuckDB reads the store as it is
+    con = duckdb.connect()
+    total = con.execute(
+        f"select count(*) from read_parquet('{base_store}/embeddings/**/*.parquet')"
+    ).fetchone()[0]
+    expected = con.execute(
+        f"select sum(n_tiles) from read_parquet('{base_store}/slides/*.parquet')"
+    ).fetchone()[0]
+    assert total == expected > 0
+    d = con.execute(
+        f"select len(embedding) from read_parquet('{base_store}/embeddings/*/*/*.parquet') limit 1"
+    ).fetchone()[0]
+    assert d == 102
+
+
+def test_tile_count_matches_the_grid_and_pixels_match_the_reader(base_store, slide_dir):
+    sid = "s2"
+    tiles = pq.read_table(tiles_path(base_store, TILING, sid))
+    with open_slide(slide_dir / "s2.svs") as s:
+        thumb, tmpp = s.thumbnail(mpp=8.0)
+        from featurize import tissue_mask
+
+        g = tile_grid(
+            s.dimensions,
+            slide_mpp=s.mpp,
+            mpp=1.0,
+            tile_px=112,
+            mask=tissue_mask(thumb, mpp=tmpp),
+            mask_mpp=tmpp,
+        )
+        kept = g.select(g.tissue_frac >= 0.5)
+        assert tiles.num_rows == len(kept)
+        assert tiles.column("x").to_pylist() == kept.x.tolist()
+        # the row-run reader cuts the same pixels as reading each tile alone
+        k = min(4, len(kept))
+        x, y = kept.x[:k], kept.y[:k]
+        row = y == y[0]
+        chunk = read_chunk(s, x=x[row], y=y[row], w0=kept.w0, h0=kept.h0, level=0, out_px=112)
+        for i, (tx, ty) in enumerate(zip(x[row], y[row], strict=True)):
+            np.testing.assert_array_equal(chunk[i], s.read_tile(int(tx), int(ty), 112, mpp=1.0))
+
+
+def test_resume_skips_and_force_redoes(base_store, slide_dir, tmp_path):
+    store = tmp_path / "store"
+    featurize_cohort(slide_dir, store=store, **FAST)
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
+    again = featurize_cohort(slide_dir, store=store, **FAST)
+    assert again.count("skipped") == 3 and again.tiles == 0
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")} == before
+    # changing a parameter that changes outputs is not a match: min_tissue shares the tiling folder
+    changed = featurize_cohort(slide_dir, store=store, **{**FAST, "min_tissue": 0.9})
+    assert changed.count("skipped") == 0 and changed.count("ok") == 3
+    forced = featurize_cohort(slide_dir, store=store, force=True, **FAST)
+    assert forced.count("ok") == 3 and forced.tiles == sum(r.n_tiles for r in forced.results)
+    assert snapshot(store) == snapshot(base_store)
+
+
+def test_shards_together_equal_the_unsharded_store(base_store, slide_dir, tmp_path):
+    store = tmp_path / "sharded"
+    a = featurize_cohort(slide_dir, store=store, shard="0/2", **FAST)
+    b = featurize_cohort(slide_dir, store=store, shard="1/2", **FAST)
+    assert [r.slide_id for r in a.results] == ["TCGA-AA-0001-01Z-00-DX1", "s3"]
+    assert [r.slide_id for r in b.results] == ["s2"]
+    assert snapshot(store) == snapshot(base_store)
+
+
+def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path):
+    store = tmp_path / "workers"
+    featurize_cohort(slide_dir, store=store, **{**FAST, "workers": 2})
+    assert snapshot(store) == snapshot(base_store)
+
+
+def test_float16_and_patient_table(slide_dir, tmp_path):
+    csv = tmp_path / "patients.csv"
+    csv.write_text("slide_id,patient_id\ns2,P7\n")
+    store = tmp_path / "half"
+    featurize_cohort([slide_dir / "s2.svs"], store=store, dtype="float16", patients=csv, **FAST)
+    ep = embeddings_path(store, TILING, "stain-texture", "s2")
+    assert str(pq.read_schema(ep).field("embedding").type.value_type) == "halffloat"
+    assert pq.read_table(slide_path(store, "s2")).column("patient_id")[0].as_py() == "P7"
+    assert duckdb.connect().execute(f"select count(*) from read_parquet('{ep}')").fetchone()[0] > 0
+
+
+def test_slide_list_csv_and_errors(slide_dir, tmp_path):
+    lst = tmp_path / "slides.csv"
+    lst.write_text(
+        f"path,slide_id,patient_id,mpp\n{slide_dir / 's2.svs'},two,PX,0.5\n{slide_dir / 's3.svs'},,,\n"
+    )
+    items = collect_slides(lst)
+    assert [(s.slide_id, s.patient_id, s.mpp) for s in items] == [("s3", "s3", None), ("two", "PX", 0.5)]
+    dup = tmp_path / "dup.csv"
+    dup.write_text(f"path\n{slide_dir / 's2.svs'}\n{slide_dir / 's2.svs'}\n")
+    from featurize import SlideListError
+
+    with pytest.raises(SlideListError, match="used twice"):
+        collect_slides(dup)
+
+
+def test_bad_cohort_completes_records_reasons_and_exits_3(bad_dir, tmp_path):
+    from slide2expr.cli import app
+
+    store = tmp_path / "bad store"
+    args = [str(bad_dir), "--store", str(store), "--mpp", "1", "--tile", "112", "--input-px", "112"]
+    res = CliRunner().invoke(app, ["featurize", *args, "--workers", "0", "--no-progress"])
+    assert res.exit_code == 3, res.output
+    rows = {
+        r["slide_id"]: r for p in (store / "slides").glob("*.parquet") for r in pq.read_table(p).to_pylist()
+    }
+    assert rows["good"]["status"] == "ok" and rows["good"]["n_tiles"] > 0
+    assert rows["blank"]["status"] == "no_tissue" and "tissue" in rows["blank"]["error"]
+    for sid, reason in {
+        "truncated": "truncated",
+        "random": "cannot open",
+        "empty": "empty",
+        "nompp": "--mpp-override",
+    }.items():
+        assert rows[sid]["status"] == "failed", sid
+        assert reason in rows[sid]["error"], (sid, rows[sid]["error"])
+        assert sid in rows[sid]["error"]
+        assert not embeddings_path(store, TILING, "stain-texture", sid).exists()
+    assert embeddings_path(store, TILING, "stain-texture", "good").exists()
+    assert pq.read_table(embeddings_path(store, TILING, "stain-texture", "blank")).num_rows == 0
+    assert "failed" in res.output and not hidden_files(store)
+    # rerun: the good and blank slides are skipped, failed ones are tried again and fail the same way
+    res2 = CliRunner().invoke(app, ["featurize", *args, "--workers", "1", "--no-progress"])
+    assert res2.exit_code == 3 and "2 skipped" in res2.output and "4 failed" in res2.output
+    # bad arguments exit 2
+    res3 = CliRunner().invoke(app, ["featurize", str(bad_dir), "--store", str(store), "--shard", "2/2"])
+    assert res3.exit_code == 2 and "shard" in res3.output
+    res4 = CliRunner().invoke(
+        app, ["featurize", str(bad_dir), "--store", str(store), "--encoder", "nope", "--no-progress"]
+    )
+    assert res4.exit_code == 2 and "nope" in res4.output
+
+
+def test_dry_run_shows_the_plan(slide_dir, tmp_path):
+    from slide2expr.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        ["featurize", str(slide_dir), "--store", str(tmp_path / "s"), "--dry-run", "--magnification", "10"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "3 slides" in res.output and "mpp1.00_px224_ov0" in res.output and not (tmp_path / "s").exists()
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from featurize import featurize_cohort
+    from tests.featurize.conftest import FAST
+    torch.set_num_threads(1)
+    for _ in range(50):  # keep writing (force) so the kill lands mid-run, wherever it lands
+        featurize_cohort(sys.argv[1], store=sys.argv[2], force=True, **{**FAST, "workers": 1})
+    """
+)
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(base_store, slide_dir, tmp_path):
+    rng = np.random.default_rng(int(time.time()))
+    store = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(slide_dir), str(store)], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not (store / "store.json").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 2.0)))
+        assert proc.poll() is None, "the run ended before the kill"
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its reader processes
+        proc.wait()
+    summary = featurize_cohort(slide_dir, store=store, **FAST)
+    assert summary.n_failed == 0
+    assert not hidden_files(store)
+    assert snapshot(store) == snapshot(base_store)
+    for p in (store / "slides").glob("*.parquet"):
+        assert pq.read_table(p).num_rows == 1
+
+
+def test_real_cmu_slide_featurizes(cmu_slide, tmp_path):
+    store = tmp_path / "cmu"
+    s = featurize_cohort(cmu_slide, store=store, encoder="stain-texture", mpp=0.5, tile_px=224, workers=0)
+    assert s.count("ok") == 1
+    tiling = "mpp0.50_px224_ov0"
+    tiles = pq.read_table(tiles_path(store, tiling, "cmu_small_region"))
+    # the full grid is 9 × 13 = 117 positions of 224 level-0 px; about 40 % of the crop is tissue
+    assert 30 <= tiles.num_rows <= 70
+    assert set(tiles.column("w").to_pylist()) == {224}
+    assert (
+        max(tiles.column("x").to_pylist()) <= 2220 - 224 and max(tiles.column("y").to_pylist()) <= 2967 - 224
+    )
+    qc = qc_path(store, tiling, "cmu_small_region")
+    from PIL import Image
+
+    with Image.open(qc) as im:
+        assert im.format == "PNG" and min(im.size) >= 100
+    emb = pq.read_table(embeddings_path(store, tiling, "stain-texture", "cmu_small_region"))
+    assert emb.num_rows == tiles.num_rows
+
+
+def test_corrupt_tile_fails_its_slide_and_the_run_goes_on(slide_dir, tmp_path):
+    import tifffile
+
+    from featurize._svs import write_svs
+
+    bad = write_svs(tmp_path / "corrupt.svs", size=(1536, 1024), mpp=0.5, levels=2, seed=5)
+    with tifffile.TiffFile(bad) as tf:
+        page = tf.pages[0]
+        offsets, counts = page.dataoffsets, page.databytecounts
+    data = bytearray(bad.read_bytes())
+    # garble every level-0 tile after its JPEG header; level 1 (used for the thumbnail) stays intact
+    for k in range(len(offsets)):
+        a = offsets[k] + 20
+        data[a : a + counts[k] - 40] = np.random.default_rng(k).bytes(counts[k] - 40)
+    bad.write_bytes(bytes(data))
+    store = tmp_path / "store"
+    s = featurize_cohort(
+        [bad, slide_dir / "s2.svs", slide_dir / "s3.svs"], store=store, **{**FAST, "workers": 1}
+    )
+    status = {r.slide_id: r for r in s.results}
+    assert status["corrupt"].status == "failed" and "corrupt" in status["corrupt"].error
+    assert status["s2"].status == "ok" and status["s3"].status == "ok"
+    row = pq.read_table(slide_path(store, "corrupt")).to_pylist()[0]
+    assert row["status"] == "failed" and "re-copy" in row["error"]
+    assert not embeddings_path(store, TILING, "stain-texture", "corrupt").exists()

@@ -1,0 +1,102 @@
+"""The slide reader: OpenSlide formats and plain images behind one interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+from PIL import Image
+
+from featurize import MissingMPPError, SlideOpenError, open_slide
+from featurize._reader import resize_rgb
+from featurize._svs import write_svs
+
+
+def test_real_cmu_slide_dimensions_and_mpp(cmu_slide):
+    ref = openslide.OpenSlide(str(cmu_slide))
+    with open_slide(cmu_slide) as s:
+        assert s.slide_id == "cmu_small_region"
+        assert s.vendor == "aperio"
+        assert s.dimensions == (2220, 2967) == ref.dimensions
+        assert s.mpp == (0.499, 0.499)
+        assert s.mpp_source == "metadata"
+        assert s.objective_power == 20.0
+        assert s.level_count == 1
+        # a tile at native resolution is exactly OpenSlide's pixels
+        tile = s.read_tile(100, 200, 224, mpp=0.499)
+        expected = np.asarray(ref.read_region((100, 200), 0, (224, 224)).convert("RGB"))
+        np.testing.assert_array_equal(tile, expected)
+        # at 1 µm/px the 224 px tile covers ≈ 449 level-0 px
+        assert s.box_size(224, mpp=1.0) == (449, 449)
+        assert s.read_tile(0, 0, 224, mpp=1.0).shape == (224, 224, 3)
+        thumb, tmpp = s.thumbnail(mpp=8.0)
+        assert thumb.shape == (round(2967 * 0.499 / 8), round(2220 * 0.499 / 8), 3)
+        assert tmpp == pytest.approx(8.0, rel=0.01)
+    ref.close()
+
+
+def test_override_mpp_and_errors(tmp_path, cmu_slide):
+    with open_slide(cmu_slide, mpp_override=0.25) as s:
+        assert s.mpp == (0.25, 0.25) and s.mpp_source == "override"
+    with pytest.raises(MissingMPPError, match="cmu_small_region.*mpp override 50"):
+        open_slide(cmu_slide, mpp_override=50)
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    with pytest.raises(SlideOpenError, match="empty"):
+        open_slide(empty)
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(SlideOpenError, match="junk: cannot open"):
+        open_slide(junk)
+    with pytest.raises(SlideOpenError, match="does not exist"):
+        open_slide(tmp_path / "missing.svs")
+
+
+def test_png_without_mpp_is_an_error_that_says_what_to_do(tmp_path):
+    p = tmp_path / "plain.png"
+    Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(p)
+    with pytest.raises(MissingMPPError, match=r"plain .*pass --mpp-override or a per-slide CSV"):
+        open_slide(p)
+    # 72 dpi = 353 µm/px: implausible, also refused
+    Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(p, dpi=(72, 72))
+    with pytest.raises(MissingMPPError, match="implausible"):
+        open_slide(p)
+    # 50,800 dpi = 0.5 µm/px: accepted from metadata
+    Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(p, dpi=(50800, 50800))
+    with open_slide(p) as s:
+        assert s.vendor == "image" and s.mpp == pytest.approx((0.5, 0.5), rel=1e-3)
+
+
+def test_pyramid_level_nearest_below_and_antialiased_resize(tmp_path):
+    p = write_svs(tmp_path / "pyr.svs", size=(2048, 1536), mpp=0.25, levels=3, tile=128)
+    with open_slide(p) as s:
+        assert s.level_downsamples == (1.0, 4.0, 16.0)
+        assert s.best_level(0.25) == 0
+        assert s.best_level(0.5) == 0  # 1.0 µm/px level is coarser than 0.5: not usable
+        assert s.best_level(1.0) == 1
+        assert s.best_level(3.0) == 1
+        assert s.best_level(4.0) == 2
+        t = s.read_tile(512, 512, 128, mpp=1.0)  # read from level 1 (1 µm/px), no resize
+        np.testing.assert_array_equal(t, s.read_region(512, 512, 512, 512, level=1))
+        # the same tile resized from level 0 agrees with level 1 up to JPEG/resampling differences
+        full = s.read_region(512, 512, 512, 512, level=0)
+        via0 = resize_rgb(full, 128, 128)
+
+        def blocks(a):  # 16×16 block means: compares content, not JPEG noise
+            return a.reshape(8, 16, 8, 16, 3).mean(axis=(1, 3))
+
+        assert np.abs(blocks(via0.astype(float)) - blocks(t.astype(float))).max() < 6
+        # outside the slide is white
+        edge = s.read_tile(2000, 1500, 64, mpp=0.25)
+        assert (edge[-10:, -10:] == 255).all()
+
+
+def test_resize_is_antialiased():
+    # a one-pixel checkerboard must average to grey, not alias to black or white
+    checker = ((np.indices((300, 300)).sum(0) % 2) * 255).astype(np.uint8)
+    img = np.repeat(checker[..., None], 3, axis=2)
+    small = resize_rgb(img, 100, 100)
+    assert small.shape == (100, 100, 3)
+    assert abs(small.astype(float).mean() - 127.5) < 3 and small.std() < 20
+    odd = resize_rgb(img, 77, 77)
+    assert abs(odd.astype(float).mean() - 127.5) < 3 and odd.std() < 20

@@ -1,0 +1,82 @@
+"""Tile grid geometry, tissue detection and the QC image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurize import open_slide, tile_grid, tissue_mask
+from featurize._svs import he_tile, write_svs
+from featurize._tissue import qc_image
+
+
+def test_grid_counts_coordinates_and_overlap():
+    g = tile_grid((1000, 700), slide_mpp=(0.25, 0.25), mpp=0.5, tile_px=100)
+    assert (g.w0, g.h0) == (200, 200)
+    assert (g.n_cols, g.n_rows, len(g)) == (5, 3, 15)
+    assert g.x[:5].tolist() == [0, 200, 400, 600, 800] and g.y[::5].tolist() == [0, 200, 400]
+    assert (g.x + g.w0 <= 1000).all() and (g.y + g.h0 <= 700).all()
+    # overlap of 50 px at 0.5 µm/px = 100 level-0 px: stride 100
+    o = tile_grid((1000, 700), slide_mpp=(0.25, 0.25), mpp=0.5, tile_px=100, overlap_px=50)
+    assert (o.n_cols, o.n_rows) == (9, 6)
+    assert np.diff(o.x[: o.n_cols]).tolist() == [100] * 8
+    # tile ids are row-major: neighbours differ by one column
+    assert o.col[:3].tolist() == [0, 1, 2] and o.row[o.n_cols] == 1
+    # non-integer scale: 224 px at 0.5 µm/px on a 0.499 µm/px slide is 224 level-0 px, stride kept in floats
+    c = tile_grid((2220, 2967), slide_mpp=(0.499, 0.499), mpp=0.5, tile_px=224)
+    assert (c.w0, c.n_cols, c.n_rows) == (224, 9, 13)
+    # a slide smaller than a tile has no tiles
+    assert len(tile_grid((100, 100), slide_mpp=(0.5, 0.5), mpp=0.5, tile_px=224)) == 0
+    with pytest.raises(ValueError, match="overlap"):
+        tile_grid((1000, 700), slide_mpp=(0.25, 0.25), mpp=0.5, tile_px=100, overlap_px=100)
+
+
+def test_tissue_fraction_is_area_weighted():
+    mask = np.zeros((100, 100), bool)
+    mask[:, :50] = True  # left half at 8 µm/px
+    g = tile_grid((1600, 1600), slide_mpp=(0.5, 0.5), mpp=0.5, tile_px=400, mask=mask, mask_mpp=8.0)
+    # 400 level-0 px = 25 mask px; columns 0,1 inside, column 2 straddles (x 800..1200 → mask 50..75)
+    assert g.tissue_frac.reshape(4, 4)[0].tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
+    half = tile_grid(
+        (1600, 1600), slide_mpp=(0.5, 0.5), mpp=0.5, tile_px=400, overlap_px=200, mask=mask, mask_mpp=8.0
+    )
+    assert half.tissue_frac[3] == pytest.approx(0.5)  # x 600..1000 → mask 37.5..62.5: half tissue
+
+
+def test_tissue_mask_finds_tissue_and_ignores_glass_and_pen():
+    size = (1600, 1200)
+    img = he_tile(0, 0, *size, size=size)  # two ellipses of tissue on glass (1 µm/px)
+    truth = img[..., 1] < 200
+    thumb = np.asarray(Image.fromarray(img).resize((200, 150), Image.Resampling.BOX))
+    t_small = np.asarray(Image.fromarray(truth).resize((200, 150), Image.Resampling.NEAREST))
+    mask = tissue_mask(thumb, mpp=8.0)
+    iou = (mask & t_small).sum() / (mask | t_small).sum()
+    assert iou > 0.9
+    # a blue pen stroke and a black mark on glass are not tissue
+    pen = thumb.copy()
+    pen[140:146, 5:60] = (40, 60, 200)
+    pen[5:12, 170:190] = (20, 20, 20)
+    pm = tissue_mask(pen, mpp=8.0)
+    assert not pm[140:146, 5:60].any() and not pm[5:12, 170:190].any()
+    # blank glass with scanner noise: nothing
+    rng = np.random.default_rng(0)
+    blank = np.clip(240 + rng.normal(0, 3, (150, 200, 3)), 0, 255).astype(np.uint8)
+    assert not tissue_mask(blank, mpp=8.0).any()
+
+
+def test_qc_image_is_a_png_of_the_thumbnail(tmp_path):
+    p = write_svs(tmp_path / "q.svs", size=(1024, 768), mpp=0.5, levels=1)
+    with open_slide(p) as s:
+        thumb, tmpp = s.thumbnail(mpp=8.0)
+        mask = tissue_mask(thumb, mpp=tmpp)
+        g = tile_grid(s.dimensions, slide_mpp=s.mpp, mpp=1.0, tile_px=112, mask=mask, mask_mpp=tmpp)
+        kept = g.select(g.tissue_frac >= 0.5)
+        png = qc_image(thumb, thumb_mpp=tmpp, slide_mpp=s.mpp, mask=mask, grid=kept, title="q")
+    im = Image.open(io.BytesIO(png))
+    assert im.format == "PNG" and im.size == (thumb.shape[1], thumb.shape[0])
+    arr = np.asarray(im.convert("RGB"))
+    assert ((arr == (0, 200, 0)).all(axis=-1)).any()  # the tissue outline is drawn
+    assert 0 < len(kept) < len(g)
