@@ -40,15 +40,41 @@ from featurize._store import (
     write_table_atomic,
 )
 from featurize._tissue import TileGrid, tile_grid, tissue_mask
-from featurize.encoders import (
-    EncoderSpec,
-    WeightsNotFoundError,
-    create_encoder,
-    list_encoders,
-    register_encoder,
+
+# The encoder API imports torch and timm (≈2 s, ≈450 MB): load it on first use, so that `import sql` and
+# `import explain`, which only need the store contract and the reader, stay light.
+_ENCODER_NAMES = frozenset(
+    {
+        "Encoder",
+        "EncoderSpec",
+        "UnknownEncoderError",
+        "WeightsMismatchError",
+        "WeightsNotFoundError",
+        "bf16_supported",
+        "create_encoder",
+        "get_spec",
+        "list_encoders",
+        "register_encoder",
+        "weights_available",
+    }
 )
 
+
+def __getattr__(name: str):
+    if name in _ENCODER_NAMES:
+        from featurize import encoders
+
+        return getattr(encoders, name)
+    raise AttributeError(f"module 'featurize' has no attribute {name!r}")
+
+
 __all__ = [
+    "bf16_supported",
+    "WeightsMismatchError",
+    "UnknownEncoderError",
+    "weights_available",
+    "get_spec",
+    "Encoder",
     "EMBEDDINGS_DIR",
     "SLIDES_DIR",
     "SLIDES_SCHEMA",
