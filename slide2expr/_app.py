@@ -12,6 +12,7 @@ app = typer.Typer(
         "`make demo` runs it all on a synthetic cohort."
     ),
     no_args_is_help=True,
+    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
