@@ -4,8 +4,8 @@ figures), no external URLs."""
 from __future__ import annotations
 
 import base64
-import io
 import html
+import io
 import json
 import os
 import shutil

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def test_bags_benchmark_runs_small(tmp_path, capsys):
         "duckdb_arrow_gbps",
         "load_cached_gbps",
     ):
-        assert out[key] > 0
+        # rates are rounded to 3 decimals and this store is tiny: under load a rate can round to 0.0
+        assert math.isfinite(out[key]) and out[key] >= 0, key
     assert set(out["layouts"]) >= {"default_uncompressed_nonnullable", "nullable_element", "zstd"}
     assert '"load_vs_fromfile"' in capsys.readouterr().out
     assert not list(tmp_path.iterdir())  # the temporary store is deleted
