@@ -65,7 +65,9 @@ def test_run_reads_back_through_sql(demo_run):
     ).fetchall()[0][0]
     assert bad == 0
     # attention is a distribution over each bag's tiles, per gene
-    sums = con.sql("select sum(attention) s from attention group by model, fold, bag_id, gene").fetchnumpy()["s"]
+    sums = con.sql("select sum(attention) s from attention group by model, fold, bag_id, gene").fetchnumpy()[
+        "s"
+    ]
     np.testing.assert_allclose(sums, 1.0, atol=1e-3)
 
 
@@ -84,5 +86,16 @@ def test_cli_demo_help_and_version():
     r = CliRunner().invoke(app, ["demo", "--help"])
     assert r.exit_code == 0 and "Synthetic cohort" in r.output
     r = CliRunner().invoke(app, ["--help"])
-    for cmd in ("synth", "featurize", "encoders", "sql", "targets", "compare", "train", "predict", "explain", "demo"):
+    for cmd in (
+        "synth",
+        "featurize",
+        "encoders",
+        "sql",
+        "targets",
+        "compare",
+        "train",
+        "predict",
+        "explain",
+        "demo",
+    ):
         assert cmd in r.output, cmd

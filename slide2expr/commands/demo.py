@@ -12,10 +12,14 @@ from slide2expr._app import app, fail
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the cohort, store, run and report."),
-    patients: int = typer.Option(40, "--patients", min=4, help="Synthetic patients (about a third get 2 slides)."),
+    patients: int = typer.Option(
+        40, "--patients", min=4, help="Synthetic patients (about a third get 2 slides)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic cohort and of the folds."),
     encoder: str = typer.Option(
-        "stain-texture", "--encoder", help="Tile encoder (`slide2expr encoders`); efficientnet-lite0 also works offline."
+        "stain-texture",
+        "--encoder",
+        help="Tile encoder (`slide2expr encoders`); efficientnet-lite0 also works offline.",
     ),
     models: str = typer.Option("mil,lgbm,ridge", "--models", help="Comma-separated models to compare."),
     folds: int = typer.Option(5, "--folds", min=2, help="Patient-grouped cross-validation folds."),
@@ -48,21 +52,19 @@ def demo(
         raise fail(str(exc)) from exc
 
     if res.hotspot_genes is not None:
-        t = Table(title="Per gene (pooled over held-out folds): Pearson r, well-predicted calls, localisation AUROC")
         df = res.hotspot_genes
-        for c in df.columns:
-            t.add_column(str(c), justify="left" if df[c].dtype == object else "right")
-        for row in df.itertuples(index=False):
+        shown = df[df["kind"].isin(["hotspot", "noise"])]
+        cols = [c for c in ("kind", "gene", "r_mil", "r_lgbm", "r_ridge", "well_predicted_by",
+                            "auroc_mil_attention", "auroc_mil_tile_pred", "auroc_lgbm_shap") if c in df.columns]  # fmt: skip
+        t = Table(title="Hotspot and negative-control genes: pooled held-out Pearson r, well-predicted calls, "
+                  "localisation AUROC against the planted driver tiles")  # fmt: skip
+        for c in cols:
+            t.add_column(c.replace("_", " "), justify="left" if df[c].dtype == object else "right")
+        for row in shown[cols].itertuples(index=False):
             t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
         console.print(t)
-    if res.summary is not None:
-        t = Table(title="Model comparison")
-        s = res.summary.reset_index()
-        for c in s.columns:
-            t.add_column(str(c))
-        for row in s.itertuples(index=False):
-            t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-        console.print(t)
+        rs = [c for c in ("r_mil", "r_lgbm", "r_ridge") if c in df.columns]
+        console.print("median r by gene kind:\n" + df.groupby("kind")[rs].median().round(3).to_string())
     times = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
     console.print(f"stage times: {times}; total {sum(res.seconds.values()):.0f} s")
     if res.report:
