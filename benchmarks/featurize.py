@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     make_s = time.perf_counter() - t_make
     enc = create_encoder(args.encoder, pretrained=args.pretrained, device=device)
     batch = args.batch or DEFAULT_BATCH.get(torch.device(device).type, 8)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(torch.device(device).type) if args.workers is None else args.workers
     if args.precision == "auto":
         ac = enc.autocast_dtype(torch.device(device))
     else:

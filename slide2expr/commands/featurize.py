@@ -45,7 +45,9 @@ def featurize(
         None, "--batch-size", help="Tiles per forward pass [default: 8 CPU, 64 CUDA]."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", help="Reader processes [default: spare cores; 0: in-process]."
+        None,
+        "--workers",
+        help="Reader processes [default: CUDA: spare cores (≤ 8); CPU: 0 (in-process) on ≤ 2 cores, else 1].",
     ),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 | float16."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported) | bf16 | fp32."),

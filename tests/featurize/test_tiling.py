@@ -80,3 +80,11 @@ def test_qc_image_is_a_png_of_the_thumbnail(tmp_path):
     arr = np.asarray(im.convert("RGB"))
     assert ((arr == (0, 200, 0)).all(axis=-1)).any()  # the tissue outline is drawn
     assert 0 < len(kept) < len(g)
+
+
+def test_default_workers_reads_in_process_on_small_cpus(monkeypatch):
+    from featurize._run import default_workers
+
+    for cores, cpu, cuda in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 1, 8)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert (default_workers("cpu"), default_workers("cuda")) == (cpu, cuda), cores
