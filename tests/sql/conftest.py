@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 
 from featurize._store import write_table_atomic
+from regress._compare import ATTENTION_SCHEMA  # the writer's own schema, not a copy
 
 
 @pytest.fixture(scope="session")
@@ -41,22 +42,7 @@ def fake_run(fake_store, tmp_path_factory):
                             "tile_pred": float(rng.normal()),
                         }
                     )
-    schema = pa.schema(
-        [
-            ("model", pa.string()),
-            ("fold", pa.int32()),
-            ("bag_id", pa.string()),
-            ("slide_id", pa.string()),
-            ("tile_id", pa.int32()),
-            ("x", pa.int64()),
-            ("y", pa.int64()),
-            ("gene", pa.string()),
-            ("attention", pa.float32()),
-            ("attention_logit", pa.float32()),
-            ("tile_pred", pa.float32()),
-        ]
-    )
-    write_table_atomic(pa.Table.from_pylist(rows, schema=schema), run / "attention.parquet")
+    write_table_atomic(pa.Table.from_pylist(rows, schema=ATTENTION_SCHEMA), run / "attention.parquet")
     preds = [
         {
             "model": "mil",
