@@ -136,7 +136,11 @@ def run_demo(
     )
     tiling = tiling_name(mpp=mpp, tile_px=tile_px)
     res.seconds["featurize"] = time.perf_counter() - t
-    log(f"      {summary}")
+    n_ok = sum(r.status == "ok" for r in summary.results)
+    log(
+        f"      {n_ok}/{len(summary.results)} slides ok, {summary.tiles:,} tiles in {summary.seconds:.0f} s"
+        f" ({summary.tiles / max(summary.seconds, 1e-9):.0f} tiles/s)"
+    )
 
     t = time.perf_counter()
     log(f"[3/6] import targets ({TARGETS_NAME}, log1p) into the store")
@@ -166,20 +170,20 @@ def run_demo(
     log("[5/6] ground truth per tile (planted drivers) → run/truth_tiles.parquet")
     write_truth_tiles(cohort_dir, store=store, tiling=tiling, run=run)
     res.seconds["truth"] = time.perf_counter() - t
+    truth = read_truth(cohort_dir)
 
     if explain:
         t = time.perf_counter()
         log("[6/6] explain: heatmaps, hotspots (GeoJSON), gallery, SHAP, localisation, report")
-        truth = read_truth(cohort_dir)
         genes = _demo_genes(truth)
         exr = ex.explain_run(
             run, store=store, genes=genes, progress=(lambda m: log(f"      {m}")) if progress else None
         )
-        res.report = getattr(exr, "report", None)
+        res.report = exr.report
         res.seconds["explain"] = time.perf_counter() - t
 
-    res.summary = getattr(result, "summary", None)
-    res.hotspot_genes = hotspot_gene_table(run, truth=read_truth(cohort_dir))
+    res.summary = result.summary
+    res.hotspot_genes = hotspot_gene_table(run, truth=truth)
     return res
 
 
