@@ -81,9 +81,13 @@ def encoder_only(
 def read_rate(
     path: Path, grid, *, level: int, out_px: int, chunk: int, n_max: int
 ) -> tuple[float, np.ndarray]:
+    import torch
+
     from featurize._pipeline import make_chunks, read_chunk
     from featurize._reader import open_slide
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per worker: a reader process runs one thread (the resize is torch's)
     r = open_slide(path)
     chunks = make_chunks(grid, max_tiles=chunk)
     keep = []
@@ -106,6 +110,7 @@ def read_rate(
             break
     el = time.perf_counter() - t0
     r.close()
+    torch.set_num_threads(threads)
     return n / el, np.concatenate(keep)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -36,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurize._inputs import SlideInput, file_fingerprint
-from featurize._reader import SlideError, SlideReader, open_slide, resize_rgb
+from featurize._reader import SlideError, SlideReader, open_slide, resize_rgb, resize_rgb_batch
 from featurize._store import (
     SLIDES_SCHEMA,
     STORE_FORMAT,
@@ -250,17 +251,26 @@ def read_chunk(
         ``(k, out_px, out_px, 3)`` uint8 RGB.
     """
     d = reader.level_downsamples[level]
+    # a DCT-domain reduction where the codec has one (JPEG-tiled levels), then the antialiased resize
+    scale = reader.native_scale(level, min(w0, h0) / d / out_px)
+    d *= scale
     x0, y0 = int(x.min()), int(y.min())
     x1, y1 = int(x.max()) + w0, int(y.max()) + h0
-    region = reader.read_region(x0, y0, x1 - x0, y1 - y0, level=level)
+    region = reader.read_region(x0, y0, x1 - x0, y1 - y0, level=level, scale=scale)
     lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
-    out = np.empty((len(x), out_px, out_px, 3), np.uint8)
     rh, rw = region.shape[:2]
+    # the region starts at floor(x0 / d); each tile at the read pixel nearest its corner (≤ half a pixel off)
+    rx0, ry0 = math.floor(x0 / d), math.floor(y0 / d)
+    cut = np.empty((len(x), lh, lw, 3), np.uint8)
     for i, (tx, ty) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
-        ox = min(round((tx - x0) / d), rw - lw)
-        oy = min(round((ty - y0) / d), rh - lh)
-        out[i] = resize_rgb(region[oy : oy + lh, ox : ox + lw], out_px, out_px)
-    return out
+        ox = min(max(round(tx / d) - rx0, 0), rw - lw)
+        oy = min(max(round(ty / d) - ry0, 0), rh - lh)
+        cut[i] = region[oy : oy + lh, ox : ox + lw]
+    if (lw, lh) == (out_px, out_px):
+        return cut
+    if lw % out_px == 0 and lh % out_px == 0 and lw // out_px == lh // out_px:
+        return np.stack([resize_rgb(t, out_px, out_px) for t in cut])  # exact box reduction
+    return resize_rgb_batch(cut, out_px, out_px)
 
 
 def _read_chunk_task(
@@ -297,7 +307,7 @@ def _worker_init() -> None:
             import signal
 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    # readers use numpy/PIL only; keep BLAS/OpenMP pools from oversubscribing the cores the encoder uses
+    # readers use numpy, PIL and torch (the resize): one thread each, leaving the other cores to the encoder
     os.environ["OMP_NUM_THREADS"] = "1"
     with contextlib.suppress(Exception):
         import torch

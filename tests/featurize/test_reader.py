@@ -100,3 +100,44 @@ def test_resize_is_antialiased():
     assert abs(small.astype(float).mean() - 127.5) < 3 and small.std() < 20
     odd = resize_rgb(img, 77, 77)
     assert abs(odd.astype(float).mean() - 127.5) < 3 and odd.std() < 20
+
+
+@pytest.mark.parametrize("photometric", ["rgb", "ycbcr"])
+def test_jpeg_levels_decode_at_reduced_size_with_the_right_colours(tmp_path, cmu_slide, photometric):
+    # Aperio stores RGB-coded JPEG tiles (Photometric RGB; the CMU slide); our synthetic SVS stores YCbCr ones.
+    # Decoding at 1/2, 1/4, 1/8 in the DCT domain must give what a box filter over the full decode gives:
+    # a colour-space mistake or a misplaced tile shows up as a mean difference of tens of grey levels.
+    path = cmu_slide if photometric == "rgb" else write_svs(tmp_path / "s.svs", size=(2048, 1536), mpp=0.25)
+    with open_slide(path) as s:
+        assert s.native_scale(0, 1.9) == 1
+        assert s.native_scale(0, 2.0) == 2 and s.native_scale(0, 5.0) == 4 and s.native_scale(0, 100) == 8
+        full = s.read_region(480, 320, 960, 960, level=0)
+        for scale in (2, 4, 8):
+            small = s.read_region(480, 320, 960, 960, level=0, scale=scale)
+            assert small.shape == (960 // scale, 960 // scale, 3)
+            ref = np.asarray(Image.fromarray(full).reduce(scale)).astype(float)
+            diff = np.abs(small.astype(float) - ref)
+            assert diff.mean() < 2.0, (scale, diff.mean(axis=(0, 1)))
+            assert np.abs(small.astype(float).mean(axis=(0, 1)) - ref.mean(axis=(0, 1))).max() < 0.5
+
+
+def test_tiles_read_through_the_reduced_decode_match_the_full_decode(tmp_path):
+    from featurize._pipeline import read_chunk
+
+    p = write_svs(tmp_path / "s40.svs", size=(4096, 4096), mpp=0.25, levels=3)
+    with open_slide(p) as s:
+        x = np.array([0, 512, 1024, 1536, 1531]) + 1024  # the last corner is off the reduced grid
+        y = np.full(5, 1024 + 7)
+        fast = read_chunk(s, x=x, y=y, w0=507, h0=507, level=0, out_px=224)
+        s.native_scale = lambda level, factor: 1  # the full-size decode and an antialiased resize
+        slow = read_chunk(s, x=x, y=y, w0=507, h0=507, level=0, out_px=224)
+        # read_tile cuts the same pixels as featurize's row reads (the full-size path here, after the patch)
+        single = [s.read_tile(int(a), int(b), 224, mpp=507 * 0.25 / 224) for a, b in zip(x, y, strict=True)]
+    assert fast.shape == slow.shape == (5, 224, 224, 3)
+    fast, slow = fast.astype(float), slow.astype(float)
+    # pixel noise of two resampling paths on a noisy texture: ≈ 3 grey levels; a one-pixel shift gives ≈ 11
+    assert np.abs(fast - slow).mean() < 5.0
+    assert np.abs(fast[:, 1:, 1:] - slow[:, :-1, :-1]).mean() > 8.0
+    blocks = lambda a: a.reshape(5, 16, 14, 16, 14, 3).mean(axis=(2, 4))  # noqa: E731
+    assert np.abs(blocks(fast) - blocks(slow)).mean() < 1.0
+    np.testing.assert_array_equal(np.stack(single).astype(float), slow)
