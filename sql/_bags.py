@@ -197,7 +197,10 @@ def _dim_of(schema: pa.Schema, path: Path) -> int:
 
 def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
     """Read one slide file; copy its embeddings into ``out`` (its ``(n_rows, d)`` slot) and its ids/coords."""
-    table = pq.read_table(f.path, columns=["tile_id", "x", "y", "embedding"], use_threads=False)
+    # memory-mapped: pages come straight from the page cache, one copy fewer (≈ 10 % faster, benchmarks/bags.py)
+    table = pq.read_table(
+        f.path, columns=["tile_id", "x", "y", "embedding"], use_threads=False, memory_map=True
+    )
     if table.num_rows != f.n_rows:
         raise StoreError(
             f"{f.path} changed while it was read ({f.n_rows} rows planned, {table.num_rows} read)"

@@ -89,7 +89,9 @@ def test_store_layout_metadata_and_duckdb(base_store, slide_dir):
     assert min(tiles.column("tissue_frac").to_pylist()) >= 0.5
     assert set(tiles.column("w").to_pylist()) == {224}  # 112 px at 1 µm/px on a 0.5 µm/px slide
     assert emb.schema.field("embedding").type.list_size == 102
-    assert pq.ParquetFile(ep).metadata.row_group(0).column(4).compression == "UNCOMPRESSED"
+    col = pq.ParquetFile(ep).metadata.row_group(0).column(4)
+    assert col.path_in_schema.startswith("embedding") and col.compression == "UNCOMPRESSED"
+    assert not col.has_dictionary_page and not any("DICTIONARY" in e for e in col.encodings)  # plain floats
     meta = read_metadata(ep)
     assert meta["encoder"] == "stain-texture" and meta["dim"] == 102 and meta["dtype"] == "float32"
     assert meta["kind"] == "embeddings" and meta["tiling"] == TILING
