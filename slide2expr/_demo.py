@@ -13,9 +13,14 @@ import pyarrow as pa
 #: Defaults chosen so the whole demo runs in well under 15 minutes on 2 CPU cores (see README for timings).
 DEMO_PATIENTS = 40
 DEMO_SLIDE_PX = (9_000, 13_000)
-DEMO_ENCODER = "stain-texture"
+#: efficientnet-lite0 (ImageNet weights, offline) on the 112 px tiles at their own size: 570 tiles/s here, 3.5× the
+#: weight-free stain-texture encoder, and better features (MIL's hotspot-gene r 0.73 → 0.80 on a 40-patient cohort).
+DEMO_ENCODER = "efficientnet-lite0"
 DEMO_MPP = 1.0
 DEMO_TILE_PX = 112
+#: Encoder input size per encoder: efficientnet-lite0 sees the tile at its own size (its data config says 224);
+#: others keep their data-config size.
+DEMO_INPUT_PX = {"efficientnet-lite0": DEMO_TILE_PX}
 DEMO_MODELS = ("mil", "lgbm", "ridge")
 #: MIL settings for the demo cohort (recorded in the run's config.json): tanh attention, no dropout, every tile of a
 #: bag at every step, up to 100 epochs with patience 20. On the 40-patient demo cohort these lifted MIL's pooled r on
@@ -93,6 +98,7 @@ def run_demo(
     encoder: str = DEMO_ENCODER,
     mpp: float = DEMO_MPP,
     tile_px: int = DEMO_TILE_PX,
+    input_px: int | None = None,
     models: tuple[str, ...] = DEMO_MODELS,
     n_folds: int = 5,
     workers: int | None = None,
@@ -124,6 +130,7 @@ def run_demo(
     res.seconds["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    input_px = DEMO_INPUT_PX.get(encoder) if input_px is None else input_px
     log(f"[2/6] featurize with {encoder} at {mpp} µm/px, {tile_px} px tiles → {store}")
     summary = featurize_cohort(
         cohort_dir / "slides.csv",
@@ -131,6 +138,7 @@ def run_demo(
         encoder=encoder,
         mpp=mpp,
         tile_px=tile_px,
+        input_px=input_px,
         workers=workers,
         progress=progress,
     )

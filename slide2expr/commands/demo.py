@@ -17,9 +17,10 @@ def demo(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic cohort and of the folds."),
     encoder: str = typer.Option(
-        "stain-texture",
+        "efficientnet-lite0",
         "--encoder",
-        help="Tile encoder (`slide2expr encoders`); efficientnet-lite0 also works offline.",
+        help="Tile encoder (`slide2expr encoders`); efficientnet-lite0 (ImageNet weights) and stain-texture "
+        "(weight-free) work offline.",
     ),
     models: str = typer.Option("mil,lgbm,ridge", "--models", help="Comma-separated models to compare."),
     folds: int = typer.Option(5, "--folds", min=2, help="Patient-grouped cross-validation folds."),

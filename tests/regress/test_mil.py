@@ -67,10 +67,19 @@ def test_digits_bags_fraction_of_nines():
     test_bags, y_test, marks = digit_bags(80, rng, images[te], is_nine[te])
     mil = AttentionMILRegressor(random_state=0, device="cpu").fit(bags, y)
     assert pearsonr(mil.predict(test_bags), y_test).statistic >= 0.9
-    # attention ranks the nines above the other digits within a bag (chance = 0.5). A fraction target does not
-    # require it (uniform attention over exact per-tile predictions is also optimal), so the margin is modest:
+    tiles = mil.predict_tiles(test_bags)
+    # the per-tile predictions find the nines: AUROC within a bag (chance = 0.5)
+    assert mean_bag_auroc([t[:, 0] for _, t in tiles], marks) >= 0.95
+    # the attention ranks them above the other digits too, but only modestly, and it should: for a fraction
+    # target, sum_i a_i p_i equals k/m for every bag only when the attention is uniform (with p = 1 on nines and 0
+    # elsewhere, weights w on nines give k w / (k w + m - k)), so the optimum puts the evidence in p, not in a.
     # 0.77 measured at this seed with the defaults, 0.87 with lr=1e-3.
-    assert mean_bag_auroc([a[:, 0] for a, _ in mil.predict_tiles(test_bags)], marks) >= 0.7
+    assert mean_bag_auroc([a[:, 0] for a, _ in tiles], marks) >= 0.7
+    # Ilse et al.'s own model for MNIST-bags (attention-pooled embedding → head) has no per-tile prediction to
+    # carry the evidence, so its attention does: 0.903 / 0.903 / 0.908 at seeds 0 / 1 / 2, r 0.94–0.95
+    ilse = AttentionMILRegressor(mode="embedding", random_state=0, device="cpu").fit(bags, y)
+    assert pearsonr(ilse.predict(test_bags), y_test).statistic >= 0.9
+    assert mean_bag_auroc([a[:, 0] for a, _ in ilse.predict_tiles(test_bags)], marks) >= 0.88
 
 
 def test_multi_gene_and_embedding_mode():
