@@ -211,6 +211,12 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     e2e_runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        # warm-up, untimed, like the encoder-only one: the first run in a process also pays one-time imports
+        # (scikit-image, the Parquet writer, PNG) and allocator growth that a cohort run amortises
+        featurize_cohort(
+            [slide], store=Path(tmp) / "warm", encoder=enc, mpp=args.mpp, tile_px=args.tile, device=device,
+            batch_size=batch, workers=workers, precision=args.precision, force=True,
+        )  # fmt: skip
         for _ in range(args.repeats):
             summary = featurize_cohort(
                 [slide],
