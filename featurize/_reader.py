@@ -391,7 +391,8 @@ class _TiffJpegTiles:
     def __init__(self, tf, pages: dict[int, object]) -> None:
         self.tf = tf
         self.pages = pages
-        self.cache: dict[tuple[int, int], np.ndarray] = {}
+        self.cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._scalable_levels: dict[int, bool] = {}
 
     @classmethod
     def open(cls, path: Path, level_dimensions) -> _TiffJpegTiles | None:
@@ -422,9 +423,28 @@ class _TiffJpegTiles:
     def has(self, level: int) -> bool:
         return level in self.pages
 
+    def _scalable(self, level: int) -> bool:
+        """Whether the scaled decode gets this level's colours right: YCbCr tiles, or RGB tiles whose stream has no
+        JFIF marker (libjpeg lets JFIF's YCbCr claim override the Adobe marker that says RGB)."""
+        ok = self._scalable_levels.get(level)
+        if ok is None:
+            page = self.pages[level]
+            ok = page.photometric == 6
+            if page.photometric == 2:
+                head = bytes(page.jpegtables or b"")
+                first = next((i for i, n in enumerate(page.databytecounts) if n), None)
+                if first is not None:
+                    self.tf.filehandle.seek(page.dataoffsets[first])
+                    head += self.tf.filehandle.read(64)
+                ok = b"JFIF" not in head
+            self._scalable_levels[level] = ok
+        return ok
+
     def native_scale(self, level: int, factor: float) -> int:
         """Largest of 8, 4, 2 that is ≤ ``factor`` and divides the level's JPEG tile size; else 1."""
         page = self.pages[level]
+        if not self._scalable(level):
+            return 1
         for s in (8, 4, 2):
             if s <= factor * (1 + 1e-6) and page.tilewidth % s == 0 and page.tilelength % s == 0:
                 return s

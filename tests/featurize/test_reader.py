@@ -141,3 +141,25 @@ def test_tiles_read_through_the_reduced_decode_match_the_full_decode(tmp_path):
     blocks = lambda a: a.reshape(5, 16, 14, 16, 14, 3).mean(axis=(2, 4))  # noqa: E731
     assert np.abs(blocks(fast) - blocks(slow)).mean() < 1.0
     np.testing.assert_array_equal(np.stack(single).astype(float), slow)
+
+
+def test_rgb_coded_jpeg_tiles_with_a_jfif_marker_are_not_decoded_scaled(tmp_path):
+    # libjpeg lets a JFIF marker's YCbCr claim override the Adobe marker the scaled path adds for Photometric RGB,
+    # so such tiles (some non-Aperio writers make them) keep the full-size decode, which tifffile colours right
+    import types
+
+    import tifffile
+
+    p = tmp_path / "jfif.tiff"
+    img = np.repeat(np.linspace(0, 255, 1024, dtype=np.uint8)[None, :, None], 1024, axis=0).repeat(3, axis=2)
+    tifffile.imwrite(
+        p, img, tile=(256, 256), compression="jpeg", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )
+    with open_slide(p) as s:
+        tiles = s._tiles
+        assert tiles is not None and s.native_scale(0, 4.0) == 4  # YCbCr with JFIF: fine
+        page = tiles.pages[0]
+        fields = ("shape", "tilewidth", "tilelength", "jpegtables", "databytecounts", "dataoffsets")
+        tiles.pages[0] = types.SimpleNamespace(photometric=2, **{f: getattr(page, f) for f in fields})
+        tiles._scalable_levels.clear()
+        assert s.native_scale(0, 4.0) == 1
