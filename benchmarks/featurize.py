@@ -83,7 +83,7 @@ def read_rate(
 ) -> tuple[float, np.ndarray]:
     import torch
 
-    from featurize._pipeline import make_chunks, read_chunk
+    from featurize._pipeline import make_chunks
     from featurize._reader import open_slide
 
     threads = torch.get_num_threads()
@@ -94,14 +94,8 @@ def read_rate(
     n = 0
     t0 = time.perf_counter()
     for c in chunks:
-        t = read_chunk(
-            r,
-            x=grid.x[c.start : c.stop],
-            y=grid.y[c.start : c.stop],
-            w0=grid.w0,
-            h0=grid.h0,
-            level=level,
-            out_px=out_px,
+        t = r.read_tiles(
+            grid.x[c.start : c.stop], grid.y[c.start : c.stop], grid.w0, grid.h0, level=level, out_px=out_px
         )
         n += len(t)
         if sum(len(k) for k in keep) < 512:

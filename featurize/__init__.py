@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from featurize._inputs import SlideInput, SlideListError, collect_slides, file_fingerprint, select_shard
-from featurize._pipeline import FeaturizeSummary, SlideResult, qc_path, read_chunk
+from featurize._pipeline import FeaturizeSummary, SlideResult, qc_path
 from featurize._reader import (
     MissingMPPError,
     SlideError,
@@ -107,7 +107,6 @@ __all__ = [
     "magnification_to_mpp",
     "open_slide",
     "qc_path",
-    "read_chunk",
     "read_metadata",
     "register_encoder",
     "select_shard",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -37,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurize._inputs import SlideInput, file_fingerprint
-from featurize._reader import SlideError, SlideReader, open_slide, resize_rgb, resize_rgb_batch
+from featurize._reader import SlideError, SlideReader, open_slide
 from featurize._store import (
     SLIDES_SCHEMA,
     STORE_FORMAT,
@@ -229,56 +228,12 @@ def make_chunks(grid: TileGrid, *, max_tiles: int) -> list[Chunk]:
     return out
 
 
-def read_chunk(
-    reader: SlideReader, *, x: np.ndarray, y: np.ndarray, w0: int, h0: int, level: int, out_px: int
-) -> np.ndarray:
-    """Read tiles that share a row with one region read, cut and resize them.
-
-    Parameters
-    ----------
-    x, y
-        ``(k,)`` level-0 top-left corners (same ``y`` for a row run; any layout works).
-    w0, h0
-        Level-0 tile size.
-    level
-        Pyramid level to read.
-    out_px
-        Output tile size.
-
-    Returns
-    -------
-    np.ndarray
-        ``(k, out_px, out_px, 3)`` uint8 RGB.
-    """
-    d = reader.level_downsamples[level]
-    # a DCT-domain reduction where the codec has one (JPEG-tiled levels), then the antialiased resize
-    scale = reader.native_scale(level, min(w0, h0) / d / out_px)
-    d *= scale
-    x0, y0 = int(x.min()), int(y.min())
-    x1, y1 = int(x.max()) + w0, int(y.max()) + h0
-    region = reader.read_region(x0, y0, x1 - x0, y1 - y0, level=level, scale=scale)
-    lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
-    rh, rw = region.shape[:2]
-    # the region starts at floor(x0 / d); each tile at the read pixel nearest its corner (≤ half a pixel off)
-    rx0, ry0 = math.floor(x0 / d), math.floor(y0 / d)
-    cut = np.empty((len(x), lh, lw, 3), np.uint8)
-    for i, (tx, ty) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
-        ox = min(max(round(tx / d) - rx0, 0), rw - lw)
-        oy = min(max(round(ty / d) - ry0, 0), rh - lh)
-        cut[i] = region[oy : oy + lh, ox : ox + lw]
-    if (lw, lh) == (out_px, out_px):
-        return cut
-    if lw % out_px == 0 and lh % out_px == 0 and lw // out_px == lh // out_px:
-        return np.stack([resize_rgb(t, out_px, out_px) for t in cut])  # exact box reduction
-    return resize_rgb_batch(cut, out_px, out_px)
-
-
 def _read_chunk_task(
     slide: SlideInput, level: int, x: np.ndarray, y: np.ndarray, w0: int, h0: int, out_px: int
 ):
     t0 = time.perf_counter()
     r = _reader_for(slide)
-    tiles = read_chunk(r, x=x, y=y, w0=w0, h0=h0, level=level, out_px=out_px)
+    tiles = r.read_tiles(x, y, w0, h0, level=level, out_px=out_px)
     return tiles, time.perf_counter() - t0
 
 

@@ -226,15 +226,39 @@ class SlideReader:
             ``(size_px, size_px, 3)`` uint8 RGB.
         """
         w0, h0 = self.box_size(size_px, mpp=mpp)
-        level = self.best_level(mpp)
+        xy = np.array([x], np.int64), np.array([y], np.int64)
+        return self.read_tiles(*xy, w0, h0, level=self.best_level(mpp), out_px=size_px)[0]
+
+    def read_tiles(
+        self, x: np.ndarray, y: np.ndarray, w0: int, h0: int, *, level: int, out_px: int
+    ) -> np.ndarray:
+        """Tiles of level-0 size ``(w0, h0)`` at corners ``x``, ``y`` from one region read of ``level``, resized
+        to ``out_px`` squares (featurize reads a row run of neighbours at a time).
+
+        The region is decoded at 1/2–1/8 size where the codec can and the tiles stay at least ``out_px`` wide;
+        each tile is cut at the read pixel nearest its corner (at most half a read pixel off).
+
+        Returns
+        -------
+        np.ndarray
+            ``(k, out_px, out_px, 3)`` uint8 RGB.
+        """
         d = self.level_downsamples[level]
-        scale = self.native_scale(level, min(w0, h0) / d / size_px)
+        scale = self.native_scale(level, min(w0, h0) / d / out_px)
         d *= scale
         lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
-        # as featurize cuts tiles: from the read pixel nearest the corner (one spare pixel read for that)
-        ox, oy = round(x / d) - math.floor(x / d), round(y / d) - math.floor(y / d)
-        region = self.read_region(x, y, w0 + math.ceil(d), h0 + math.ceil(d), level=level, scale=scale)
-        return resize_rgb(region[oy : oy + lh, ox : ox + lw], size_px, size_px)
+        # tile corners in read pixels, and the region from floor(first corner) to the end of the last tile
+        ox = np.round(np.asarray(x) / d).astype(np.int64)
+        oy = np.round(np.asarray(y) / d).astype(np.int64)
+        x0, y0 = int(x.min()), int(y.min())
+        w, h = math.ceil((ox.max() + lw) * d - x0), math.ceil((oy.max() + lh) * d - y0)
+        region = self.read_region(x0, y0, w, h, level=level, scale=scale)
+        ox -= math.floor(x0 / d)
+        oy -= math.floor(y0 / d)
+        cut = np.empty((len(x), lh, lw, 3), np.uint8)
+        for i, (a, b) in enumerate(zip(ox.tolist(), oy.tolist(), strict=True)):
+            cut[i] = region[b : b + lh, a : a + lw]
+        return resize_rgb_batch(cut, out_px, out_px)
 
     def thumbnail(self, *, mpp: float | None = None, max_size: int | None = None) -> tuple[np.ndarray, float]:
         """A downsampled view of the whole slide.
@@ -285,23 +309,25 @@ class SlideReader:
 
 
 def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Antialiased resize of ``(h, w, 3)`` uint8 RGB to ``(height, width, 3)``.
+    """Antialiased resize of ``(h, w, 3)`` uint8 RGB to ``(height, width, 3)`` (see :func:`resize_rgb_batch`)."""
+    return resize_rgb_batch(image[None], width, height)[0]
+
+
+def resize_rgb_batch(images: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Antialiased resize of ``(n, h, w, 3)`` uint8 RGB to ``(n, height, width, 3)``.
 
     Exact integer reductions use PIL's box ``reduce``; other factors torch's antialiased bilinear filter on uint8
     (the same filter as PIL's ``BILINEAR`` resize, within one grey level, and about 5× faster). Returns the input
     unchanged when it already has that size.
     """
-    h, w = image.shape[:2]
+    n, h, w = images.shape[:3]
     if (w, h) == (width, height):
-        return np.ascontiguousarray(image)
+        return np.ascontiguousarray(images)
     if w % width == 0 and h % height == 0 and w // width == h // height and w > width:
         # box filter for exact integer factors: fast and exact
-        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).reduce(w // width))
-    return resize_rgb_batch(image[None], width, height)[0]
-
-
-def resize_rgb_batch(images: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Antialiased bilinear resize of ``(n, h, w, 3)`` uint8 to ``(n, height, width, 3)`` (torch, uint8 path)."""
+        return np.stack(
+            [np.asarray(Image.fromarray(np.ascontiguousarray(t)).reduce(w // width)) for t in images]
+        )
     import torch
     import torch.nn.functional as F
 

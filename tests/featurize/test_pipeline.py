@@ -23,7 +23,6 @@ from featurize import (
     featurize_cohort,
     open_slide,
     qc_path,
-    read_chunk,
     read_metadata,
     slide_path,
     tile_grid,
@@ -140,7 +139,7 @@ def test_tile_count_matches_the_grid_and_pixels_match_the_reader(base_store, sli
         k = min(4, len(kept))
         x, y = kept.x[:k], kept.y[:k]
         row = y == y[0]
-        chunk = read_chunk(s, x=x[row], y=y[row], w0=kept.w0, h0=kept.h0, level=0, out_px=112)
+        chunk = s.read_tiles(x[row], y[row], kept.w0, kept.h0, level=0, out_px=112)
         for i, (tx, ty) in enumerate(zip(x[row], y[row], strict=True)):
             np.testing.assert_array_equal(chunk[i], s.read_tile(int(tx), int(ty), 112, mpp=1.0))
 

@@ -122,25 +122,27 @@ def test_jpeg_levels_decode_at_reduced_size_with_the_right_colours(tmp_path, cmu
 
 
 def test_tiles_read_through_the_reduced_decode_match_the_full_decode(tmp_path):
-    from featurize._pipeline import read_chunk
-
     p = write_svs(tmp_path / "s40.svs", size=(4096, 4096), mpp=0.25, levels=3)
     with open_slide(p) as s:
-        x = np.array([0, 512, 1024, 1536, 1531]) + 1024  # the last corner is off the reduced grid
+        x = np.array([0, 512, 1024, 1536, 1531]) + 1024  # odd corners are off the half-size grid
         y = np.full(5, 1024 + 7)
-        fast = read_chunk(s, x=x, y=y, w0=507, h0=507, level=0, out_px=224)
+        fast = s.read_tiles(x, y, 507, 507, level=0, out_px=224)
+        # the half-size read cuts each tile at its nearest half-size pixel: at most one level-0 pixel away
+        snap_x, snap_y = (np.round(x / 2) * 2).astype(np.int64), (np.round(y / 2) * 2).astype(np.int64)
+        assert np.abs(snap_x - x).max() <= 1 and np.abs(snap_y - y).max() <= 1
         s.native_scale = lambda level, factor: 1  # the full-size decode and an antialiased resize
-        slow = read_chunk(s, x=x, y=y, w0=507, h0=507, level=0, out_px=224)
-        # read_tile cuts the same pixels as featurize's row reads (the full-size path here, after the patch)
+        slow = s.read_tiles(snap_x, snap_y, 507, 507, level=0, out_px=224)
+        # read_tile cuts the same pixels as a row read (the full-size path here, after the patch)
+        rows = s.read_tiles(x, y, 507, 507, level=0, out_px=224)
         single = [s.read_tile(int(a), int(b), 224, mpp=507 * 0.25 / 224) for a, b in zip(x, y, strict=True)]
     assert fast.shape == slow.shape == (5, 224, 224, 3)
+    np.testing.assert_array_equal(np.stack(single), rows)
     fast, slow = fast.astype(float), slow.astype(float)
     # pixel noise of two resampling paths on a noisy texture: ≈ 3 grey levels; a one-pixel shift gives ≈ 11
     assert np.abs(fast - slow).mean() < 5.0
     assert np.abs(fast[:, 1:, 1:] - slow[:, :-1, :-1]).mean() > 8.0
     blocks = lambda a: a.reshape(5, 16, 14, 16, 14, 3).mean(axis=(2, 4))  # noqa: E731
     assert np.abs(blocks(fast) - blocks(slow)).mean() < 1.0
-    np.testing.assert_array_equal(np.stack(single).astype(float), slow)
 
 
 def test_rgb_coded_jpeg_tiles_with_a_jfif_marker_are_not_decoded_scaled(tmp_path):
