@@ -3,7 +3,7 @@
 Writes a synthetic store (default 100 slides × 5,000 tiles × 768 float32 dims ≈ 1.5 GB of embeddings, two slides
 per patient for a third of the patients) under a temporary directory, deletes it afterwards, and prints JSON:
 
-- ``load_cohort``: :func:`sql.load_cohort` (one ordered pyarrow scan into one preallocated array), GB/s;
+- ``load_cohort``: :func:`sql.load_cohort` (one ordered scan, plain float pages read straight into one preallocated array), GB/s;
 - ``fromfile``: ``numpy.fromfile`` of the same bytes from one raw file in the page cache (the limit);
 - ``npy_per_slide``: one ``.npy`` per slide (how CLAM and TRIDENT keep bags), ``np.load`` each;
 - ``pandas_groupby``: ``pandas.read_parquet`` of the files, group by patient, ``np.stack`` each group;

@@ -1,9 +1,10 @@
 """Bag loading: one ordered scan of the embeddings files into one preallocated ``(N, d)`` float32 array.
 
 The plan (which files, in which order, how many rows each, which patient) comes from the Parquet footers only; the
-scan then reads each slide's ``embedding`` column with pyarrow and copies it straight into its slot of the flat
-array. Bags are views into that array. Nothing here goes through DuckDB: pyarrow over per-slide uncompressed files
-is the fastest path measured (see ``benchmarks/bags.py``).
+scan then copies each slide's ``embedding`` values straight into its slot of the flat array. Bags are views into
+that array. For the files featurize writes (uncompressed, plain-encoded float32) the values are read from the data
+pages directly (:mod:`sql._pages`, near ``numpy.fromfile`` speed); any other layout goes through pyarrow. Nothing
+here goes through DuckDB, which is several times slower for this (see ``benchmarks/bags.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from featurize._store import (
     tcga_patient,
 )
 from sql._cohort import Cohort
+from sql._pages import read_plain_float_column
 
 BAG_UNITS = ("patient", "slide")
 #: Derived bag caches live here (hidden: no view or glob of the store ever reads them).
@@ -195,26 +197,43 @@ def _dim_of(schema: pa.Schema, path: Path) -> int:
     return int(t.list_size)
 
 
+def _embedding_leaf(pf: pq.ParquetFile) -> int:
+    for i in range(pf.metadata.num_columns):
+        if pf.schema.column(i).path.split(".")[0] == "embedding":
+            return i
+    raise StoreError(f"{pf} has no 'embedding' column")  # unreachable after _dim_of
+
+
 def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-    """Read one slide file; copy its embeddings into ``out`` (its ``(n_rows, d)`` slot) and its ids/coords."""
+    """Read one slide file; copy its embeddings into ``out`` (its ``(n_rows, d)`` slot) and its ids/coords.
+
+    Plain uncompressed float32 pages (what featurize writes) are read straight into ``out`` (:mod:`sql._pages`);
+    anything else (float16, compressed, dictionary-coded, nullable) goes through pyarrow.
+    """
     # memory-mapped: pages come straight from the page cache, one copy fewer (≈ 10 % faster, benchmarks/bags.py)
-    table = pq.read_table(
-        f.path, columns=["tile_id", "x", "y", "embedding"], use_threads=False, memory_map=True
-    )
-    if table.num_rows != f.n_rows:
+    pf = pq.ParquetFile(f.path, memory_map=True)
+    if pf.metadata.num_rows != f.n_rows:
         raise StoreError(
-            f"{f.path} changed while it was read ({f.n_rows} rows planned, {table.num_rows} read)"
+            f"{f.path} changed while it was read ({f.n_rows} rows planned, {pf.metadata.num_rows} found)"
         )
-    row = 0
-    for chunk in table.column("embedding").chunks:
-        if chunk.null_count:
-            raise StoreError(
-                f"{f.path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
-            )
-        flat = chunk.flatten().to_numpy(zero_copy_only=False)
-        n = len(chunk)
-        np.copyto(out[row : row + n], flat.reshape(n, -1), casting="same_kind")
-        row += n
+    try:
+        fast = read_plain_float_column(f.path, pf, _embedding_leaf(pf), out.shape[1], out)
+    except ValueError as e:
+        raise StoreError(f"{f.path}: {e}; the file is damaged, re-featurize this slide") from None
+    table = pf.read(
+        columns=["tile_id", "x", "y"] if fast else ["tile_id", "x", "y", "embedding"], use_threads=False
+    )
+    if not fast:
+        row = 0
+        for chunk in table.column("embedding").chunks:
+            if chunk.null_count:
+                raise StoreError(
+                    f"{f.path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
+                )
+            flat = chunk.flatten().to_numpy(zero_copy_only=False)
+            n = len(chunk)
+            np.copyto(out[row : row + n], flat.reshape(n, -1), casting="same_kind")
+            row += n
     tile_ids[:] = table.column("tile_id").to_numpy()
     x[:] = table.column("x").to_numpy()
     y[:] = table.column("y").to_numpy()
