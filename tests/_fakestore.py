@@ -136,7 +136,9 @@ def make_fake_store(
                 encoder=ENCODER,
             )
             write_table_atomic(
-                pa.Table.from_pylist([row], schema=SLIDES_SCHEMA), slide_path(root, sid), metadata={"kind": "slides"}
+                pa.Table.from_pylist([row], schema=SLIDES_SCHEMA),
+                slide_path(root, sid),
+                metadata={"kind": "slides"},
             )
             slides.append((sid, pid))
             comps[sid], embs[sid] = comp, emb
@@ -144,15 +146,23 @@ def make_fake_store(
         allc = np.concatenate(pcomps)
         targets[pid] = {
             g: float(
-                (4.0 * np.mean(allc == d) if d is not None else 0.0) + 1.0 + rng.normal(0, 0.1 if d is not None else 1.0)
+                (4.0 * np.mean(allc == d) if d is not None else 0.0)
+                + 1.0
+                + rng.normal(0, 0.1 if d is not None else 1.0)
             )
             for g, d in drivers.items()
         }
     if failed_slide:
         sid = "TCGA-FK-9999-01Z-00-DX1"
         row = {f.name: None for f in SLIDES_SCHEMA}
-        row.update(slide_id=sid, patient_id="TCGA-FK-9999", path=f"/slides/{sid}.svs", status="failed",
-                   error="OpenSlideUnsupportedFormatError: not a slide", n_tiles=0)
+        row.update(
+            slide_id=sid,
+            patient_id="TCGA-FK-9999",
+            path=f"/slides/{sid}.svs",
+            status="failed",
+            error="OpenSlideUnsupportedFormatError: not a slide",
+            n_tiles=0,
+        )
         write_table_atomic(pa.Table.from_pylist([row], schema=SLIDES_SCHEMA), slide_path(root, sid))
     rows = [
         {"sample_id": f"{pid}-01A", "patient_id": pid, "gene": g, "value": v, "raw_value": float(np.expm1(v))}
@@ -160,6 +170,8 @@ def make_fake_store(
         for g, v in gv.items()
     ]
     write_table_atomic(
-        pa.Table.from_pylist(rows, schema=TARGETS_SCHEMA), targets_path(root, targets_name), metadata={"kind": "targets"}
+        pa.Table.from_pylist(rows, schema=TARGETS_SCHEMA),
+        targets_path(root, targets_name),
+        metadata={"kind": "targets"},
     )
     return FakeStore(root, TILING, ENCODER, dim, tuple(genes), drivers, slides, comps, embs, targets)
