@@ -12,6 +12,7 @@ import re
 import torch
 from torch import nn
 
+from featurize.encoders._ctranspath import build_ctranspath, convert_ctranspath
 from featurize.encoders._spec import EncoderSpec, register_encoder
 from featurize.encoders._stain_texture import DIM as STAIN_TEXTURE_DIM
 from featurize.encoders._stain_texture import INPUT_SIZE as STAIN_TEXTURE_SIZE
@@ -321,6 +322,32 @@ def register_builtin() -> None:
             ),
         ),
         convert_state_dict=_hf_dinov2_convert,
+    )
+    register_encoder(
+        EncoderSpec(
+            name="ctranspath",
+            architecture="swin_tiny_patch4_window7_224",
+            dim=768,
+            output_mode="pooled",
+            timm_kwargs={"embed_layer": "featurize.encoders._ctranspath.ConvStem", "num_classes": 0},
+            # the authors' feature script: torchvision Resize(224) (bilinear), ImageNet mean/std, no crop
+            pretrained_cfg=_cfg(interpolation="bilinear"),
+            weights_file="ctranspath.pth",
+            weights_from=(
+                "the authors' GitHub, https://github.com/Xiyue-Wang/TransPath (its README links ctranspath.pth "
+                "on Google Drive); not on the Hugging Face hub under an official id"
+            ),
+            licence="GPL-3.0 (authors' code); weights: check the authors' terms",
+            gated=False,
+            params_m=27.52,
+            checkpoint_format="ctranspath",
+            description=(
+                "CTransPath (Wang et al. 2022): Swin-T with a convolutional stem, SRCL on TCGA+PAIP; timm's Swin-T "
+                "built with the stem, the authors' timm-0.5.4 checkpoint converted; global average pool"
+            ),
+        ),
+        builder=build_ctranspath,
+        convert_state_dict=convert_ctranspath,
     )
     register_encoder(
         EncoderSpec(

@@ -63,6 +63,8 @@ class EncoderSpec:
         The weights file's name in the hub repository (also looked for in ``$SLIDE2EXPR_WEIGHTS/<name>/``).
     package_weights
         ``"<python package>:<path inside it>"`` for weights that ship in a Python package (works offline).
+    weights_from
+        Where to get the weights file when it is not on the Hugging Face hub (shown when it is missing).
     checkpoint_format
         ``timm`` (timm / torchvision key names), or the name of a converter registered with the spec.
     family
@@ -85,6 +87,7 @@ class EncoderSpec:
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)
     hub_filename: str | None = None
     package_weights: str | None = None
+    weights_from: str | None = None
     checkpoint_format: str = "timm"
     family: str = "vit"
     bf16_ok: bool = True

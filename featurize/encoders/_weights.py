@@ -113,6 +113,8 @@ def missing_message(spec: EncoderSpec) -> str:
             + (f" (the hub's {spec.hub_filename} from {spec.hub_repo}, renamed)" if spec.hub_repo else "")
             + f", or pass it with --weights PATH (Python: create_encoder({spec.name!r}, weights=PATH))."
         )
+    if spec.weights_from:
+        lines.append(f"Get it from {spec.weights_from}.")
     if spec.hub_repo:
         lines.append(f"Download it from https://huggingface.co/{spec.hub_repo} ({spec.hub_filename}).")
         if spec.gated:

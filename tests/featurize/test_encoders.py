@@ -325,6 +325,141 @@ def test_phikon_v2_transformers_checkpoint_maps_onto_timm(tmp_path: Path) -> Non
         torch.testing.assert_close(enc(x), again(x))
 
 
+def _ctranspath_old_layout(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A checkpoint in the layout of the authors' ``ctranspath.pth`` (``{"model": …}``), random values.
+
+    Written from the old layout, not derived from the current model: timm 0.5.4's Swin-T (embed 96, depths 2-2-6-2,
+    heads 3-6-12-24, window 7) with CTransPath's ConvStem and the head removed. The stem is built with Swin's
+    embed_dim (96), so its convs have 96 // 8 = 12 and 24 channels (no bias), then a 1x1 conv to 96. Each stage
+    ends with its patch merging (``layers.N.downsample``, stages 0-2); ``relative_position_index`` is stored in
+    every block and ``attn_mask`` in every shifted block (stage 3's 7x7 map is one window, so it is not shifted).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.02) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    def norm(prefix: str, c: int) -> None:
+        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = 1 + r(c, scale=0.1), r(c)
+
+    sd: dict[str, torch.Tensor] = {
+        "patch_embed.proj.0.weight": r(12, 3, 3, 3, scale=0.3),
+        "patch_embed.proj.3.weight": r(24, 12, 3, 3, scale=0.1),
+        "patch_embed.proj.6.weight": r(96, 24, 1, 1, scale=0.1),
+        "patch_embed.proj.6.bias": r(96),
+    }
+    for i, c in ((1, 12), (4, 24)):
+        norm(f"patch_embed.proj.{i}", c)
+        sd[f"patch_embed.proj.{i}.running_mean"] = r(c, scale=0.1)
+        sd[f"patch_embed.proj.{i}.running_var"] = 1 + r(c, scale=0.1).abs()
+        sd[f"patch_embed.proj.{i}.num_batches_tracked"] = torch.tensor(1000)
+    norm("patch_embed.norm", 96)
+    window, res = 7, 56
+    for stage, (depth, heads) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24), strict=True)):
+        c, win = 96 * 2**stage, min(window, res)
+        for b in range(depth):
+            p = f"layers.{stage}.blocks.{b}"
+            norm(f"{p}.norm1", c)
+            sd[f"{p}.attn.relative_position_bias_table"] = r((2 * win - 1) ** 2, heads)
+            sd[f"{p}.attn.relative_position_index"] = torch.randint(
+                0, (2 * win - 1) ** 2, (win * win, win * win)
+            )
+            sd[f"{p}.attn.qkv.weight"], sd[f"{p}.attn.qkv.bias"] = r(3 * c, c), r(3 * c)
+            sd[f"{p}.attn.proj.weight"], sd[f"{p}.attn.proj.bias"] = r(c, c), r(c)
+            norm(f"{p}.norm2", c)
+            sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"] = r(4 * c, c), r(4 * c)
+            sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"] = r(c, 4 * c), r(c)
+            if b % 2 and res > window:
+                sd[f"{p}.attn_mask"] = torch.zeros((res // win) ** 2, win * win, win * win)
+        if stage < 3:
+            norm(f"layers.{stage}.downsample.norm", 4 * c)
+            sd[f"layers.{stage}.downsample.reduction.weight"] = r(2 * c, 4 * c)
+            res //= 2
+    norm("norm", 768)
+    return sd
+
+
+def test_ctranspath_original_checkpoint_layout_converts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The authors' timm-0.5.4 layout loads strictly through $SLIDE2EXPR_WEIGHTS/ctranspath.pth, tensors in place."""
+    old = _ctranspath_old_layout()
+    assert "layers.0.downsample.reduction.weight" in old and "layers.3.downsample.norm.weight" not in old
+    monkeypatch.setenv("SLIDE2EXPR_WEIGHTS", str(tmp_path))
+    torch.save({"model": old}, tmp_path / "ctranspath.pth")
+    enc = create_encoder("ctranspath")
+    assert enc.weights_source == "env" and enc.weights_path == str(tmp_path / "ctranspath.pth")
+    bb = enc.backbone
+    assert isinstance(bb.layers[0].downsample, torch.nn.Identity)  # current timm: no merging before stage 0
+    for stage in range(3):  # stage N's trailing merging is stage N+1's leading one
+        for name in ("reduction.weight", "norm.weight", "norm.bias"):
+            torch.testing.assert_close(
+                bb.layers[stage + 1].downsample.get_parameter(name),
+                old[f"layers.{stage}.downsample.{name}"],
+                rtol=0,
+                atol=0,
+            )
+    torch.testing.assert_close(
+        bb.layers[2].blocks[5].attn.relative_position_bias_table,
+        old["layers.2.blocks.5.attn.relative_position_bias_table"],
+        rtol=0,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        bb.patch_embed.proj[0].weight, old["patch_embed.proj.0.weight"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        bb.patch_embed.proj[4].running_var, old["patch_embed.proj.4.running_var"], rtol=0, atol=0
+    )
+    # and the merged weights mean what they meant: timm 0.5.4 concatenated the 2x2 neighbours in the order
+    # (0,0), (1,0), (0,1), (1,1) (row, column), then LayerNorm, then the bias-free reduction
+    x = torch.randn(2, 56, 56, 96, generator=torch.Generator().manual_seed(1))
+    cat = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+    p = "layers.0.downsample"
+    ref = torch.nn.functional.layer_norm(cat, (384,), old[f"{p}.norm.weight"], old[f"{p}.norm.bias"])
+    ref = ref @ old[f"{p}.reduction.weight"].T
+    with torch.inference_mode():
+        torch.testing.assert_close(bb.layers[1].downsample(x), ref, rtol=1e-4, atol=1e-5)
+        out = enc(_tiles(2, enc.input_size))
+    assert enc.input_size == (224, 224) and tuple(out.shape) == (2, 768) and torch.isfinite(out).all()
+    # a converted model saved in the current layout passes through the converter unchanged
+    path = _save(bb.state_dict(), tmp_path / "current.safetensors")
+    again = create_encoder("ctranspath", weights=path)
+    with torch.inference_mode():
+        torch.testing.assert_close(again(_tiles(2, (224, 224))), out)
+
+
+def test_ctranspath_spec_and_missing_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spec = get_spec("ctranspath")
+    assert spec.dim == 768 and spec.weights_file == "ctranspath.pth" and spec.hf_hub_id is None
+    enc = create_encoder("ctranspath", pretrained=False)
+    stem = enc.backbone.patch_embed.proj
+    assert [type(m).__name__ for m in stem] == ["Conv2d", "BatchNorm2d", "ReLU"] * 2 + ["Conv2d"]
+    assert (stem[0].in_channels, stem[0].out_channels, stem[3].out_channels, stem[6].out_channels) == (
+        3,
+        12,
+        24,
+        96,
+    )
+    assert stem[0].bias is None and stem[3].bias is None and stem[6].kernel_size == (1, 1)
+    assert stem[0].stride == stem[3].stride == (2, 2) and stem[0].kernel_size == (3, 3)
+    assert enc.data_config["mean"] == (0.485, 0.456, 0.406) and enc.data_config["std"] == (
+        0.229,
+        0.224,
+        0.225,
+    )
+    with pytest.raises(ValueError, match="depth= is not supported"):
+        create_encoder("ctranspath", pretrained=False, depth=2)
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    monkeypatch.setenv("SLIDE2EXPR_WEIGHTS", str(wdir))
+    with pytest.raises(WeightsNotFoundError) as err:
+        create_encoder("ctranspath")
+    msg = str(err.value)
+    assert str(wdir / "ctranspath.pth") in msg and "--weights" in msg
+    assert "github.com/Xiyue-Wang/TransPath" in msg
+
+
 # ---- efficientnet-lite0: the real packaged ImageNet weights ---------------------------------------------------
 
 
