@@ -21,14 +21,16 @@ from regress._torchbag import (
     BagInputError,
     check_bags,
     check_targets,
-    feature_stats,
     inner_split,
     make_batch,
     make_optimizer,
     masked_mse,
+    pca_basis,
     predict_batches,
     resolve_device,
+    sample_stats,
     snapshot,
+    tile_sample,
     train_batches,
 )
 
@@ -201,10 +203,28 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
         self.y_scale_ = np.where(std > 1e-12, std, 1.0)
         Z = (Y - self.y_mean_) / self.y_scale_
         rng = np.random.default_rng(seed)
+        k_pca = getattr(self, "pca_components", None)
+        sample = tile_sample(bags, rng) if (self.standardize or k_pca) else None
         if self.standardize:
-            self.x_mean_, self.x_scale_ = feature_stats(bags, rng)
+            self.x_mean_, self.x_scale_ = sample_stats(sample)
         else:
             self.x_mean_, self.x_scale_ = None, None
+        if k_pca:
+            if k_pca > d:
+                raise BagInputError(
+                    f"{type(self).__name__}: pca_components={k_pca} exceeds the {d} features per tile; "
+                    f"use at most {d}, or None for no projection"
+                )
+            pmean, comps, evals = pca_basis(sample, k_pca, x_mean=self.x_mean_, x_scale=self.x_scale_)
+            proj = comps if self.x_scale_ is None else comps * self.x_scale_[:, None]
+            shift = pmean if self.x_mean_ is None else self.x_mean_ * self.x_scale_ + pmean
+            self.x_projection_ = proj.astype(np.float32)
+            self.x_offset_ = (-(shift @ comps)).astype(np.float32)
+            self.pca_explained_variance_ = evals
+        else:
+            self.x_projection_ = self.x_offset_ = self.pca_explained_variance_ = None
+        bags, x_mean, x_scale = self._network_inputs(bags)
+        d_net = bags[0].shape[1]
         split = inner_split(groups, self.validation_fraction, seed) if self.patience else None
         tr, va = (np.arange(n), None) if split is None else split
         device = resolve_device(self.device)
@@ -218,7 +238,7 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
         fork = torch.random.fork_rng(devices=[device.index or 0] if cuda else [])
         with fork, _threads(self.n_threads):
             torch.manual_seed(seed)
-            module = self._build(d, Y.shape[1]).to(device)
+            module = self._build(d_net, Y.shape[1]).to(device)
             opt = make_optimizer(
                 module.parameters(),
                 name=self.optimizer,
@@ -240,8 +260,8 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
                         max_tiles=self.max_tiles,
                         rng=rng,
                         tile_fraction=self.tile_fraction,
-                        x_mean=self.x_mean_,
-                        x_scale=self.x_scale_,
+                        x_mean=x_mean,
+                        x_scale=x_scale,
                     )
                     x = batch.x.to(device, non_blocking=True)
                     mask = batch.mask.to(device, non_blocking=True)
@@ -256,7 +276,7 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
                     cnt += len(idx)
                 rec = {"epoch": epoch, "train_loss": tot / max(cnt, 1)}
                 if va is not None:
-                    vpred = self._bag_outputs(module, [bags[i] for i in va], device)
+                    vpred = self._bag_outputs(module, [bags[i] for i in va], device, prepared=True)
                     vz, vm = Z[va], ~np.isnan(Z[va])
                     vloss = float(np.mean((vpred[vm] - vz[vm]) ** 2))
                     rec["val_loss"] = vloss
@@ -282,17 +302,35 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
 
     # -- inference -----------------------------------------------------------------------------------------------
 
+    def _network_inputs(self, bags: Sequence[np.ndarray], *, project: bool = True):
+        """``(bags, x_mean, x_scale)`` for :func:`make_batch`: projected bags when fitted with PCA, else as given.
+
+        ``project=False`` returns ``bags`` unchanged (already projected) with the matching ``x_mean``/``x_scale``.
+        """
+        proj = getattr(self, "x_projection_", None)
+        if proj is None:
+            return bags, self.x_mean_, self.x_scale_
+        if not project:
+            return bags, None, None
+        return [np.asarray(b, dtype=np.float32) @ proj + self.x_offset_ for b in bags], None, None
+
     def _iter_outputs(
-        self, module: nn.Module, bags: Sequence[np.ndarray], device: torch.device, *, tiles: bool
+        self,
+        module: nn.Module,
+        bags: Sequence[np.ndarray],
+        device: torch.device,
+        *,
+        tiles: bool,
+        prepared: bool = False,
     ):
         """Yield ``(bag_index, outputs)`` per bag; eval mode, all tiles, z-scored scale, numpy arrays."""
+        projected, x_mean, x_scale = self._network_inputs(bags, project=not prepared)
+        bags = bags if prepared else projected
         lengths = np.array([len(b) for b in bags])
         module.eval()
         with torch.inference_mode(), _threads(self.n_threads):
             for idx in predict_batches(lengths):
-                batch = make_batch(
-                    bags, idx, max_tiles=None, rng=None, x_mean=self.x_mean_, x_scale=self.x_scale_
-                )
+                batch = make_batch(bags, idx, max_tiles=None, rng=None, x_mean=x_mean, x_scale=x_scale)
                 with _autocast(device):
                     bag, att, logits, tile = module(batch.x.to(device), batch.mask.to(device))
                 bag = bag.float().cpu().numpy()
@@ -315,9 +353,9 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
                         ),
                     )
 
-    def _bag_outputs(self, module, bags, device) -> np.ndarray:
+    def _bag_outputs(self, module, bags, device, *, prepared: bool = False) -> np.ndarray:
         out = np.empty((len(bags), self.n_outputs_ if hasattr(self, "n_outputs_") else 1))
-        for i, (b,) in self._iter_outputs(module, bags, device, tiles=False):
+        for i, (b,) in self._iter_outputs(module, bags, device, tiles=False, prepared=prepared):
             out[i] = b
         return out
 
@@ -425,6 +463,11 @@ class AttentionMILRegressor(_TorchBagRegressor):
         Fraction of a bag's tiles sampled per training step (a strong regulariser: no single tile can be relied
         on); 1.0 uses every tile up to ``max_tiles``.
     standardize : bool
+    pca_components : int or None
+        Project the (standardised) tile features onto their ``pca_components`` leading principal axes before the
+        network; the axes are fitted in ``fit`` on the training bags' tiles only (on the same subsample of at most
+        50,000 tiles as the standardisation). With a few dozen patients and 1000-d foundation-model embeddings this
+        curbs over-fitting (and speeds training); None feeds the features as they are.
     clamp : float or None
         Clamp bag predictions to ``[-clamp, clamp]`` (z-scored scale), as in the paper.
     per_gene : bool
@@ -446,6 +489,11 @@ class AttentionMILRegressor(_TorchBagRegressor):
     history_ : list of dict
         Per epoch ``train_loss`` (and ``val_loss``), z-scored MSE, and ``seconds``.
     y_mean_, y_scale_ : ndarray of shape (n_genes,)
+    x_projection_, x_offset_ : ndarray of shape (n_features, pca_components) and (pca_components,), or None
+        With ``pca_components``, the network sees ``x @ x_projection_ + x_offset_`` per tile (standardisation and
+        centring folded in); None without.
+    pca_explained_variance_ : ndarray of shape (pca_components,) or None
+        Variance along each principal axis (of the standardised features), with ``pca_components``.
 
     Examples
     --------
@@ -481,6 +529,7 @@ class AttentionMILRegressor(_TorchBagRegressor):
         max_tiles: int | None = 512,
         tile_fraction: float = 0.5,
         standardize: bool = True,
+        pca_components: int | None = None,
         clamp: float | None = None,
         per_gene: bool = False,
         device: str = "auto",
@@ -505,6 +554,7 @@ class AttentionMILRegressor(_TorchBagRegressor):
         self.max_tiles = max_tiles
         self.tile_fraction = tile_fraction
         self.standardize = standardize
+        self.pca_components = pca_components
         self.clamp = clamp
         self.per_gene = per_gene
         self.device = device
@@ -533,6 +583,11 @@ class AttentionMILRegressor(_TorchBagRegressor):
         if self.attention not in ("gated", "tanh"):
             raise BagInputError(
                 f"AttentionMILRegressor: attention must be 'gated' or 'tanh'; got {self.attention!r}"
+            )
+        k = self.pca_components
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
+            raise BagInputError(
+                f"AttentionMILRegressor: pca_components must be None or an integer ≥ 1; got {k!r}"
             )
 
     def _build(self, d: int, n_genes: int) -> nn.Module:

@@ -206,6 +206,19 @@ def predict_batches(lengths: np.ndarray, budget: int = PREDICT_TILE_BUDGET) -> l
 
 def feature_stats(bags: Sequence[np.ndarray], rng: np.random.Generator, max_rows: int = 50_000):
     """Per-dimension mean and 1/std of the tiles (on a random subsample of at most ``max_rows`` tiles)."""
+    return sample_stats(tile_sample(bags, rng, max_rows))
+
+
+def sample_stats(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and 1/std (1 where the std is ~0) of ``sample`` (``(n, d)`` tiles), float32."""
+    mean = sample.mean(axis=0, dtype=np.float64)
+    std = sample.std(axis=0, dtype=np.float64)
+    scale = np.where(std > 1e-8, 1.0 / np.maximum(std, 1e-8), 1.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def tile_sample(bags: Sequence[np.ndarray], rng: np.random.Generator, max_rows: int = 50_000) -> np.ndarray:
+    """All tiles as one float32 array, or a random subsample of about ``max_rows`` tiles in proportion to bag size."""
     lengths = np.array([len(b) for b in bags])
     total = int(lengths.sum())
     if total <= max_rows:
@@ -218,10 +231,32 @@ def feature_stats(bags: Sequence[np.ndarray], rng: np.random.Generator, max_rows
                 for b, k in zip(bags, per, strict=True)
             ]
         )
-    mean = sample.mean(axis=0, dtype=np.float64)
-    std = sample.std(axis=0, dtype=np.float64)
-    scale = np.where(std > 1e-8, 1.0 / np.maximum(std, 1e-8), 1.0)
-    return mean.astype(np.float32), scale.astype(np.float32)
+    return sample
+
+
+def pca_basis(
+    sample: np.ndarray, n_components: int, *, x_mean: np.ndarray | None, x_scale: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leading principal axes of ``sample`` (``(n, d)`` tiles), standardised with ``x_mean``/``x_scale`` if given.
+
+    Returns ``(mean, components, explained_variance)``: ``mean`` ``(d,)`` is the (standardised) sample mean that is
+    subtracted before projecting, ``components`` ``(d, k)`` the unit principal axes (sign fixed so that the largest
+    loading of each is positive), ``explained_variance`` ``(k,)`` the variance along each, with
+    ``k = min(n_components, n, d)``.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    if x_mean is not None:
+        x = (x - x_mean) * x_scale
+    mean = x.mean(axis=0)
+    x = x - mean
+    cov = x.T @ x / max(len(x) - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    k = int(min(n_components, x.shape[0], x.shape[1]))
+    order = np.argsort(evals)[::-1][:k]
+    comps, evals = evecs[:, order], np.clip(evals[order], 0.0, None)
+    signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
+    comps = comps * np.where(signs == 0, 1.0, signs)
+    return mean.astype(np.float32), comps.astype(np.float32), evals.astype(np.float32)
 
 
 def inner_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
