@@ -472,6 +472,10 @@ class AttentionMILRegressor(_TorchBagRegressor):
         Clamp bag predictions to ``[-clamp, clamp]`` (z-scored scale), as in the paper.
     per_gene : bool
         Fit one independent model per gene (the paper) instead of one multi-gene model.
+    n_members : int
+        Fit this many models, each with its own seed (initialisation, batches and early-stopping validation split),
+        and average their predictions, attention and tile predictions. Training a network on a few dozen bags is
+        noisy from seed to seed; averaging members reduces that variance at ``n_members`` × the training time.
     device : {"auto", "cpu", "cuda"}
         ``auto`` uses CUDA when available; CUDA runs under bf16 autocast.
     n_threads : int or None
@@ -486,6 +490,8 @@ class AttentionMILRegressor(_TorchBagRegressor):
         The fitted network (on CPU), when ``per_gene`` is false or there is one gene.
     estimators_ : list of AttentionMILRegressor
         One single-gene model per gene when ``per_gene`` and several genes.
+    members_ : list of AttentionMILRegressor or None
+        The ``n_members`` fitted members when ``n_members > 1``.
     history_ : list of dict
         Per epoch ``train_loss`` (and ``val_loss``), z-scored MSE, and ``seconds``.
     y_mean_, y_scale_ : ndarray of shape (n_genes,)
@@ -532,6 +538,7 @@ class AttentionMILRegressor(_TorchBagRegressor):
         pca_components: int | None = None,
         clamp: float | None = None,
         per_gene: bool = False,
+        n_members: int = 1,
         device: str = "auto",
         n_threads: int | None = None,
         random_state=None,
@@ -557,6 +564,7 @@ class AttentionMILRegressor(_TorchBagRegressor):
         self.pca_components = pca_components
         self.clamp = clamp
         self.per_gene = per_gene
+        self.n_members = n_members
         self.device = device
         self.n_threads = n_threads
         self.random_state = random_state
@@ -584,6 +592,9 @@ class AttentionMILRegressor(_TorchBagRegressor):
             raise BagInputError(
                 f"AttentionMILRegressor: attention must be 'gated' or 'tanh'; got {self.attention!r}"
             )
+        m = self.n_members
+        if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+            raise BagInputError(f"AttentionMILRegressor: n_members must be an integer ≥ 1; got {m!r}")
         k = self.pca_components
         if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
             raise BagInputError(
@@ -605,6 +616,20 @@ class AttentionMILRegressor(_TorchBagRegressor):
     def fit(self, bags, y, groups=None):
         """Fit on ``bags`` and ``y`` (see :meth:`_TorchBagRegressor.fit`); with ``per_gene``, one model per gene."""
         Y = np.asarray(y)
+        self.members_ = None
+        if self.n_members != 1:
+            self._check_params()
+            seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=int(self.n_members))
+            self.members_ = [
+                clone(self).set_params(n_members=1, random_state=int(s)).fit(bags, y, groups=groups)
+                for s in seeds
+            ]
+            first = self.members_[0]
+            for attr in ("n_features_in_", "n_outputs_", "_y_was_1d", "y_mean_", "y_scale_", "device_"):
+                setattr(self, attr, getattr(first, attr))
+            self.history_ = [e.history_ for e in self.members_]
+            self.module_, self.estimators_ = None, None
+            return self
         if not self.per_gene or Y.ndim != 2 or Y.shape[1] == 1:
             self.estimators_ = None
             return super().fit(bags, y, groups=groups)
@@ -632,11 +657,20 @@ class AttentionMILRegressor(_TorchBagRegressor):
 
     def predict(self, bags) -> np.ndarray:
         """Bag predictions: ``(n_bags,)`` when fitted on 1-D ``y``, else ``(n_bags, n_genes)``, on ``y``'s scale."""
+        if getattr(self, "members_", None):
+            return np.mean([e.predict(bags) for e in self.members_], axis=0)
         if getattr(self, "estimators_", None):
             return np.column_stack([e.predict(bags) for e in self.estimators_])
         return super().predict(bags)
 
     def _tile_outputs(self, bags):
+        if getattr(self, "members_", None):
+            per = [e._tile_outputs(bags) for e in self.members_]
+
+            def mean(parts):
+                return None if parts[0] is None else np.mean(parts, axis=0).astype(np.float32)
+
+            return [tuple(mean([p[i][k] for p in per]) for k in range(3)) for i in range(len(per[0]))]
         if getattr(self, "estimators_", None):
             per = [e._tile_outputs(bags) for e in self.estimators_]
 
