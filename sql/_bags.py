@@ -210,7 +210,7 @@ def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarr
     Plain uncompressed float32 pages (what featurize writes) are read straight into ``out`` (:mod:`sql._pages`);
     anything else (float16, compressed, dictionary-coded, nullable) goes through pyarrow.
     """
-    # memory-mapped: pages come straight from the page cache, one copy fewer (≈ 10 % faster, benchmarks/bags.py)
+    # pyarrow reads memory-mapped (ids, coordinates, and the embeddings of other layouts): one copy fewer
     pf = pq.ParquetFile(f.path, memory_map=True)
     if pf.metadata.num_rows != f.n_rows:
         raise StoreError(
