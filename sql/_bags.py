@@ -208,7 +208,7 @@ def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarr
     """Read one slide file; copy its embeddings into ``out`` (its ``(n_rows, d)`` slot) and its ids/coords.
 
     Plain uncompressed float32 pages (what featurize writes) are read straight into ``out`` (:mod:`sql._pages`);
-    anything else (float16, compressed, dictionary-coded, nullable) goes through pyarrow.
+    anything else (float16, compressed, dictionary-coded, with nulls) goes through pyarrow.
     """
     # pyarrow reads memory-mapped (ids, coordinates, and the embeddings of other layouts): one copy fewer
     pf = pq.ParquetFile(f.path, memory_map=True)
