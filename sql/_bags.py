@@ -210,37 +210,39 @@ def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarr
     Plain uncompressed float32 pages (what featurize writes) are read straight into ``out`` (:mod:`sql._pages`);
     anything else (float16, compressed, dictionary-coded, with nulls) goes through pyarrow.
     """
-    # pyarrow reads memory-mapped (ids, coordinates, and the embeddings of other layouts): one copy fewer
-    pf = pq.ParquetFile(f.path, memory_map=True)
-    if pf.metadata.num_rows != f.n_rows:
-        raise StoreError(
-            f"{f.path} changed while it was read ({f.n_rows} rows planned, {pf.metadata.num_rows} found)"
-        )
-    try:
-        fast = read_plain_float_column(f.path, pf, _embedding_leaf(pf), out.shape[1], out)
-    except ValueError as e:
-        raise StoreError(f"{f.path}: {e}; the file is damaged, re-featurize this slide") from None
-    table = pf.read(
-        columns=["tile_id", "x", "y"] if fast else ["tile_id", "x", "y", "embedding"], use_threads=False
-    )
-    if not fast:
-        row = 0
-        for chunk in table.column("embedding").chunks:
-            if chunk.null_count:
-                raise StoreError(
-                    f"{f.path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
-                )
-            flat = chunk.flatten().to_numpy(zero_copy_only=False)
-            n = len(chunk)
-            np.copyto(out[row : row + n], flat.reshape(n, -1), casting="same_kind")
-            row += n
-    tile_ids[:] = table.column("tile_id").to_numpy()
-    x[:] = table.column("x").to_numpy()
-    y[:] = table.column("y").to_numpy()
-    if len(tile_ids) > 1 and not np.all(tile_ids[1:] > tile_ids[:-1]):
-        raise StoreError(
-            f"{f.path}: rows are not in increasing tile_id order; the file was not written by featurize"
-        )
+    # one open file for the footer, the pages and pyarrow's reads (ids, coordinates, other layouts' embeddings):
+    # featurize may replace the path by rename meanwhile. Memory-mapped: one copy fewer for pyarrow. Everything is
+    # copied out before the map closes.
+    with pa.memory_map(str(f.path)) as src:
+        pf = pq.ParquetFile(src)
+        if pf.metadata.num_rows != f.n_rows:
+            raise StoreError(
+                f"{f.path} changed while it was read ({f.n_rows} rows planned, {pf.metadata.num_rows} found)"
+            )
+        try:
+            fast = read_plain_float_column(src.fileno(), pf, _embedding_leaf(pf), out.shape[1], out)
+        except ValueError as e:
+            raise StoreError(f"{f.path}: {e}; the file is damaged, re-featurize this slide") from None
+        cols = ["tile_id", "x", "y"] if fast else ["tile_id", "x", "y", "embedding"]
+        table = pf.read(columns=cols, use_threads=False)
+        if not fast:
+            row = 0
+            for chunk in table.column("embedding").chunks:
+                if chunk.null_count:
+                    raise StoreError(
+                        f"{f.path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
+                    )
+                flat = chunk.flatten().to_numpy(zero_copy_only=False)
+                n = len(chunk)
+                np.copyto(out[row : row + n], flat.reshape(n, -1), casting="same_kind")
+                row += n
+        tile_ids[:] = table.column("tile_id").to_numpy()
+        x[:] = table.column("x").to_numpy()
+        y[:] = table.column("y").to_numpy()
+        if len(tile_ids) > 1 and not np.all(tile_ids[1:] > tile_ids[:-1]):
+            raise StoreError(
+                f"{f.path}: rows are not in increasing tile_id order; the file was not written by featurize"
+            )
 
 
 def _scan(files: Sequence[_SlideFile], dim: int, *, n_threads: int | None) -> tuple[np.ndarray, ...]:

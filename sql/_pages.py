@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -136,12 +135,12 @@ def _read_exact(fd: int, view: memoryview, pos: int) -> None:
         view, pos = view[got:], pos + got
 
 
-def read_plain_float_column(
-    path: str | os.PathLike, pf: pq.ParquetFile, column: int, dim: int, out: np.ndarray
-) -> bool:
-    """Read float32 list column ``column`` (``dim`` values per row) of ``path`` into ``out`` (``(rows, dim)``).
+def read_plain_float_column(fd: int, pf: pq.ParquetFile, column: int, dim: int, out: np.ndarray) -> bool:
+    """Read float32 list column ``column`` (``dim`` values per row) into ``out`` (``(rows, dim)``).
 
-    ``pf`` is the file's already opened :class:`pyarrow.parquet.ParquetFile` (its footer gives the chunk offsets).
+    ``pf`` is the file's opened :class:`pyarrow.parquet.ParquetFile` (its footer gives the chunk offsets) and ``fd``
+    a descriptor of the same open file (e.g. ``pyarrow.memory_map(path).fileno()``), not a fresh open of its path:
+    featurize may replace the file by rename meanwhile, and the pages must come from the file the footer describes.
     Returns ``False``, with nothing promised about ``out``, when the column is not a plain uncompressed float32
     chunk this reader can take; raises :class:`ValueError` when the pages contradict the footer (a damaged file).
     """
@@ -158,54 +157,46 @@ def read_plain_float_column(
         chunks.append((cc.data_page_offset, cc.total_compressed_size, md.row_group(g).num_rows))
     dest = memoryview(out).cast("B")
     written = 0
-    fd = os.open(Path(path), os.O_RDONLY)
-    try:
-        for start, length, rows in chunks:
-            pos, end, want = start, start + length, rows * dim
-            got = 0
-            while pos < end:
-                header, hlen = _page_header(fd, pos, end)
-                ptype, body = header.get(1), header.get(3)
-                if not isinstance(body, int) or body < 0:
-                    raise ValueError(f"page at byte {pos} has no valid compressed_page_size")
-                page_start, pos = pos + hlen, pos + hlen + body
-                if ptype == _DATA_PAGE:
-                    dp = header.get(5)
-                    if not isinstance(dp, dict) or dp.get(2) != _PLAIN or {dp.get(3), dp.get(4)} != {_RLE}:
-                        return False  # BIT_PACKED levels carry no length prefix
-                    n_levels, skip = dp.get(1), 0
-                    for present in (rep_max > 0, def_max > 0):  # v1: each level run is prefixed by its length
-                        if present:
-                            (run,) = struct.unpack("<i", os.pread(fd, 4, page_start + skip))
-                            skip += 4 + run
-                    page_rows = None
-                elif ptype == _DATA_PAGE_V2:
-                    dp = header.get(8)
-                    if (
-                        not isinstance(dp, dict)
-                        or dp.get(4) != _PLAIN
-                        or dp.get(2, 0) != 0
-                        or dp.get(7) is True
-                    ):
-                        return False
-                    n_levels, skip, page_rows = dp.get(1), dp.get(5, 0) + dp.get(6, 0), dp.get(3)
-                else:  # index pages and anything newer: let pyarrow judge
+    for start, length, rows in chunks:
+        pos, end, want = start, start + length, rows * dim
+        got = 0
+        while pos < end:
+            header, hlen = _page_header(fd, pos, end)
+            ptype, body = header.get(1), header.get(3)
+            if not isinstance(body, int) or body < 0:
+                raise ValueError(f"page at byte {pos} has no valid compressed_page_size")
+            page_start, pos = pos + hlen, pos + hlen + body
+            if ptype == _DATA_PAGE:
+                dp = header.get(5)
+                if not isinstance(dp, dict) or dp.get(2) != _PLAIN or {dp.get(3), dp.get(4)} != {_RLE}:
+                    return False  # BIT_PACKED levels carry no length prefix
+                n_levels, skip = dp.get(1), 0
+                for present in (rep_max > 0, def_max > 0):  # v1: each level run is prefixed by its length
+                    if present:
+                        prefix = os.pread(fd, 4, page_start + skip)
+                        if len(prefix) != 4:
+                            raise ValueError(f"file ended inside the data page at byte {page_start}")
+                        (run,) = struct.unpack("<i", prefix)
+                        skip += 4 + run
+                page_rows = None
+            elif ptype == _DATA_PAGE_V2:
+                dp = header.get(8)
+                if not isinstance(dp, dict) or dp.get(4) != _PLAIN or dp.get(2, 0) != 0 or dp.get(7) is True:
                     return False
-                n_bytes = body - skip
-                if n_bytes < 0 or n_bytes % 4 or n_bytes // 4 != n_levels:
-                    return False  # nulls or empty lists: not a plain fixed-size float column
-                n_values = n_bytes // 4
-                if (page_rows is not None and page_rows * dim != n_values) or got + n_values > want:
-                    raise ValueError(
-                        f"data page at byte {page_start} holds {n_values} values, not whole rows"
-                    )
-                _read_exact(fd, dest[(written + got) * 4 : (written + got + n_values) * 4], page_start + skip)
-                got += n_values
-            if got != want:
-                raise ValueError(
-                    f"a row group holds {got} embedding values where {rows} rows × {dim} need {want}"
-                )
-            written += got
-    finally:
-        os.close(fd)
+                n_levels, skip, page_rows = dp.get(1), dp.get(5, 0) + dp.get(6, 0), dp.get(3)
+            else:  # index pages and anything newer: let pyarrow judge
+                return False
+            n_bytes = body - skip
+            if n_bytes < 0 or n_bytes % 4 or n_bytes // 4 != n_levels:
+                return False  # nulls or empty lists: not a plain fixed-size float column
+            n_values = n_bytes // 4
+            if (page_rows is not None and page_rows * dim != n_values) or got + n_values > want:
+                raise ValueError(f"data page at byte {page_start} holds {n_values} values, not whole rows")
+            _read_exact(fd, dest[(written + got) * 4 : (written + got + n_values) * 4], page_start + skip)
+            got += n_values
+        if got != want:
+            raise ValueError(
+                f"a row group holds {got} embedding values where {rows} rows × {dim} need {want}"
+            )
+        written += got
     return True

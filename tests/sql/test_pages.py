@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -38,9 +39,10 @@ def _table(emb: np.ndarray, *, nullable: bool = False, dtype: str = "float32", n
 
 
 def _read(path, dim, rows=None):
-    pf = pq.ParquetFile(path)
-    out = np.full((pf.metadata.num_rows if rows is None else rows, dim), np.nan, np.float32)
-    return read_plain_float_column(path, pf, 4, dim, out), out
+    with pa.memory_map(str(path)) as src:
+        pf = pq.ParquetFile(src)
+        out = np.full((pf.metadata.num_rows if rows is None else rows, dim), np.nan, np.float32)
+        return read_plain_float_column(src.fileno(), pf, 4, dim, out), out
 
 
 @pytest.mark.parametrize(
@@ -115,13 +117,26 @@ def test_wrong_slot_is_refused_not_overrun(tmp_path):
     emb = np.random.default_rng(4).random((50, 8), dtype=np.float32)
     path = tmp_path / "e.parquet"
     pq.write_table(_table(emb), path, compression="none", use_dictionary=False)
-    pf = pq.ParquetFile(path)
-    for out in (
-        np.empty((49, 8), np.float32),
-        np.empty((50, 8), np.float64),
-        np.empty((8, 50), np.float32).T,
-    ):
-        assert not read_plain_float_column(path, pf, 4, 8, out)
+    with pa.memory_map(str(path)) as src:
+        pf = pq.ParquetFile(src)
+        for out in (
+            np.empty((49, 8), np.float32),
+            np.empty((50, 8), np.float64),
+            np.empty((8, 50), np.float32).T,
+        ):
+            assert not read_plain_float_column(src.fileno(), pf, 4, 8, out)
+
+
+def test_pages_come_from_the_open_file_even_if_the_path_is_replaced(tmp_path):
+    old, new = (np.random.default_rng(s).random((300, 12), dtype=np.float32) for s in (5, 6))
+    path = write_table_atomic(_table(old), tmp_path / "e.parquet")
+    other = write_table_atomic(_table(new[:200]), tmp_path / "other.parquet")
+    with pa.memory_map(str(path)) as src:
+        pf = pq.ParquetFile(src)
+        os.replace(other, path)  # featurize --force rewrites a slide while a loader holds the old footer
+        out = np.empty((300, 12), np.float32)
+        assert read_plain_float_column(src.fileno(), pf, 4, 12, out)
+    np.testing.assert_array_equal(out, old)
 
 
 def test_load_cohort_same_with_and_without_fast_path(fake_store, monkeypatch):
