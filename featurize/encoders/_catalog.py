@@ -103,6 +103,11 @@ def _efficientnet_pytorch_convert(sd: dict[str, torch.Tensor], model: nn.Module)
 def _hf_dinov2_convert(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Hugging Face ``transformers`` Dinov2Model keys → timm ``VisionTransformer`` (Phikon-v2's checkpoint).
 
+    Both key layouts are read: transformers 4's (``attention.attention.query`` …, ``attention.output.dense``; the
+    hub file) and transformers 5's (``attention.q_proj`` … ``o_proj``). Checked against transformers 5.23's own
+    ``Dinov2Model`` forward at ViT-L width with random weights (``tests/featurize/test_encoders.py`` checks the
+    mapping with a hand-built checkpoint).
+
     Query/key/value projections are concatenated into ``qkv``; layer-scale ``lambda1`` becomes ``gamma``;
     ``mask_token`` (unused at inference) is dropped; the position embedding is resampled if its grid differs.
     Keys already in timm's format pass through unchanged.
@@ -115,11 +120,14 @@ def _hf_dinov2_convert(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     n_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
     for i in range(n_layers):
         p = f"encoder.layer.{i}."
+        if f"{p}attention.q_proj.weight" in sd:  # transformers ≥ 5 names
+            qkv, proj = [f"{p}attention.{n}_proj" for n in "qkv"], f"{p}attention.o_proj"
+        else:  # transformers 4 names (the hub checkpoint)
+            qkv = [f"{p}attention.attention.{n}" for n in ("query", "key", "value")]
+            proj = f"{p}attention.output.dense"
         for kind in ("weight", "bias"):
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
-                [sd[f"{p}attention.attention.{n}.{kind}"] for n in ("query", "key", "value")], dim=0
-            )
-            out[f"blocks.{i}.attn.proj.{kind}"] = sd[f"{p}attention.output.dense.{kind}"]
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([sd[f"{n}.{kind}"] for n in qkv], dim=0)
+            out[f"blocks.{i}.attn.proj.{kind}"] = sd[f"{proj}.{kind}"]
             for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
                 out[f"blocks.{i}.{n}.{kind}"] = sd[f"{p}{n}.{kind}"]
         out[f"blocks.{i}.ls1.gamma"] = sd[f"{p}layer_scale1.lambda1"]
@@ -132,7 +140,8 @@ def _hf_dinov2_convert(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     want = model.state_dict()["pos_embed"].shape
     if pos.shape != want:
         grid = model.patch_embed.grid_size
-        pos = resample_abs_pos_embed(pos, new_size=list(grid), num_prefix_tokens=1)
+        # as transformers' Dinov2 does at run time: bicubic, no antialiasing (timm's default antialiases)
+        pos = resample_abs_pos_embed(pos, new_size=list(grid), num_prefix_tokens=1, antialias=False)
     out["pos_embed"] = pos
     return out
 

@@ -289,8 +289,8 @@ def test_full_resnet50_checkpoint_loads_into_resnet50_trunc(tmp_path: Path) -> N
         torch.testing.assert_close(enc(x), ref, rtol=1e-4, atol=1e-5)
 
 
-def _timm_vit_to_hf_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of the Phikon-v2 converter: timm ViT keys → transformers Dinov2Model keys."""
+def _timm_vit_to_hf_dinov2(sd: dict[str, torch.Tensor], *, v5: bool = False) -> dict[str, torch.Tensor]:
+    """Inverse of the Phikon-v2 converter: timm ViT keys → transformers Dinov2Model keys (4's names, or 5's)."""
     out = {
         "embeddings.cls_token": sd["cls_token"],
         "embeddings.mask_token": torch.zeros(1, sd["cls_token"].shape[-1]),
@@ -306,8 +306,10 @@ def _timm_vit_to_hf_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         for kind in ("weight", "bias"):
             q, k, v = sd[f"{t}attn.qkv.{kind}"].chunk(3, dim=0)
             for nm, val in (("query", q), ("key", k), ("value", v)):
-                out[f"{p}attention.attention.{nm}.{kind}"] = val
-            out[f"{p}attention.output.dense.{kind}"] = sd[f"{t}attn.proj.{kind}"]
+                key = f"{p}attention.{nm[0]}_proj" if v5 else f"{p}attention.attention.{nm}"
+                out[f"{key}.{kind}"] = val
+            proj = f"{p}attention.o_proj" if v5 else f"{p}attention.output.dense"
+            out[f"{proj}.{kind}"] = sd[f"{t}attn.proj.{kind}"]
             for nm in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
                 out[f"{p}{nm}.{kind}"] = sd[f"{t}{nm}.{kind}"]
         out[f"{p}layer_scale1.lambda1"] = sd[f"{t}ls1.gamma"]
@@ -315,9 +317,11 @@ def _timm_vit_to_hf_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def test_phikon_v2_transformers_checkpoint_maps_onto_timm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("v5", [False, True], ids=["transformers4-names", "transformers5-names"])
+def test_phikon_v2_transformers_checkpoint_maps_onto_timm(tmp_path: Path, v5: bool) -> None:
     enc = create_encoder("phikon-v2", pretrained=False, depth=2)
-    hf = _timm_vit_to_hf_dinov2(enc.backbone.state_dict())
+    hf = _timm_vit_to_hf_dinov2(enc.backbone.state_dict(), v5=v5)
+    assert any("q_proj" in k for k in hf) == v5
     path = _save(hf, tmp_path / "model.safetensors")
     again = create_encoder("phikon-v2", weights=path, depth=2)
     x = _tiles(2, (224, 224))
