@@ -144,6 +144,8 @@ def read_plain_float_column(fd: int, pf: pq.ParquetFile, column: int, dim: int, 
     Returns ``False``, with nothing promised about ``out``, when the column is not a plain uncompressed float32
     chunk this reader can take; raises :class:`ValueError` when the pages contradict the footer (a damaged file).
     """
+    if not hasattr(os, "preadv"):  # Windows: pyarrow reads it
+        return False
     md = pf.metadata
     if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != (md.num_rows, dim):
         return False
