@@ -88,3 +88,21 @@ def test_default_workers_reads_in_process_on_small_cpus(monkeypatch):
     for cores, cpu, cuda in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 1, 8)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert (default_workers("cpu"), default_workers("cuda")) == (cpu, cuda), cores
+
+
+def test_tissue_channels_are_skimages_without_its_float_images():
+    """The lookup-table saturation, value and haematoxylin equal skimage's rgb2hsv / rgb2hed (to 1 ulp)."""
+    from skimage.color import rgb2hed, rgb2hsv
+
+    from featurize._tissue import _haematoxylin, _saturation_value
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    img[:4] = 0  # black: value 0, saturation defined as 0
+    img[4:8] = 255  # white
+    img[8:12] = [[[120, 120, 120]]]  # grey: saturation 0
+    sat, val = _saturation_value(img)
+    hsv = rgb2hsv(img)
+    np.testing.assert_allclose(sat, hsv[..., 1], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(val, hsv[..., 2], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(_haematoxylin(img), rgb2hed(img)[..., 0], rtol=0, atol=1e-14)
