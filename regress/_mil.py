@@ -664,21 +664,24 @@ class AttentionMILRegressor(_TorchBagRegressor):
         return super().predict(bags)
 
     def _tile_outputs(self, bags):
-        if getattr(self, "members_", None):
-            per = [e._tile_outputs(bags) for e in self.members_]
-
-            def mean(parts):
-                return None if parts[0] is None else np.mean(parts, axis=0).astype(np.float32)
-
-            return [tuple(mean([p[i][k] for p in per]) for k in range(3)) for i in range(len(per[0]))]
-        if getattr(self, "estimators_", None):
-            per = [e._tile_outputs(bags) for e in self.estimators_]
-
-            def cat(parts):
-                return None if parts[0] is None else np.concatenate(parts, axis=1)
-
-            return [tuple(cat([p[i][k] for p in per]) for k in range(3)) for i in range(len(per[0]))]
+        if getattr(self, "members_", None):  # members: the same tiles and genes, averaged
+            return _merge_tile_outputs(
+                [e._tile_outputs(bags) for e in self.members_],
+                lambda parts: np.mean(parts, axis=0).astype(np.float32),
+            )
+        if getattr(self, "estimators_", None):  # one model per gene: gene columns side by side
+            return _merge_tile_outputs(
+                [e._tile_outputs(bags) for e in self.estimators_], lambda parts: np.concatenate(parts, axis=1)
+            )
         return super()._tile_outputs(bags)
+
+
+def _merge_tile_outputs(per_model: list, combine) -> list:
+    """Merge several models' per-bag ``(attention, logits, tile)`` outputs element-wise (None stays None)."""
+    return [
+        tuple(None if parts[0] is None else combine(parts) for parts in zip(*bag_outputs, strict=True))
+        for bag_outputs in zip(*per_model, strict=True)
+    ]
 
 
 #: The paper's hyper-parameters (Graziani et al. 2022, public code).

@@ -204,11 +204,6 @@ def predict_batches(lengths: np.ndarray, budget: int = PREDICT_TILE_BUDGET) -> l
     return batches
 
 
-def feature_stats(bags: Sequence[np.ndarray], rng: np.random.Generator, max_rows: int = 50_000):
-    """Per-dimension mean and 1/std of the tiles (on a random subsample of at most ``max_rows`` tiles)."""
-    return sample_stats(tile_sample(bags, rng, max_rows))
-
-
 def sample_stats(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and 1/std (1 where the std is ~0) of ``sample`` (``(n, d)`` tiles), float32."""
     mean = sample.mean(axis=0, dtype=np.float64)
