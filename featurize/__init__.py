@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from featurize import _tuning  # noqa: F401 - first, before anything loads torch
 from featurize._inputs import SlideInput, SlideListError, collect_slides, file_fingerprint, select_shard
 from featurize._pipeline import FeaturizeSummary, SlideResult, qc_path
 from featurize._reader import (

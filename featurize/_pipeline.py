@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,15 +121,18 @@ class TilingParams:
         }
 
 
-_READERS: dict[tuple[str, float | None], SlideReader] = {}
+#: open slide handles: one per reading thread (a reader process has one thread; ``workers=0`` reads on threads of
+#: the main process), keyed by ``(path, mpp override, thread id)``
+_READERS: dict[tuple[str, float | None, int], SlideReader] = {}
 
 
 def _reader_for(slide: SlideInput) -> SlideReader:
-    """The worker's open handle for ``slide`` (one slide open per worker; reopened when another is asked for)."""
-    key = (str(slide.path), slide.mpp)
+    """This thread's open handle for ``slide`` (one slide open per thread; reopened when another is asked for)."""
+    me = threading.get_ident()
+    key = (str(slide.path), slide.mpp, me)
     r = _READERS.get(key)
     if r is None:
-        for k in list(_READERS):
+        for k in [k for k in list(_READERS) if k[2] == me]:
             with contextlib.suppress(Exception):
                 _READERS.pop(k).close()
         r = open_slide(slide.path, mpp_override=slide.mpp, slide_id=slide.slide_id)
@@ -138,10 +141,16 @@ def _reader_for(slide: SlideInput) -> SlideReader:
 
 
 def _drop_reader(slide: SlideInput) -> None:
-    r = _READERS.pop((str(slide.path), slide.mpp), None)
+    r = _READERS.pop((str(slide.path), slide.mpp, threading.get_ident()), None)
     if r is not None:
         with contextlib.suppress(Exception):
             r.close()
+
+
+def _close_readers() -> None:
+    for key in list(_READERS):
+        with contextlib.suppress(Exception):
+            _READERS.pop(key).close()
 
 
 def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
@@ -238,7 +247,7 @@ def _read_chunk_task(
 
 
 class _InlineExecutor:
-    """``submit`` runs the call now (``workers=0``: everything in the main process)."""
+    """``submit`` runs the call now (``workers=0`` on one core: everything in the main process)."""
 
     def submit(self, fn: Callable, *args, **kwargs) -> Future:
         fut: Future = Future()
@@ -248,10 +257,35 @@ class _InlineExecutor:
             fut.set_exception(exc)
         return fut
 
+    def barrier(self) -> None:
+        pass
+
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        for key in list(_READERS):
-            with contextlib.suppress(Exception):
-                _READERS.pop(key).close()
+        _close_readers()
+
+
+class _BurstThreadExecutor:
+    """``workers=0`` on several cores: reads run on one thread per core of the main process, each with its own
+    slide handle (libjpeg-turbo, numpy and torch release the GIL), in bursts: :func:`_stream` submits a burst of
+    chunks and waits for all of them (:meth:`barrier`) before the encoder runs. So reading uses every core and never
+    competes with the encoder's threads, which on a small CPU costs more than the reading itself."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="slide2expr-read")
+        self.pending: list[Future] = []
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        fut = self.pool.submit(fn, *args, **kwargs)
+        self.pending.append(fut)
+        return fut
+
+    def barrier(self) -> None:
+        wait(self.pending)
+        self.pending.clear()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        _close_readers()
 
 
 def _worker_init() -> None:
@@ -272,7 +306,8 @@ def _worker_init() -> None:
 
 def make_executor(workers: int):
     if workers <= 0:
-        return _InlineExecutor()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return _BurstThreadExecutor(cores) if cores > 1 else _InlineExecutor()
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init)
     # with fork, the first submit launches every worker: do it now, before the writer and progress threads exist
@@ -292,9 +327,13 @@ def _stream(
     chunk_tiles: int,
     max_inflight: int,
     plan_ahead: int = 1,
+    burst: bool = False,
 ) -> Iterator[tuple]:
     """Yield ``("plan", plan)``, ``("chunk", plan, chunk, future)``…, ``("end", plan)`` per slide, in order,
-    with up to ``max_inflight`` chunk reads and ``plan_ahead`` slide plans running ahead of the consumer."""
+    with up to ``max_inflight`` chunk reads and ``plan_ahead`` slide plans running ahead of the consumer.
+
+    ``burst``: submit reads only once every submitted chunk has been consumed, ``max_inflight`` at a time (for the
+    inline executor, whose reads run at submission)."""
     plan_futs: dict[int, Future] = {}
 
     def ensure_plans(upto: int) -> None:
@@ -329,7 +368,8 @@ def _stream(
     sub = submissions()
     exhausted = False
     while True:
-        while not exhausted and inflight < max_inflight:
+        refill = not burst or inflight == 0
+        while refill and not exhausted and inflight < max_inflight:
             item = next(sub, None)
             if item is None:
                 exhausted = True
@@ -339,6 +379,8 @@ def _stream(
                 inflight += 1
         if not window:
             return
+        if burst:
+            executor.barrier()
         item = window.popleft()
         if item[0] == "chunk":
             inflight -= 1

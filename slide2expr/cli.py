@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from featurize import _tuning  # noqa: F401 - before any command module loads torch
 from slide2expr import commands
 from slide2expr._app import app
 

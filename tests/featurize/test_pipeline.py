@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -27,6 +28,16 @@ from featurize import (
     slide_path,
     tile_grid,
     tiles_path,
+)
+from featurize._pipeline import (
+    TilingParams,
+    _BurstThreadExecutor,
+    _close_readers,
+    _InlineExecutor,
+    _read_chunk_task,
+    _reader_for,
+    _stream,
+    make_executor,
 )
 from tests.featurize.conftest import FAST
 
@@ -172,6 +183,89 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path):
     store = tmp_path / "workers"
     featurize_cohort(slide_dir, store=store, **{**FAST, "workers": 2})
     assert snapshot(store) == snapshot(base_store)
+
+
+@pytest.mark.parametrize(("cores", "kind"), [(1, _InlineExecutor), (4, _BurstThreadExecutor)])
+def test_reading_in_the_main_process_on_any_core_count_gives_the_same_store(
+    base_store, slide_dir, tmp_path, monkeypatch, cores, kind
+):
+    # workers=0 reads on one thread per core (several cores) or at submission (one core)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    ex = make_executor(0)
+    ex.shutdown()
+    assert type(ex) is kind
+    store = tmp_path / f"cores{cores}"
+    featurize_cohort(slide_dir, store=store, **FAST)
+    assert snapshot(store) == snapshot(base_store)
+
+
+class _Recorder(_InlineExecutor):
+    """Runs calls at submission like the inline executor and records submissions and barriers."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def submit(self, fn, *args, **kwargs):
+        self.events.append(("read" if fn is _read_chunk_task else "plan", args[0].slide_id))
+        return super().submit(fn, *args, **kwargs)
+
+    def barrier(self) -> None:
+        self.events.append(("barrier", None))
+
+
+def test_burst_stream_reads_whole_bursts_before_the_encoder_gets_a_chunk(slide_dir):
+    slides = collect_slides(slide_dir)
+    events: list = []
+    tiling = TilingParams(mpp=1.0, tile_px=112)
+    for ev in _stream(
+        slides,
+        executor=_Recorder(events),
+        tiling=tiling,
+        out_px=112,
+        chunk_tiles=2,
+        max_inflight=3,
+        burst=True,
+    ):
+        events.append(("yield-" + ev[0], ev[1].slide.slide_id))
+    reads = [e for e in events if e[0] == "read"]
+    yields = [e for e in events if e[0] == "yield-chunk"]
+    assert len(reads) == len(yields) > 6
+    outstanding, fenced, phase, phases = 0, 0, 0, []  # reads submitted, not yet yielded; of those, fenced
+    for i, (kind, _sid) in enumerate(events):
+        if kind == "read":
+            if phase == 0:
+                assert outstanding == 0, f"event {i}: a refill started with {outstanding} chunks unconsumed"
+            phase += 1
+            assert phase <= 3
+            outstanding += 1
+        elif kind == "barrier":
+            if phase:
+                phases.append(phase)
+            fenced, phase = outstanding, 0
+        elif kind == "yield-chunk":
+            assert fenced > 0, f"event {i}: a chunk was handed to the encoder before its burst's barrier"
+            fenced -= 1
+            outstanding -= 1
+    assert max(phases) == 3 and sum(phases) == len(reads)  # bursts are full, not one chunk at a time
+    # every slide's chunks come in order, each slide's plan before its chunks
+    order = [sid for kind, sid in events if kind in ("yield-plan", "yield-chunk")]
+    assert order == sorted(order, key=[s.slide_id for s in slides].index)
+
+
+def test_each_thread_reads_with_its_own_slide_handle(slide_dir):
+    a, b = collect_slides(slide_dir)[:2]
+    try:
+        mine = _reader_for(a)
+        with ThreadPoolExecutor(1) as pool:
+            theirs = pool.submit(_reader_for, a).result()
+            pool.submit(
+                _reader_for, b
+            ).result()  # that thread moves on to another slide: closes its own handle only
+        assert theirs is not mine
+        assert _reader_for(a) is mine
+        assert mine.read_region(0, 0, 64, 64, level=0).shape == (64, 64, 3)
+    finally:
+        _close_readers()
 
 
 def test_float16_and_patient_table(slide_dir, tmp_path):
