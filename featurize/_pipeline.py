@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurize._inputs import SlideInput, file_fingerprint
-from featurize._reader import SlideError, SlideReader, open_slide
+from featurize._reader import SlideError, SlideReader, TileCache, open_slide
 from featurize._store import (
     SLIDES_SCHEMA,
     STORE_FORMAT,
@@ -124,6 +124,9 @@ class TilingParams:
 #: open slide handles: one per reading thread (a reader process has one thread; ``workers=0`` reads on threads of
 #: the main process), keyed by ``(path, mpp override, thread id)``
 _READERS: dict[tuple[str, float | None, int], SlideReader] = {}
+#: decoded JPEG tiles, one cache per slide shared by the threads reading it (the last few slides only)
+_TILE_CACHES: dict[tuple[str, float | None], TileCache] = {}
+_LOCK = threading.Lock()
 
 
 def _reader_for(slide: SlideInput) -> SlideReader:
@@ -135,7 +138,12 @@ def _reader_for(slide: SlideInput) -> SlideReader:
         for k in [k for k in list(_READERS) if k[2] == me]:
             with contextlib.suppress(Exception):
                 _READERS.pop(k).close()
-        r = open_slide(slide.path, mpp_override=slide.mpp, slide_id=slide.slide_id)
+        with _LOCK:
+            cache = _TILE_CACHES.pop(key[:2], None) or TileCache(96)
+            _TILE_CACHES[key[:2]] = cache  # most recent last
+            while len(_TILE_CACHES) > 3:
+                _TILE_CACHES.pop(next(iter(_TILE_CACHES)))
+        r = open_slide(slide.path, mpp_override=slide.mpp, slide_id=slide.slide_id, tile_cache=cache)
         _READERS[key] = r
     return r
 
@@ -151,6 +159,7 @@ def _close_readers() -> None:
     for key in list(_READERS):
         with contextlib.suppress(Exception):
             _READERS.pop(key).close()
+    _TILE_CACHES.clear()
 
 
 def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
@@ -264,6 +273,16 @@ class _InlineExecutor:
         _close_readers()
 
 
+def _one_torch_thread() -> None:
+    """A reading thread's torch calls (the resize) run on that thread alone: as a team of their own, their OpenMP
+    threads outnumbered the cores, and libgomp then stops spinning for everyone (the encoder's barriers too, which
+    halved efficientnet-lite0's speed at 112 px). The setting is per thread; the encoder's stays."""
+    with contextlib.suppress(Exception):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 class _BurstThreadExecutor:
     """``workers=0`` on several cores: reads run on one thread per core of the main process, each with its own
     slide handle (libjpeg-turbo, numpy and torch release the GIL), in bursts: :func:`_stream` submits a burst of
@@ -271,7 +290,9 @@ class _BurstThreadExecutor:
     competes with the encoder's threads, which on a small CPU costs more than the reading itself."""
 
     def __init__(self, threads: int) -> None:
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="slide2expr-read")
+        self.pool = ThreadPoolExecutor(
+            threads, thread_name_prefix="slide2expr-read", initializer=_one_torch_thread
+        )
         self.pending: list[Future] = []
 
     def submit(self, fn: Callable, *args, **kwargs) -> Future:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from ctypes import POINTER, c_uint32
 from pathlib import Path
 
@@ -97,10 +98,17 @@ class SlideReader:
     vendor: str = "unknown"
 
     def __init__(
-        self, path: Path, *, slide_id: str, mpp_override: float | None, fast_jpeg: bool = True
+        self,
+        path: Path,
+        *,
+        slide_id: str,
+        mpp_override: float | None,
+        fast_jpeg: bool = True,
+        tile_cache: TileCache | None = None,
     ) -> None:
         self.path = path
         self._fast_jpeg = fast_jpeg
+        self._tile_cache = tile_cache
         self.slide_id = slide_id
         self._mpp_override = mpp_override
         self._open()
@@ -353,7 +361,7 @@ class _OpenSlideReader(SlideReader):
         self.properties = dict(osr.properties)
         self._tiles = None
         if self._fast_jpeg and self.vendor in ("aperio", "generic-tiff"):
-            self._tiles = _TiffJpegTiles.open(self.path, self.level_dimensions)
+            self._tiles = _TiffJpegTiles.open(self.path, self.level_dimensions, cache=self._tile_cache)
         try:
             from openslide import lowlevel
 
@@ -404,6 +412,36 @@ class _OpenSlideReader(SlideReader):
         self._osr.close()
 
 
+class TileCache:
+    """Decoded JPEG tiles of one slide, kept for the neighbouring reads that share them: the oldest of ``capacity``
+    goes first. Thread-safe, so that the readers of one slide on several threads (featurize's in-process reading)
+    share one cache: chunks alternate between the threads, and with a cache each, every thread would decode most
+    edge tiles again (the demo cohort's featurize ran at 0.6× its single-thread speed that way)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._tiles: dict[tuple[int, int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        with self._lock:
+            return self._tiles.get(key)
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
+        """Keep ``tile`` (two threads may both have decoded it: the second copy replaces the first)."""
+        with self._lock:
+            if key not in self._tiles and len(self._tiles) >= self.capacity:
+                self._tiles.pop(next(iter(self._tiles)))
+            self._tiles[key] = tile
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tiles.clear()
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+
 class _TiffJpegTiles:
     """Direct decoding of JPEG-tiled TIFF levels (Aperio SVS, generic tiled TIFF) with tifffile + libjpeg-turbo.
 
@@ -412,16 +450,15 @@ class _TiffJpegTiles:
     to exactly one JPEG-tiled TIFF page of the same size; anything else stays with OpenSlide.
     """
 
-    _CACHE = 64  # decoded tiles kept (neighbouring chunks share edge tiles)
-
-    def __init__(self, tf, pages: dict[int, object]) -> None:
+    def __init__(self, tf, pages: dict[int, object], cache: TileCache | None = None) -> None:
         self.tf = tf
         self.pages = pages
-        self.cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._shared = cache is not None
+        self.cache = cache if cache is not None else TileCache()
         self._scalable_levels: dict[int, bool] = {}
 
     @classmethod
-    def open(cls, path: Path, level_dimensions) -> _TiffJpegTiles | None:
+    def open(cls, path: Path, level_dimensions, *, cache: TileCache | None = None) -> _TiffJpegTiles | None:
         try:
             import tifffile
 
@@ -444,7 +481,7 @@ class _TiffJpegTiles:
         if not pages:
             tf.close()
             return None
-        return cls(tf, pages)
+        return cls(tf, pages, cache)
 
     def has(self, level: int) -> bool:
         return level in self.pages
@@ -495,9 +532,7 @@ class _TiffJpegTiles:
                     t = seg[0]
                 else:
                     t = _decode_jpeg_scaled(data, page, scale)
-            if len(self.cache) >= self._CACHE:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[key] = t
+            self.cache.put(key, t)
         return t
 
     def read(self, level: int, x: int, y: int, w: int, h: int, *, scale: int = 1) -> np.ndarray:
@@ -522,7 +557,8 @@ class _TiffJpegTiles:
         return out
 
     def close(self) -> None:
-        self.cache.clear()
+        if not self._shared:
+            self.cache.clear()
         self.tf.close()
 
 
@@ -638,6 +674,7 @@ def open_slide(
     mpp_override: float | None = None,
     slide_id: str | None = None,
     fast_jpeg: bool = True,
+    tile_cache: TileCache | None = None,
 ) -> SlideReader:
     """Open a whole-slide image (OpenSlide formats) or a plain PNG/JPEG/TIFF image behind one interface.
 
@@ -653,6 +690,9 @@ def open_slide(
         Decode JPEG-tiled TIFF levels (Aperio, generic TIFF) directly with libjpeg-turbo instead of through
         OpenSlide's ``read_region`` (same pixels up to JPEG decoder rounding; ≈ 3× faster). Metadata, other
         formats and other compressions always go through OpenSlide.
+    tile_cache
+        Where decoded JPEG tiles are kept for neighbouring reads (default: a cache of this reader's own); pass one
+        :class:`TileCache` to the readers of one slide on several threads.
 
     Returns
     -------
@@ -692,7 +732,9 @@ def open_slide(
         errors.append(f"OpenSlide: {exc}")
     if fmt is not None:
         try:
-            return _OpenSlideReader(p, slide_id=sid, mpp_override=mpp_override, fast_jpeg=fast_jpeg)
+            return _OpenSlideReader(
+                p, slide_id=sid, mpp_override=mpp_override, fast_jpeg=fast_jpeg, tile_cache=tile_cache
+            )
         except MissingMPPError:
             raise
         except Exception as exc:  # OpenSlideError: corrupt header or truncated directory

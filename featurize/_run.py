@@ -41,9 +41,11 @@ def default_workers(device: str = "cpu") -> int:
 
     On CUDA the encoder needs about one core, so every spare core reads (up to 8). On the CPU the encoder's
     threads use every core: a reader process then preempts one of them and the other spins at the next barrier, so
-    reading in parallel costs about twice its own CPU time. Measured on 2 cores (efficientnet-lite0, 3,424 tiles,
-    benchmarks/featurize.py): end-to-end ÷ encoder-only 0.906 reading in-process against 0.866 with one reader
-    process. So small CPU machines read in-process (0); larger ones keep one reader.
+    reading in parallel costs about twice its own CPU time. Reading in the main process instead (0) takes turns with
+    the encoder: a burst of chunks on one thread per core, then their batches. Measured on 2 cores (resnet50-trunc,
+    40x slide at 20x / 256 px, benchmarks/featurize.py): end-to-end ÷ encoder-only 0.926–0.936 in-process against
+    0.837–0.851 with one reader process. So small CPU machines read in-process; larger ones keep one reader
+    (not measured here).
     """
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device == "cuda":

@@ -199,6 +199,20 @@ def test_reading_in_the_main_process_on_any_core_count_gives_the_same_store(
     assert snapshot(store) == snapshot(base_store)
 
 
+def test_reading_threads_run_torch_on_one_thread_and_leave_the_encoders_alone():
+    import torch
+
+    before = torch.get_num_threads()
+    ex = _BurstThreadExecutor(2)
+    try:
+        futs = [ex.submit(torch.get_num_threads) for _ in range(4)]
+        ex.barrier()
+        assert [f.result() for f in futs] == [1, 1, 1, 1]
+    finally:
+        ex.shutdown()
+    assert torch.get_num_threads() == before
+
+
 class _Recorder(_InlineExecutor):
     """Runs calls at submission like the inline executor and records submissions and barriers."""
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import openslide
 import pytest
 from PIL import Image
 
-from featurize import MissingMPPError, SlideOpenError, open_slide
-from featurize._reader import resize_rgb
+from featurize import MissingMPPError, SlideOpenError, _reader, open_slide
+from featurize._reader import TileCache, resize_rgb
 from featurize._svs import write_svs
 
 
@@ -143,6 +145,28 @@ def test_tiles_read_through_the_reduced_decode_match_the_full_decode(tmp_path):
     assert np.abs(fast[:, 1:, 1:] - slow[:, :-1, :-1]).mean() > 8.0
     blocks = lambda a: a.reshape(5, 16, 14, 16, 14, 3).mean(axis=(2, 4))  # noqa: E731
     assert np.abs(blocks(fast) - blocks(slow)).mean() < 1.0
+
+
+def test_readers_on_several_threads_share_one_tile_cache(tmp_path, monkeypatch):
+    p = write_svs(tmp_path / "shared.svs", size=(2048, 2048), mpp=0.25, levels=2)
+    decoded = []
+    real = _reader._decode_jpeg_scaled
+    monkeypatch.setattr(_reader, "_decode_jpeg_scaled", lambda *a: decoded.append(1) or real(*a))
+    cache = TileCache(32)
+    x, y = np.array([256, 768]), np.array([512, 512])
+    with open_slide(p, tile_cache=cache) as a:
+        first = a.read_tiles(x, y, 512, 512, level=0, out_px=224)
+    n = len(decoded)
+    assert (
+        n == 8 and len(cache) == 8
+    )  # two 512 px boxes at half size: 2 × 4 JPEG tiles … (3 columns × 2 rows)
+    with ThreadPoolExecutor(1) as pool, open_slide(p, tile_cache=cache) as b:  # closing a did not empty it
+        again = pool.submit(b.read_tiles, x, y, 512, 512, level=0, out_px=224).result()
+    assert len(decoded) == n  # nothing decoded twice
+    np.testing.assert_array_equal(first, again)
+    for i in range(40):  # the oldest go first beyond the capacity
+        cache.put((9, i, 1), np.zeros(1))
+    assert len(cache) == 32 and cache.get((9, 39, 1)) is not None and cache.get((0, 0, 2)) is None
 
 
 def test_rgb_coded_jpeg_tiles_with_a_jfif_marker_are_not_decoded_scaled(tmp_path):
