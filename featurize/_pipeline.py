@@ -11,6 +11,11 @@ Data flow for a cohort::
 Work is submitted ahead in a bounded window in consumption order, so the next slide is planned and read while
 the current one is embedded, and memory stays bounded whatever the slide size. The embeddings file is written
 last: it is the commit marker that resume checks.
+
+On a CPU with few cores (``workers=0``, the default on ≤ 2 cores) the encoder already uses every core, so the same
+work runs on one thread per core of the main process instead, in bursts: eight chunks are planned and read on all
+cores, then their batches are embedded on all cores. Reading beside the encoder would cost about twice its own CPU
+time there (one encoder thread preempted, the other spinning at the next barrier).
 """
 
 from __future__ import annotations

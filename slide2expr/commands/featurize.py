@@ -47,7 +47,8 @@ def featurize(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Reader processes [default: CUDA: spare cores (≤ 8); CPU: 0 (in-process) on ≤ 2 cores, else 1].",
+        help="Reader processes [default: CUDA: spare cores (≤ 8); CPU: 0 on ≤ 2 cores, else 1]. "
+        "0 reads in the main process, on one thread per core, between encoder batches.",
     ),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 | float16."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported) | bf16 | fp32."),
