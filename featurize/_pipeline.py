@@ -140,31 +140,37 @@ def _reader_for(slide: SlideInput) -> SlideReader:
     key = (str(slide.path), slide.mpp, me)
     r = _READERS.get(key)
     if r is None:
-        for k in [k for k in list(_READERS) if k[2] == me]:
-            with contextlib.suppress(Exception):
-                _READERS.pop(k).close()
         with _LOCK:
+            mine = [_READERS.pop(k) for k in [k for k in _READERS if k[2] == me]]
             cache = _TILE_CACHES.pop(key[:2], None) or TileCache(96)
             _TILE_CACHES[key[:2]] = cache  # most recent last
             while len(_TILE_CACHES) > 3:
                 _TILE_CACHES.pop(next(iter(_TILE_CACHES)))
+        for old in mine:
+            with contextlib.suppress(Exception):
+                old.close()
         r = open_slide(slide.path, mpp_override=slide.mpp, slide_id=slide.slide_id, tile_cache=cache)
-        _READERS[key] = r
+        with _LOCK:
+            _READERS[key] = r
     return r
 
 
 def _drop_reader(slide: SlideInput) -> None:
-    r = _READERS.pop((str(slide.path), slide.mpp, threading.get_ident()), None)
+    with _LOCK:
+        r = _READERS.pop((str(slide.path), slide.mpp, threading.get_ident()), None)
     if r is not None:
         with contextlib.suppress(Exception):
             r.close()
 
 
 def _close_readers() -> None:
-    for key in list(_READERS):
+    with _LOCK:
+        readers = list(_READERS.values())
+        _READERS.clear()
+        _TILE_CACHES.clear()
+    for r in readers:
         with contextlib.suppress(Exception):
-            _READERS.pop(key).close()
-    _TILE_CACHES.clear()
+            r.close()
 
 
 def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
@@ -358,8 +364,9 @@ def _stream(
     """Yield ``("plan", plan)``, ``("chunk", plan, chunk, future)``…, ``("end", plan)`` per slide, in order,
     with up to ``max_inflight`` chunk reads and ``plan_ahead`` slide plans running ahead of the consumer.
 
-    ``burst``: submit reads only once every submitted chunk has been consumed, ``max_inflight`` at a time (for the
-    inline executor, whose reads run at submission)."""
+    ``burst``: submit reads only once every submitted chunk has been consumed, ``max_inflight`` at a time, and wait
+    for the whole burst (``executor.barrier()``) before yielding any of it: reading in the main process then never
+    runs beside the encoder."""
     plan_futs: dict[int, Future] = {}
 
     def ensure_plans(upto: int) -> None:
