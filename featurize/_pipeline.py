@@ -520,13 +520,28 @@ def _clean_stale_tmp(path: Path) -> None:
                 t.unlink()
 
 
+def _slide_files(cfg: RunConfig, sid: str) -> tuple[Path, Path, Path, Path]:
+    store, tiling = cfg.store, cfg.tiling.name
+    return (
+        slide_path(store, sid),
+        tiles_path(store, tiling, sid),
+        embeddings_path(store, tiling, cfg.encoder_name, sid),
+        qc_path(store, tiling, sid),
+    )
+
+
+def clean_stale_tmp(slide: SlideInput, cfg: RunConfig) -> None:
+    """Remove the hidden temporaries a killed run left for ``slide``'s files; resume calls it for the slides it
+    skips (a run killed while rewriting a finished slide leaves one beside the complete files)."""
+    for p in _slide_files(cfg, slide.slide_id):
+        _clean_stale_tmp(p)
+
+
 def write_slide(plan: SlidePlan, cfg: RunConfig, emb: np.ndarray | None, *, seconds_total: float) -> None:
     """Write one slide's files: ``slides/``, ``tiles/<tiling>/``, ``qc/<tiling>/`` and, last (the commit marker
     that resume checks), ``embeddings/<tiling>/<encoder>/`` (empty for ``no_tissue``; none for ``failed``)."""
     sid = plan.slide.slide_id
-    store, tiling = cfg.store, cfg.tiling.name
-    sp, tp = slide_path(store, sid), tiles_path(store, tiling, sid)
-    ep, qp = embeddings_path(store, tiling, cfg.encoder_name, sid), qc_path(store, tiling, sid)
+    sp, tp, ep, qp = _slide_files(cfg, sid)
     for p in (sp, tp, ep, qp):
         _clean_stale_tmp(p)
     g = plan.grid

@@ -18,6 +18,7 @@ from featurize._pipeline import (
     TilingParams,
     _stream,
     _Writer,
+    clean_stale_tmp,
     is_done,
     make_executor,
     resolve_device,
@@ -203,6 +204,7 @@ def featurize_cohort(
     todo: list[SlideInput] = []
     for s in items:
         if not force and is_done(s, cfg):
+            clean_stale_tmp(s, cfg)
             summary.results.append(SlideResult(s.slide_id, "skipped"))
         else:
             todo.append(s)

@@ -159,9 +159,17 @@ def test_resume_skips_and_force_redoes(base_store, slide_dir, tmp_path):
     store = tmp_path / "store"
     featurize_cohort(slide_dir, store=store, **FAST)
     before = {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
+    # a run killed while rewriting finished slides leaves hidden temporaries beside their complete files
+    stale = [
+        store / "slides" / ".s2.parquet.0badc0de.tmp",
+        store / "embeddings" / TILING / "stain-texture" / ".s3.parquet.12345678.tmp",
+    ]
+    for t in stale:
+        t.write_bytes(b"PAR1 half")
     again = featurize_cohort(slide_dir, store=store, **FAST)
     assert again.count("skipped") == 3 and again.tiles == 0
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")} == before
+    assert not hidden_files(store)  # resume removed them
     # changing a parameter that changes outputs is not a match: min_tissue shares the tiling folder
     changed = featurize_cohort(slide_dir, store=store, **{**FAST, "min_tissue": 0.9})
     assert changed.count("skipped") == 0 and changed.count("ok") == 3
