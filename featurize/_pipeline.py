@@ -142,6 +142,7 @@ def _reader_for(slide: SlideInput) -> SlideReader:
     if r is None:
         with _LOCK:
             mine = [_READERS.pop(k) for k in [k for k in _READERS if k[2] == me]]
+            # 96 tiles: room for the edge tiles of the two threads' neighbouring chunks
             cache = _TILE_CACHES.pop(key[:2], None) or TileCache(96)
             _TILE_CACHES[key[:2]] = cache  # most recent last
             while len(_TILE_CACHES) > 3:
@@ -336,9 +337,14 @@ def _worker_init() -> None:
         torch.set_num_threads(1)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def make_executor(workers: int):
     if workers <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         return _BurstThreadExecutor(cores) if cores > 1 else _InlineExecutor()
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init)

@@ -434,10 +434,6 @@ class TileCache:
                 self._tiles.pop(next(iter(self._tiles)))
             self._tiles[key] = tile
 
-    def clear(self) -> None:
-        with self._lock:
-            self._tiles.clear()
-
     def __len__(self) -> int:
         return len(self._tiles)
 
@@ -453,7 +449,6 @@ class _TiffJpegTiles:
     def __init__(self, tf, pages: dict[int, object], cache: TileCache | None = None) -> None:
         self.tf = tf
         self.pages = pages
-        self._shared = cache is not None
         self.cache = cache if cache is not None else TileCache()
         self._scalable_levels: dict[int, bool] = {}
 
@@ -557,9 +552,7 @@ class _TiffJpegTiles:
         return out
 
     def close(self) -> None:
-        if not self._shared:
-            self.cache.clear()
-        self.tf.close()
+        self.tf.close()  # the cache may be shared with other readers of the slide: it goes with its last owner
 
 
 #: An Adobe APP14 segment with transform 0: tells libjpeg the three components are R, G, B, not YCbCr

@@ -12,8 +12,8 @@ it, so it is set only if torch is not loaded yet, and a value already in the env
 
 **Heap trimming.** A forward pass allocates and frees every activation. glibc gives blocks above its mmap threshold
 (dynamic, 128 KB to 32 MB) straight back to the kernel and trims the top of the heap once 128 KB+ is free there, so
-the next batch page-faults the same memory in again: 0.8–1.3 million page faults per 4 s of encoder time, 15–20 % of
-it spent in the kernel. :func:`keep_freed_memory` raises both thresholds so freed activations are reused:
+the next batch page-faults the same memory in again: 0.8–1.3 million page faults per 4 s of encoder time, with
+8–29 % of the CPU time spent in the kernel. :func:`keep_freed_memory` raises both thresholds so freed activations are reused:
 resnet50-trunc encoder-only 76–79 → 101–104 tiles/s, efficientnet-lite0 178–186 → 312–318 tiles/s (bf16, batch 8),
 with the same peak RSS (849–883 MB against 859–876 MB). PyTorch's CPU performance guide suggests preloading jemalloc
 or tcmalloc for the same reason; this needs no other library.
