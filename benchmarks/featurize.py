@@ -150,6 +150,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="load real weights (speed does not depend on them; default: random init)",
     )
     ap.add_argument("--encoder-seconds", type=float, default=8.0)
+    ap.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="end to end: featurize the slide this many times, as that many slide ids (a cohort; GPUs need it)",
+    )
+    ap.add_argument(
+        "--encoder-batches",
+        default="",
+        help="comma-separated batch sizes: also report encoder-only tiles/s at each (choosing a default)",
+    )
     ap.add_argument("--overlap", type=int, default=0)
     ap.add_argument(
         "--repeats", type=int, default=2, help="end-to-end runs, each between two encoder-only runs"
@@ -164,7 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="N",
         help="memory mode: featurize the slide N times (as N slide ids) and sample RSS instead of timing",
     )
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    ap.add_argument("--make-slide", action="store_true", help="only write the synthetic slide, then exit")
     args = ap.parse_args(argv)
+    if args.make_slide:
+        print(synthetic_slide(args.size, args.slide_mpp))
+        return {}
     if args.memory:
         return memory(args)
 
@@ -191,6 +207,13 @@ def main(argv: list[str] | None = None) -> dict:
     out_px = enc.input_size[0]
 
     slide = collect_slides(path)[0]
+    from featurize._inputs import SlideInput
+
+    cohort = (
+        [slide]
+        if args.copies <= 1
+        else [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(args.copies)]
+    )
     tiling = TilingParams(mpp=args.mpp, tile_px=args.tile)
     plan = plan_slide(slide, tiling)
     if plan.status != "ok":
@@ -212,12 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
         # warm-up, untimed, like the encoder-only one: the first run in a process also pays one-time imports
         # (scikit-image, the Parquet writer, PNG) and allocator growth that a cohort run amortises
         featurize_cohort(
-            [slide], store=Path(tmp) / "warm", encoder=enc, mpp=args.mpp, tile_px=args.tile, device=device,
+            cohort[:2], store=Path(tmp) / "warm", encoder=enc, mpp=args.mpp, tile_px=args.tile, device=device,
             batch_size=batch, workers=workers, precision=args.precision, force=True,
         )  # fmt: skip
         for _ in range(args.repeats):
             summary = featurize_cohort(
-                [slide],
+                cohort,
                 store=Path(tmp) / "store",
                 encoder=enc,
                 mpp=args.mpp,
@@ -235,6 +258,15 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             )
     ratios = [f / ((a + b) / 2) for f, a, b in zip(e2e_runs, enc_runs[:-1], enc_runs[1:], strict=True)]
+    by_batch = {
+        int(b): round(
+            encoder_only(
+                enc, sample, batch=int(b), autocast_dtype=ac, device=device, seconds=args.encoder_seconds
+            ),
+            1,
+        )
+        for b in filter(None, args.encoder_batches.split(","))
+    }
     res = summary.results[0]
     if res.status != "ok":
         raise SystemExit(f"featurize failed: {res.error}")
@@ -244,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "featurize",
         "encoder": args.encoder,
         "device": device,
+        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
+        "torch_version": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
@@ -260,13 +294,18 @@ def main(argv: list[str] | None = None) -> dict:
         "read_box_px": round(grid.w0 / plan.level_downsample),
         "encoder_input_px": out_px,
         "tissue_tiles": n_tiles,
+        "slides_end_to_end": len(cohort),
+        "tiles_end_to_end": summary.tiles,
         "end_to_end_tiles_per_s": round(e2e, 2),
         "end_to_end_seconds": round(summary.seconds, 2),
+        "end_to_end_seconds_waiting_tiles": round(summary.seconds_waiting_tiles, 2),
+        "end_to_end_seconds_waiting_device": round(summary.seconds_waiting_device, 2),
         "encoder_only_tiles_per_s": round(enc_tps, 2),
         "end_to_end_runs": [round(v, 2) for v in e2e_runs],
         "encoder_only_runs": [round(v, 2) for v in enc_runs],
         "ratio_per_run": [round(v, 3) for v in ratios],
         "ratio_end_to_end_over_encoder": round(float(np.median(ratios)), 3),
+        "encoder_only_by_batch": by_batch,
         "read_tiles_per_s_per_worker": round(read_tps, 1),
         "openslide_read_region_tiles_per_s": round(os_tps, 1),
         "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -275,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average": os.getloadavg()[0],
     }
     print(json.dumps(out, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -259,12 +259,78 @@ def make_chunks(grid: TileGrid, *, max_tiles: int) -> list[Chunk]:
 
 
 def _read_chunk_task(
-    slide: SlideInput, level: int, x: np.ndarray, y: np.ndarray, w0: int, h0: int, out_px: int
+    slide: SlideInput,
+    level: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    w0: int,
+    h0: int,
+    out_px: int,
+    slot: int | None = None,
 ):
+    """Read one chunk; return ``(tiles, seconds)``, or ``(n_tiles, seconds)`` with the tiles put in ``slot`` of
+    the :class:`TileRing` this process inherited."""
     t0 = time.perf_counter()
     r = _reader_for(slide)
     tiles = r.read_tiles(x, y, w0, h0, level=level, out_px=out_px)
-    return tiles, time.perf_counter() - t0
+    if slot is None:
+        return tiles, time.perf_counter() - t0
+    _RING[0].put(slot, tiles)
+    return len(tiles), time.perf_counter() - t0
+
+
+class TileRing:
+    """Slots of decoded tiles in memory shared with the reader processes, so tiles reach the encoder without
+    being pickled through a pipe (at GPU rates that pipe, one per pool, is what limits the run).
+
+    Anonymous shared memory made before the readers fork: they inherit it, and it goes with the last process,
+    whatever way the run ends. The main process hands a free slot to each read it submits and takes the slot back
+    once the tiles are consumed (see :func:`_stream`)."""
+
+    def __init__(self, n_slots: int, tiles_per_slot: int, out_px: int) -> None:
+        import mmap
+
+        self.shape = (tiles_per_slot, out_px, out_px, 3)
+        self.slot_bytes = int(np.prod(self.shape))
+        self.n_slots = n_slots
+        self.buf = mmap.mmap(-1, n_slots * self.slot_bytes, flags=mmap.MAP_SHARED)
+        self.free: deque[int] = deque(range(n_slots))
+
+    def slot(self, i: int) -> np.ndarray:
+        return np.frombuffer(self.buf, np.uint8, self.slot_bytes, i * self.slot_bytes).reshape(self.shape)
+
+    def put(self, i: int, tiles: np.ndarray) -> None:
+        if len(tiles) > self.shape[0] or tiles.shape[1:] != self.shape[1:]:
+            raise ValueError(f"tiles {tiles.shape} do not fit a ring slot {self.shape}")
+        self.slot(i)[: len(tiles)] = tiles
+
+    def acquire(self) -> int:
+        if not self.free:
+            raise RuntimeError("tile ring exhausted: more reads in flight than slots")
+        return self.free.popleft()
+
+    def release(self, i: int) -> None:
+        self.free.append(i)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view still exported: the mapping goes with the process
+            self.buf.close()
+
+
+#: the ring of the run in progress (set before the reader processes fork, so they inherit it)
+_RING: list[TileRing] = []
+
+
+class _RingFuture:
+    """A chunk read's future whose result is ``(tiles, seconds)`` with ``tiles`` a view of its ring slot: valid
+    until the consumer asks the stream for its next event."""
+
+    def __init__(self, fut: Future, ring: TileRing, slot: int) -> None:
+        self.fut, self.ring, self.slot_index = fut, ring, slot
+
+    def result(self, timeout: float | None = None):
+        n, secs = self.fut.result(timeout)
+        return self.ring.slot(self.slot_index)[:n], secs
 
 
 class _InlineExecutor:
@@ -342,11 +408,16 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def fork_readers() -> bool:
+    """Whether reader processes are forked (Linux), and so inherit the main process's memory."""
+    return sys.platform.startswith("linux")
+
+
 def make_executor(workers: int):
     if workers <= 0:
         cores = usable_cores()
         return _BurstThreadExecutor(cores) if cores > 1 else _InlineExecutor()
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    method = "fork" if fork_readers() else "spawn"
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init)
     # with fork, the first submit launches every worker: do it now, before the writer and progress threads exist
     ex.submit(os.getpid).result()
@@ -366,13 +437,18 @@ def _stream(
     max_inflight: int,
     plan_ahead: int = 1,
     burst: bool = False,
+    ring: TileRing | None = None,
 ) -> Iterator[tuple]:
     """Yield ``("plan", plan)``, ``("chunk", plan, chunk, future)``…, ``("end", plan)`` per slide, in order,
     with up to ``max_inflight`` chunk reads and ``plan_ahead`` slide plans running ahead of the consumer.
 
     ``burst``: submit reads only once every submitted chunk has been consumed, ``max_inflight`` at a time, and wait
     for the whole burst (``executor.barrier()``) before yielding any of it: reading in the main process then never
-    runs beside the encoder."""
+    runs beside the encoder.
+
+    ``ring``: reader processes put each chunk's tiles in a slot of this shared ring (at least ``max_inflight + 1``
+    slots); a chunk's future then gives a view of its slot, which is reused once the consumer asks for the next
+    event."""
     plan_futs: dict[int, Future] = {}
 
     def ensure_plans(upto: int) -> None:
@@ -388,25 +464,25 @@ def _stream(
             if plan.status == "ok":
                 g = plan.grid
                 for c in make_chunks(g, max_tiles=chunk_tiles):
-                    fut = executor.submit(
-                        _read_chunk_task,
-                        plan.slide,
-                        plan.level,
-                        g.x[c.start : c.stop],
-                        g.y[c.start : c.stop],
-                        g.w0,
-                        g.h0,
-                        out_px,
-                    )
+                    args = (plan.slide, plan.level, g.x[c.start : c.stop], g.y[c.start : c.stop], g.w0, g.h0)
+                    if ring is None:
+                        fut = executor.submit(_read_chunk_task, *args, out_px)
+                    else:
+                        slot = ring.acquire()
+                        fut = _RingFuture(executor.submit(_read_chunk_task, *args, out_px, slot), ring, slot)
                     yield ("chunk", plan, c, fut)
                     ensure_plans(i + 1)
             yield ("end", plan)
 
     window: deque = deque()
-    inflight = 0
     sub = submissions()
+    inflight = 0
     exhausted = False
+    held = None  # the ring slot of the chunk last yielded: the consumer is done with it when it asks again
     while True:
+        if held is not None:
+            held.ring.release(held.slot_index)
+            held = None
         refill = not burst or inflight == 0
         while refill and not exhausted and inflight < max_inflight:
             item = next(sub, None)
@@ -423,6 +499,8 @@ def _stream(
         item = window.popleft()
         if item[0] == "chunk":
             inflight -= 1
+            if isinstance(item[3], _RingFuture):
+                held = item[3]
         yield item
 
 
@@ -705,6 +783,10 @@ class FeaturizeSummary:
     tiles: int = 0
     device: str = "cpu"
     precision: str = "fp32"
+    #: seconds the main thread waited for tiles (reading is the bottleneck when this is large)
+    seconds_waiting_tiles: float = 0.0
+    #: seconds it waited for the device's results (CUDA: the encoder is the bottleneck when this is large)
+    seconds_waiting_device: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -727,6 +809,8 @@ class FeaturizeSummary:
             "tiles_per_s": round(self.tiles_per_s, 2),
             "device": self.device,
             "precision": self.precision,
+            "seconds_waiting_tiles": round(self.seconds_waiting_tiles, 3),
+            "seconds_waiting_device": round(self.seconds_waiting_device, 3),
             "counts": {s: self.count(s) for s in ("ok", "no_tissue", "failed", "skipped")},
             "slides": [r.__dict__ for r in self.results],
         }

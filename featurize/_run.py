@@ -5,20 +5,24 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from featurize._inputs import SlideInput, collect_slides, select_shard
 from featurize._pipeline import (
+    _RING,
     FeaturizeSummary,
     RunConfig,
     SlidePlan,
     SlideResult,
+    TileRing,
     TilingParams,
     _stream,
     _Writer,
     clean_stale_tmp,
+    fork_readers,
     is_done,
     make_executor,
     resolve_device,
@@ -244,13 +248,18 @@ def _run(
 
     dev_t = torch.device(dev)
     out_dtype = np.float16 if cfg.dtype == "float16" else np.float32
-    pin = dev_t.type == "cuda"
+    chunk_tiles = max(1, min(batch_size, 16))
+    inline = workers <= 0
+    max_inflight = 8 if inline else max(4, 3 * workers)
+    # reader processes hand tiles over in shared memory (made before they fork, so they inherit it)
+    ring = None
+    if not inline and fork_readers():
+        ring = TileRing(max_inflight + 1, chunk_tiles, cfg.out_px)
+        _RING[:] = [ring]
     # the executor forks before any thread of ours exists
     executor = make_executor(workers)
     writer = _Writer(cfg)
     bars = _Progress(enabled=progress, n_slides=len(todo))
-    chunk_tiles = max(1, min(batch_size, 16))
-    inline = workers <= 0
     # reading in the main process: eight chunks at a time on every core, then their batches on every core (4-32
     # chunks per burst measured the same, resnet50-trunc)
     stream = _stream(
@@ -259,39 +268,23 @@ def _run(
         tiling=cfg.tiling,
         out_px=cfg.out_px,
         chunk_tiles=chunk_tiles,
-        max_inflight=8 if inline else max(4, 3 * workers),
+        max_inflight=max_inflight,
+        plan_ahead=1 if inline else 2,
         burst=inline,
+        ring=ring,
     )
+    if dev_t.type == "cuda":
+        batches: _Batches = _CudaBatches(enc, dev_t, batch_size, cfg.out_px, cfg.dim)
+    else:
+        batches = _Batches(enc, dev_t, batch_size)
 
-    def embed(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view, no copy
-        if pin:
-            x = x.pin_memory().to(dev_t, non_blocking=True)
-        elif dev_t.type != "cpu":
-            x = x.to(dev_t)
-        return enc(x).float().cpu().numpy()
+    def advance(k: int) -> None:
+        summary.tiles += k
+        bars.advance_tiles(k)
 
     autocast = torch.autocast(dev_t.type, dtype=ac) if ac is not None else contextlib.nullcontext()
     plan: SlidePlan | None = None
-    emb = None
-    filled = 0
-    pending: list[np.ndarray] = []
-    n_pending = 0
     t_slide = 0.0
-
-    def flush(final: bool) -> None:
-        nonlocal filled, pending, n_pending
-        while n_pending >= batch_size or (final and n_pending):
-            joined = pending[0] if len(pending) == 1 else np.concatenate(pending)
-            k = min(batch_size, len(joined))
-            out = embed(joined[:k])
-            emb[filled : filled + k] = out.astype(out_dtype, copy=False)
-            filled += k
-            rest = joined[k:]
-            pending = [rest] if len(rest) else []
-            n_pending = len(rest)
-            summary.tiles += k
-            bars.advance_tiles(k)
 
     try:
         with torch.inference_mode(), autocast:
@@ -301,8 +294,7 @@ def _run(
                     plan = ev[1]
                     t_slide = time.perf_counter()
                     n = len(plan.grid) if (plan.status == "ok" and plan.grid is not None) else 0
-                    emb = np.empty((n, cfg.dim), out_dtype) if plan.status == "ok" else None
-                    filled, pending, n_pending = 0, [], 0
+                    batches.start(np.empty((n, cfg.dim), out_dtype) if plan.status == "ok" else None)
                     bars.start_slide(plan.slide.slide_id, n)
                 elif kind == "chunk":
                     _, p, _chunk, fut = ev
@@ -310,34 +302,187 @@ def _run(
                         with contextlib.suppress(Exception):
                             fut.result()
                         continue
+                    t_wait = time.perf_counter()
                     try:
                         tiles, secs = fut.result()
                     except Exception as exc:  # noqa: BLE001 - a slide's read failure fails that slide only
                         p.status, p.error = "failed", _describe(p, exc)
-                        emb = None
+                        batches.drop()
                         continue
                     p.seconds_read += secs
-                    pending.append(tiles)
-                    n_pending += len(tiles)
-                    flush(final=False)
+                    summary.seconds_waiting_tiles += time.perf_counter() - t_wait
+                    advance(batches.add(tiles))
                 else:  # end
                     p = ev[1]
-                    if p.status == "ok":
-                        flush(final=True)
-                    seconds = p.seconds_plan + (time.perf_counter() - t_slide)
-                    n_done = filled if p.status == "ok" else 0
-                    writer.put(p, emb if p.status == "ok" else None, seconds)
-                    summary.results.append(
-                        SlideResult(p.slide.slide_id, p.status, n_done, round(seconds, 3), p.error)
-                    )
-                    bars.end_slide()
                     emb = None
+                    if p.status == "ok":
+                        advance(batches.finish())
+                        emb = batches.take()
+                    seconds = p.seconds_plan + (time.perf_counter() - t_slide)
+                    writer.put(p, emb, seconds)
+                    summary.results.append(
+                        SlideResult(p.slide.slide_id, p.status, len(emb) if emb is not None else 0,
+                                    round(seconds, 3), p.error)
+                    )  # fmt: skip
+                    bars.end_slide()
     finally:
+        summary.seconds_waiting_device = batches.seconds_waiting
         bars.close()
         try:
             writer.close()
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+            if ring is not None:
+                _RING.clear()
+                ring.close()
+
+
+class _Batches:
+    """Gathers a slide's tiles into batches of ``batch_size`` and embeds each when full (synchronously: the CPU
+    encoder uses every core, so nothing would overlap it), into the slide's embedding array."""
+
+    def __init__(self, enc, dev, batch_size: int) -> None:
+        self.enc, self.dev, self.batch_size = enc, dev, batch_size
+        self.emb: np.ndarray | None = None
+        self.filled = 0
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+        #: seconds the host waited for the device's results (CUDA; the CPU's forward passes are not counted)
+        self.seconds_waiting = 0.0
+
+    def start(self, emb: np.ndarray | None) -> None:
+        """Begin a slide whose embeddings go to ``emb`` (``(n_tiles, dim)``), or None (its tiles are dropped)."""
+        self.emb, self.filled, self.pending, self.n_pending = emb, 0, [], 0
+
+    def drop(self) -> None:
+        """The slide failed: nothing more is embedded for it."""
+        self.start(None)
+
+    def add(self, tiles: np.ndarray) -> int:
+        """Queue ``(k, H, W, 3)`` uint8 tiles (copied or consumed before returning); embed full batches. Returns
+        the tiles embedded by this call."""
+        if self.emb is None:
+            return 0
+        self.pending.append(tiles)
+        self.n_pending += len(tiles)
+        return self._flush(final=False)
+
+    def finish(self) -> int:
+        """Embed what is left of the slide; returns the tiles embedded by this call."""
+        return self._flush(final=True) if self.emb is not None else 0
+
+    def take(self) -> np.ndarray | None:
+        """The slide's embeddings (after :meth:`finish`)."""
+        emb, self.emb = self.emb, None
+        return emb
+
+    def _flush(self, final: bool) -> int:
+        import torch
+
+        done = 0
+        while self.n_pending >= self.batch_size or (final and self.n_pending):
+            joined = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+            k = min(self.batch_size, len(joined))
+            x = torch.from_numpy(joined[:k]).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW, no copy
+            if self.dev.type != "cpu":
+                x = x.to(self.dev)
+            self.emb[self.filled : self.filled + k] = self.enc(x).float().cpu().numpy()
+            self.filled += k
+            done += k
+            rest = joined[k:]
+            self.pending = [rest] if len(rest) else []
+            self.n_pending = len(rest)
+        return done
+
+
+class _CudaBatches(_Batches):
+    """Batches on a CUDA device, overlapped with the host: tiles are copied once into a pinned staging buffer,
+    moved to the device on a copy stream while the previous batch runs, embedded, and copied back without waiting;
+    the host gathers batch k+1 while the device embeds batch k, and collects batch k's result only then.
+
+    ``depth`` batches may be in flight; each owns a pinned input buffer, a device input buffer and a pinned output
+    buffer, reused only once its batch has been collected."""
+
+    def __init__(self, enc, dev, batch_size: int, out_px: int, dim: int, depth: int = 2) -> None:
+        import torch
+
+        super().__init__(enc, dev, batch_size)
+        n = depth + 1
+        shape = (batch_size, out_px, out_px, 3)
+        self.host_in = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(n)]
+        self.host_in_np = [t.numpy() for t in self.host_in]
+        self.dev_in = [torch.empty(shape, dtype=torch.uint8, device=dev) for _ in range(n)]
+        self.host_out = [torch.empty((batch_size, dim), dtype=torch.float32).pin_memory() for _ in range(n)]
+        self.copied = [torch.cuda.Event() for _ in range(n)]
+        self.done = [torch.cuda.Event() for _ in range(n)]
+        self.copy_stream = torch.cuda.Stream(dev)
+        self.stream = torch.cuda.current_stream(dev)
+        self.slot = 0  # the staging buffer being filled
+        self.fill = 0  # tiles in it
+        self.inflight: deque[tuple[int, int, np.ndarray, int]] = deque()  # (slot, n, emb, offset)
+
+    def start(self, emb: np.ndarray | None) -> None:
+        self._drain()
+        super().start(emb)
+        self.fill = 0
+
+    def add(self, tiles: np.ndarray) -> int:
+        if self.emb is None:
+            return 0
+        done, i = 0, 0
+        while i < len(tiles):
+            k = min(len(tiles) - i, self.batch_size - self.fill)
+            self.host_in_np[self.slot][self.fill : self.fill + k] = tiles[i : i + k]
+            self.fill += k
+            i += k
+            if self.fill == self.batch_size:
+                done += self._launch()
+        return done
+
+    def finish(self) -> int:
+        if self.emb is None:
+            return 0
+        done = self._launch() if self.fill else 0
+        return done + self._drain()
+
+    def take(self) -> np.ndarray | None:
+        self._drain()
+        return super().take()
+
+    def _launch(self) -> int:
+        """Send the staging buffer to the device and embed it; collect batches until the next buffer is free."""
+        import torch
+
+        s, n = self.slot, self.fill
+        with torch.cuda.stream(self.copy_stream):
+            self.dev_in[s][:n].copy_(self.host_in[s][:n], non_blocking=True)
+            self.copied[s].record(self.copy_stream)
+        self.stream.wait_event(self.copied[s])
+        x = self.dev_in[s][:n].permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view
+        self.host_out[s][:n].copy_(self.enc(x), non_blocking=True)
+        self.done[s].record(self.stream)
+        self.inflight.append((s, n, self.emb, self.filled))
+        self.filled += n
+        self.slot = (s + 1) % len(self.host_in)
+        self.fill = 0
+        done = 0
+        while any(b[0] == self.slot for b in self.inflight):
+            done += self._collect()
+        return done
+
+    def _collect(self) -> int:
+        s, n, emb, off = self.inflight.popleft()
+        t0 = time.perf_counter()
+        self.done[s].synchronize()
+        self.seconds_waiting += time.perf_counter() - t0
+        emb[off : off + n] = self.host_out[s][:n].numpy()
+        return n
+
+    def _drain(self) -> int:
+        done = 0
+        while self.inflight:
+            done += self._collect()
+        return done
 
 
 def _describe(plan: SlidePlan, exc: BaseException) -> str:

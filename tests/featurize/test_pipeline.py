@@ -30,6 +30,8 @@ from featurize import (
     tiles_path,
 )
 from featurize._pipeline import (
+    _RING,
+    TileRing,
     TilingParams,
     _BurstThreadExecutor,
     _close_readers,
@@ -191,6 +193,36 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path):
     store = tmp_path / "workers"
     featurize_cohort(slide_dir, store=store, **{**FAST, "workers": 2})
     assert snapshot(store) == snapshot(base_store)
+
+
+def test_tiles_travel_through_ring_slots_that_are_reused_once_consumed(slide_dir):
+    slides = collect_slides(slide_dir)
+    tiling = TilingParams(mpp=1.0, tile_px=112)
+    kw = {"tiling": tiling, "out_px": 64, "chunk_tiles": 3, "max_inflight": 4}
+    direct = [
+        ev[3].result()[0] for ev in _stream(slides, executor=_InlineExecutor(), **kw) if ev[0] == "chunk"
+    ]
+    ring = TileRing(5, 3, 64)
+    _RING[:] = [ring]
+    try:
+        taken = []
+        got = []
+        for ev in _stream(slides, executor=_InlineExecutor(), ring=ring, **kw):
+            taken.append(ring.n_slots - len(ring.free))
+            if ev[0] == "chunk":
+                tiles, _ = ev[3].result()
+                assert isinstance(tiles, np.ndarray) and np.shares_memory(tiles, ring.slot(ev[3].slot_index))
+                got.append(tiles.copy())
+        assert len(got) == len(direct) > 10
+        for a, b in zip(got, direct, strict=True):
+            np.testing.assert_array_equal(a, b)
+        # never more slots out than reads in flight plus the one being consumed; all back at the end
+        assert max(taken) <= 5 and len(ring.free) == 5
+        with pytest.raises(ValueError, match="do not fit"):
+            ring.put(0, np.zeros((4, 64, 64, 3), np.uint8))
+    finally:
+        _RING.clear()
+        ring.close()
 
 
 @pytest.mark.parametrize(("cores", "kind"), [(1, _InlineExecutor), (4, _BurstThreadExecutor)])

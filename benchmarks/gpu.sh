@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks, for a machine with one CUDA device. Run from the repository root:
+#
+#     bash benchmarks/gpu.sh            # results (JSON, logs) under $OUT, default benchmarks/_work/gpu
+#
+# 1. the CUDA tests (tests/featurize/test_cuda.py: the CUDA store equals the CPU store within the precision);
+# 2. featurize end to end vs encoder-only, bf16: efficientnet-lite0 (light: the data path weighs most) with the
+#    default and with more reader processes, ViT-L/16 (UNI's shape, random weights), and ResNet50-trunc on a 40x
+#    slide at 20x / 256 px (the CPU comparison's configuration).
+# Each step has its own time limit and log ($OUT/<step>.log, the figures as JSON at its end), so one failure does
+# not lose the rest.
+# Python packages the machine lacks can sit as wheels in .whl/ (installed into /tmp/site).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/_work/gpu}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+step() {  # step NAME SECONDS CMD...: run with a limit, log to $OUT/NAME.log, say how it ended
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s"
+  tail -n 4 "$OUT/$name.log"
+}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  nproc
+  $PY -c "import torch, timm, numpy, pyarrow, openslide; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'timm', timm.__version__, 'numpy', numpy.__version__, 'pyarrow', pyarrow.__version__, 'openslide',
+openslide.__library_version__, 'bf16', torch.cuda.is_bf16_supported())"
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# the benchmark slides, made while the tests run (one process each)
+B=benchmarks/featurize.py
+$PY $B --make-slide --size 8192 --slide-mpp 0.5 >>"$OUT/make.log" 2>&1 &
+p1=$!
+$PY $B --make-slide --size 8192 --slide-mpp 0.25 >>"$OUT/make.log" 2>&1 &
+p2=$!
+
+step pytest_cuda 150 $PY -m pytest -q -p no:cacheprovider -p no:warnings -m cuda tests/featurize/test_cuda.py
+wait $p1 $p2
+COMMON=(--size 8192 --device cuda --encoder-seconds 4 --repeats 2)
+step lite0_default 100 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
+  --copies 24 --encoder-batches 64,128,256,512
+step lite0_workers14 80 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
+  --copies 24 --workers 14 --batch 256
+step vitl_default 120 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder uni \
+  --copies 12 --encoder-batches 32,64,128,256
+step resnet50_40x 90 $PY $B "${COMMON[@]}" --slide-mpp 0.25 --mpp 0.5 --tile 256 --encoder resnet50-trunc \
+  --copies 24 --encoder-batches 64,128,256
+nvidia-smi --query-gpu=name,memory.used,temperature.gpu,clocks.sm --format=csv >>"$OUT/env.txt" 2>&1
