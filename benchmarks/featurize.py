@@ -267,9 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for b in filter(None, args.encoder_batches.split(","))
     }
-    res = summary.results[0]
-    if res.status != "ok":
-        raise SystemExit(f"featurize failed: {res.error}")
+    failed = [r for r in summary.results if r.status != "ok"]
     e2e = float(np.median(e2e_runs))
     enc_tps = float(np.median(enc_runs))
     out = {
@@ -313,7 +311,13 @@ def main(argv: list[str] | None = None) -> dict:
         "slide_make_seconds": round(make_s, 1),
         "load_average": os.getloadavg()[0],
     }
+    if failed:
+        out["failed"] = [f"{r.slide_id}: {r.status}: {r.error}" for r in failed]
     print(json.dumps(out, indent=2))
+    if failed:
+        raise SystemExit(
+            f"featurize failed on {len(failed)} of {len(summary.results)} slides: {out['failed'][0]}"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -56,7 +56,7 @@ COMMON=(--size 8192 --device cuda --encoder-seconds 4 --repeats 2)
 step lite0_default 100 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
   --copies 24 --encoder-batches 64,128,256,512
 step lite0_workers14 80 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
-  --copies 24 --workers 14 --batch 256
+  --copies 24 --workers 14
 step vitl_default 120 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder uni \
   --copies 12 --encoder-batches 32,64,128,256
 step resnet50_40x 90 $PY $B "${COMMON[@]}" --slide-mpp 0.25 --mpp 0.5 --tile 256 --encoder resnet50-trunc \

@@ -134,6 +134,20 @@ _TILE_CACHES: dict[tuple[str, float | None], TileCache] = {}
 _LOCK = threading.Lock()
 
 
+def _forget_inherited_readers() -> None:
+    """In a forked child: forget the parent's open slides. A forked handle shares its file offset with the
+    parent's and its siblings', so reader processes that reused one garbled each other's seek-and-read (closing
+    the child's copies leaves the parent's descriptors open)."""
+    global _LOCK
+    _READERS.clear()
+    _TILE_CACHES.clear()
+    _LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_readers)
+
+
 def _reader_for(slide: SlideInput) -> SlideReader:
     """This thread's open handle for ``slide`` (one slide open per thread; reopened when another is asked for)."""
     me = threading.get_ident()

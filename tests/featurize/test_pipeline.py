@@ -195,6 +195,30 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path):
     assert snapshot(store) == snapshot(base_store)
 
 
+def _open_readers() -> int:
+    from featurize import _pipeline
+
+    return len(_pipeline._READERS)
+
+
+def test_reader_processes_never_share_the_parents_open_slides(base_store, slide_dir, tmp_path):
+    # slides opened in the main process before the readers fork (a benchmark or notebook planning a slide) must
+    # not be reused by them: forked handles share one file offset, and concurrent reads then garble each other
+    for s in collect_slides(slide_dir):
+        _reader_for(s).read_tiles(np.array([0]), np.array([0]), 256, 256, level=0, out_px=32)
+    try:
+        ex = make_executor(2)
+        try:
+            assert [ex.submit(_open_readers).result() for _ in range(4)] == [0] * 4
+        finally:
+            ex.shutdown()
+        store = tmp_path / "after-parent-read"
+        featurize_cohort(slide_dir, store=store, **{**FAST, "workers": 2})
+        assert snapshot(store) == snapshot(base_store)
+    finally:
+        _close_readers()
+
+
 def test_tiles_travel_through_ring_slots_that_are_reused_once_consumed(slide_dir):
     slides = collect_slides(slide_dir)
     tiling = TilingParams(mpp=1.0, tile_px=112)
