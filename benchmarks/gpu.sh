@@ -4,9 +4,10 @@
 #     bash benchmarks/gpu.sh            # results (JSON, logs) under $OUT, default benchmarks/_work/gpu
 #
 # 1. the CUDA tests (tests/featurize/test_cuda.py: the CUDA store equals the CPU store within the precision);
-# 2. featurize end to end vs encoder-only, bf16: efficientnet-lite0 (light: the data path weighs most) with the
-#    default and with more reader processes, ViT-L/16 (UNI's shape, random weights), and ResNet50-trunc on a 40x
-#    slide at 20x / 256 px (the CPU comparison's configuration).
+# 2. featurize end to end vs encoder-only, bf16, default batch: efficientnet-lite0 (light: the data path weighs
+#    most) with the default and with more reader processes, ViT-L/16 (UNI's shape, random weights), and
+#    ResNet50-trunc on a 40x slide at 20x / 256 px (the CPU comparison's configuration), each on copies of a
+#    synthetic 8,192² slide. LITE0_BATCHES=64,128,256 (and VITL_, R50_) adds encoder-only figures per batch size.
 # Each step has its own time limit and log ($OUT/<step>.log, the figures as JSON at its end), so one failure does
 # not lose the rest.
 # Python packages the machine lacks can sit as wheels in .whl/ (installed into /tmp/site).
@@ -50,15 +51,16 @@ p1=$!
 $PY $B --make-slide --size 8192 --slide-mpp 0.25 >>"$OUT/make.log" 2>&1 &
 p2=$!
 
-step pytest_cuda 150 $PY -m pytest -q -p no:cacheprovider -p no:warnings -m cuda tests/featurize/test_cuda.py
-wait $p1 $p2
-COMMON=(--size 8192 --device cuda --encoder-seconds 4 --repeats 2)
-step lite0_default 100 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
-  --copies 24 --encoder-batches 64,128,256,512
-step lite0_workers14 80 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
-  --copies 24 --workers 14
-step vitl_default 120 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder uni \
-  --copies 12 --encoder-batches 32,64,128,256
-step resnet50_40x 90 $PY $B "${COMMON[@]}" --slide-mpp 0.25 --mpp 0.5 --tile 256 --encoder resnet50-trunc \
-  --copies 24 --encoder-batches 64,128,256
+step pytest_cuda 75 $PY -m pytest -q -p no:cacheprovider -p no:warnings -m cuda tests/featurize/test_cuda.py
+wait $p1
+COMMON=(--size 8192 --device cuda --encoder-seconds 3 --repeats 2)
+step lite0_default 60 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
+  --copies 24 --encoder-batches "${LITE0_BATCHES:-}"
+step vitl_default 70 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder uni \
+  --copies 12 --encoder-batches "${VITL_BATCHES:-}"
+step lite0_workers12 50 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
+  --copies 24 --workers 12
+wait $p2
+step resnet50_40x 60 $PY $B "${COMMON[@]}" --slide-mpp 0.25 --mpp 0.5 --tile 256 --encoder resnet50-trunc \
+  --copies 24 --encoder-batches "${R50_BATCHES:-}"
 nvidia-smi --query-gpu=name,memory.used,temperature.gpu,clocks.sm --format=csv >>"$OUT/env.txt" 2>&1

@@ -42,7 +42,7 @@ def featurize(
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Tiles per forward pass [default: 8 CPU, 64 CUDA]."
+        None, "--batch-size", help="Tiles per forward pass [default: 8 CPU, 256 CUDA]."
     ),
     workers: int | None = typer.Option(
         None,

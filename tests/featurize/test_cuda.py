@@ -156,10 +156,11 @@ class _FakeStream:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the real thing runs above")
-def test_cuda_batches_keep_order_and_reuse_buffers_only_once_collected(monkeypatch):
+def test_cuda_batches_keep_order_across_slides_and_reuse_buffers_only_once_collected(monkeypatch):
     """The batching logic of the CUDA path, on the CPU with stand-ins for streams, events and pinned memory:
     batches straddle chunks and slides, at most ``depth`` are in flight, a staging buffer is reused only after its
-    batch was collected, and every tile lands in its own row."""
+    batch was collected, every tile lands in its own slide's row, and a slide is handed over (in order) once its
+    last batch is collected; a failed slide's rows are dropped."""
     import contextlib
 
     from featurize._run import _CudaBatches
@@ -172,32 +173,36 @@ def test_cuda_batches_keep_order_and_reuse_buffers_only_once_collected(monkeypat
 
     calls = []
 
-    def enc(x):  # (B, 3, H, W) uint8 → (B, 2): the tile's first pixel's red value and its batch size
+    def enc(x):  # (B, 3, H, W) uint8 → (B, 2): the tile's first two pixels' red values (its slide and row)
         calls.append(len(x))
-        return torch.stack([x[:, 0, 0, 0].float(), torch.full((len(x),), float(len(x)))], 1)
+        return torch.stack([x[:, 0, 0, 0].float(), x[:, 0, 0, 1].float()], 1)
 
     b = _CudaBatches(enc, torch.device("cpu"), batch_size=5, out_px=4, dim=2, depth=2)
     rng = np.random.default_rng(0)
-    for n_tiles, chunks in ((23, (3, 3, 3, 3, 3, 3, 3, 2)), (4, (4,)), (10, (5, 5))):
-        emb = np.full((n_tiles, 2), -1, np.float32)
-        b.start(emb)
-        ids = np.arange(n_tiles)
-        done, i = 0, 0
-        for k in chunks:
-            tiles = np.zeros((k, 4, 4, 3), np.uint8)
-            tiles[:, 0, 0, 0] = ids[i : i + k]
-            tiles[:, 1:] = rng.integers(0, 255, (k, 3, 4, 3))
-            done += b.add(tiles)
+    handed: list[tuple[int, np.ndarray | None]] = []
+    embedded = 0
+    slides = [(23, (3, 3, 3, 3, 3, 3, 3, 2)), (4, (4,)), (7, (3, 3)), (10, (5, 5)), (1, (1,))]
+    for sid, (n_tiles, chunks) in enumerate(slides):
+        b.start(np.full((n_tiles, 2), -1, np.float32))
+        row = 0
+        for c, k in enumerate(chunks):
+            tiles = rng.integers(0, 255, (k, 4, 4, 3)).astype(np.uint8)
+            tiles[:, 0, 0, 0] = sid
+            tiles[:, 0, 1, 0] = np.arange(row, row + k)
+            row += k
+            embedded += b.add(tiles)
             assert len(b.inflight) <= 2  # ``depth`` batches out while the next one fills
             assert b.slot not in [s for s, *_ in b.inflight]  # the buffer being filled is not in flight
-            i += k
-        done += b.finish()
-        out = b.take()
-        assert out is emb and done == n_tiles and not b.inflight
-        np.testing.assert_array_equal(out[:, 0], ids)
-    assert calls == [5, 5, 5, 5, 3, 4, 5, 5]
-    # a failed slide mid-way: its batches are dropped, the next slide starts clean
-    b.start(np.zeros((6, 2), np.float32))
-    b.add(np.zeros((3, 4, 4, 3), np.uint8))
-    b.drop()
-    assert b.add(np.zeros((3, 4, 4, 3), np.uint8)) == 0 and b.finish() == 0 and b.take() is None
+            if sid == 2 and c == 0:
+                b.drop()  # slide 2 fails after its first chunk: the rest of it is never added
+                break
+        else:
+            embedded += b.end(lambda emb, sid=sid: handed.append((sid, emb)))
+    embedded += b.close()
+    assert not b.inflight and b.fill == 0
+    assert [sid for sid, _ in handed] == [0, 1, 3, 4]
+    for sid, emb in handed:
+        np.testing.assert_array_equal(emb[:, 0], sid)
+        np.testing.assert_array_equal(emb[:, 1], np.arange(slides[sid][0]))
+    # full batches across slide boundaries; the failed slide's staged tiles were embedded and ignored
+    assert embedded == sum(calls) == 23 + 4 + 3 + 10 + 1 and calls == [5] * 8 + [1]
