@@ -8,7 +8,7 @@ DEMO_OUT ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-gpu clean
 
 # Re-runs skip a venv whose stamp is newer than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -31,6 +31,10 @@ lint: install
 
 bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+# on a machine with a CUDA device: the CUDA tests and the GPU featurize benchmarks (benchmarks/gpu.sh)
+bench-gpu: install
+	PY=$(PY) bash benchmarks/gpu.sh
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

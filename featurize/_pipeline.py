@@ -10,7 +10,9 @@ Data flow for a cohort::
 
 Work is submitted ahead in a bounded window in consumption order, so the next slide is planned and read while
 the current one is embedded, and memory stays bounded whatever the slide size. The embeddings file is written
-last: it is the commit marker that resume checks.
+last: it is the commit marker that resume checks. Worker processes put the tiles they read in a ring of shared
+memory (:class:`TileRing`) rather than pickling them through the pool's one result pipe, which at GPU rates was
+the limit. On CUDA the main thread overlaps the device: see ``featurize._run._CudaBatches``.
 
 On a CPU with few cores (``workers=0``, the default on ≤ 2 cores) the encoder already uses every core, so the same
 work runs on one thread per core of the main process instead, in bursts: eight chunks are planned and read on all
