@@ -16,7 +16,7 @@ from featurize._reader import (
     SlideReadError,
     open_slide,
 )
-from featurize._run import featurize_cohort, magnification_to_mpp
+from featurize._run import DeviceMemoryError, featurize_cohort, magnification_to_mpp
 from featurize._store import (
     EMBEDDINGS_DIR,
     SLIDES_DIR,
@@ -70,6 +70,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DeviceMemoryError",
     "bf16_supported",
     "WeightsMismatchError",
     "UnknownEncoderError",

@@ -37,6 +37,10 @@ from featurize._tuning import keep_freed_memory
 DEFAULT_BATCH = {"cpu": 8, "cuda": 256}
 
 
+class DeviceMemoryError(RuntimeError):
+    """A batch did not fit in the device's memory; the message says which batch size to try."""
+
+
 def magnification_to_mpp(magnification: float) -> float:
     """Objective magnification → µm/px by the usual convention (40x = 0.25, 20x = 0.5, 10x = 1.0)."""
     if magnification <= 0:
@@ -217,17 +221,25 @@ def featurize_cohort(
             todo.append(s)
     t_start = time.perf_counter()
     if todo:
-        _run(
-            todo,
-            cfg=cfg,
-            enc=enc,
-            dev=dev,
-            ac=ac,
-            batch_size=batch_size,
-            workers=workers,
-            summary=summary,
-            progress=progress,
-        )
+        try:
+            _run(
+                todo,
+                cfg=cfg,
+                enc=enc,
+                dev=dev,
+                ac=ac,
+                batch_size=batch_size,
+                workers=workers,
+                summary=summary,
+                progress=progress,
+            )
+        except torch.OutOfMemoryError as exc:
+            done = sum(r.status != "skipped" for r in summary.results)
+            raise DeviceMemoryError(
+                f"encoder {name!r} ran out of {dev} memory at batch size {batch_size} ({prec}): rerun with "
+                f"--batch-size {max(1, batch_size // 2)}; the {done} slide(s) finished before are kept and resume "
+                f"skips them"
+            ) from exc
     summary.seconds = time.perf_counter() - t_start
     order = {s.slide_id: i for i, s in enumerate(items)}
     summary.results.sort(key=lambda r: order[r.slide_id])

@@ -113,7 +113,7 @@ def featurize(
         )
         return
 
-    from featurize._run import featurize_cohort
+    from featurize._run import DeviceMemoryError, featurize_cohort
     from featurize.encoders import UnknownEncoderError, WeightsNotFoundError
 
     try:
@@ -136,7 +136,7 @@ def featurize(
             progress=progress,
             input_px=input_px,
         )
-    except (UnknownEncoderError, WeightsNotFoundError, SlideListError, ValueError) as exc:
+    except (UnknownEncoderError, WeightsNotFoundError, SlideListError, ValueError, DeviceMemoryError) as exc:
         raise fail(str(exc)) from None
 
     table = Table(title=f"featurize → {summary.store} ({summary.tiling}, {summary.encoder})")

@@ -504,3 +504,43 @@ def test_corrupt_tile_fails_its_slide_and_the_run_goes_on(slide_dir, tmp_path):
     row = pq.read_table(slide_path(store, "corrupt")).to_pylist()[0]
     assert row["status"] == "failed" and "re-copy" in row["error"]
     assert not embeddings_path(store, TILING, "stain-texture", "corrupt").exists()
+
+
+def test_running_out_of_device_memory_says_which_batch_size_to_try(
+    base_store, slide_dir, tmp_path, monkeypatch
+):
+    import torch
+
+    from featurize import DeviceMemoryError
+    from featurize.encoders import create_encoder
+    from slide2expr.cli import app
+
+    enc = create_encoder("stain-texture")
+    first = pq.read_metadata(tiles_path(base_store, TILING, "TCGA-AA-0001-01Z-00-DX1")).num_rows
+    calls = []
+
+    def forward(x):
+        calls.append(len(x))
+        if len(calls) > -(-first // 8):  # past the first slide's batches
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return type(enc).forward(enc, x)
+
+    monkeypatch.setattr(enc, "forward", forward)
+    store = tmp_path / "store"
+    with pytest.raises(DeviceMemoryError, match=r"batch size 8 .*--batch-size 4; the 1 slide\(s\) finished"):
+        featurize_cohort(slide_dir, store=store, **{**FAST, "encoder": enc})
+    done = [p.stem for p in store.glob("embeddings/*/*/*.parquet")]
+    assert done == ["TCGA-AA-0001-01Z-00-DX1"] and not hidden_files(store)
+    # the CLI turns it into a one-line error and exit status 2
+    import featurize._run
+
+    def oom(*args, **kwargs):
+        raise DeviceMemoryError(
+            "encoder 'uni' ran out of cuda memory at batch size 256: rerun with --batch-size 128"
+        )
+
+    monkeypatch.setattr(featurize._run, "featurize_cohort", oom)
+    res = CliRunner().invoke(
+        app, ["featurize", str(slide_dir), "--store", str(tmp_path / "s2"), "--no-progress"]
+    )
+    assert res.exit_code == 2 and "--batch-size 128" in res.output
