@@ -7,7 +7,9 @@ H&E-like pattern (pink stroma, purple nuclei) inside ellipses; everything else i
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -101,37 +103,47 @@ def write_svs(
     if mpp is not None:
         desc += f"|MPP = {mpp:.4f}"
 
-    def level_tiles(ds: int) -> Iterator[np.ndarray]:
-        lw, lh = -(-W // ds), -(-H // ds)
-        for ty in range(0, lh, tile):
-            for tx in range(0, lw, tile):
-                x0, y0 = tx * ds, ty * ds
-                w0, h0 = min(tile * ds, W - x0), min(tile * ds, H - y0)
-                px = pixels(x0, y0, w0, h0)
-                if ds > 1:
-                    px = np.asarray(
-                        Image.fromarray(px).resize(
-                            (max(1, -(-w0 // ds)), max(1, -(-h0 // ds))), Image.Resampling.BOX
-                        )
-                    )
-                t = np.full((tile, tile, 3), 245, np.uint8)
-                t[: px.shape[0], : px.shape[1]] = px
-                yield t
+    def one_tile(ds: int, tx: int, ty: int) -> np.ndarray:
+        x0, y0 = tx * ds, ty * ds
+        w0, h0 = min(tile * ds, W - x0), min(tile * ds, H - y0)
+        px = pixels(x0, y0, w0, h0)
+        if ds > 1:
+            px = np.asarray(
+                Image.fromarray(px).resize((max(1, -(-w0 // ds)), max(1, -(-h0 // ds))), Image.Resampling.BOX)
+            )
+        t = np.full((tile, tile, 3), 245, np.uint8)
+        t[: px.shape[0], : px.shape[1]] = px
+        return t
 
-    with tifffile.TiffWriter(path, bigtiff=False) as tw:
+    def level_tiles(ds: int, pool: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+        """The level's tiles in row-major order, made on ``pool`` a bounded window ahead (numpy and PIL release
+        the GIL for most of the work); the bytes do not depend on the number of threads."""
+        lw, lh = -(-W // ds), -(-H // ds)
+        coords = [(tx, ty) for ty in range(0, lh, tile) for tx in range(0, lw, tile)]
+        window: deque[Future] = deque()
+        for tx, ty in coords:
+            window.append(pool.submit(one_tile, ds, tx, ty))
+            if len(window) > 4 * threads:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    threads = max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    with tifffile.TiffWriter(path, bigtiff=False) as tw, ThreadPoolExecutor(threads) as pool:
         for level in range(levels):
             ds = 4**level
             lw, lh = -(-W // ds), -(-H // ds)
             if level > 0 and min(lw, lh) < tile // 2:
                 break
             tw.write(
-                level_tiles(ds),
+                level_tiles(ds, pool),
                 shape=(lh, lw, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
                 photometric="rgb",
                 compression="jpeg",
                 compressionargs={"level": quality},
+                maxworkers=threads,
                 description=desc
                 if level == 0
                 else f"Aperio Image Library v12.0.0 \r\n{lw}x{lh} -> level {level}",

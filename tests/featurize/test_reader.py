@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -189,3 +190,12 @@ def test_rgb_coded_jpeg_tiles_with_a_jfif_marker_are_not_decoded_scaled(tmp_path
         tiles.pages[0] = types.SimpleNamespace(photometric=2, **{f: getattr(page, f) for f in fields})
         tiles._scalable_levels.clear()
         assert s.native_scale(0, 4.0) == 1
+
+
+def test_synthetic_svs_bytes_do_not_depend_on_the_thread_count(tmp_path, monkeypatch):
+    out = {}
+    for cores in (1, 4):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        p = write_svs(tmp_path / f"t{cores}.svs", size=(1800, 1300), mpp=0.5, levels=2, seed=3)
+        out[cores] = p.read_bytes()
+    assert out[1] == out[4] and len(out[1]) > 10_000
