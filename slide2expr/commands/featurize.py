@@ -21,7 +21,7 @@ def featurize(
         "stain-texture", "--encoder", "-e", help="Encoder name (`slide2expr encoders`)."
     ),
     weights: Path | None = typer.Option(None, "--weights", help="Weights file for the encoder."),
-    mpp: float | None = typer.Option(None, "--mpp", help="Tile resolution in µm/px [default: 0.5]."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Tile resolution in µm/px (default 0.5, i.e. 20x)."),
     magnification: float | None = typer.Option(
         None, "--magnification", help="Tile magnification (20 = 0.5 µm/px); a synonym of --mpp."
     ),
@@ -40,14 +40,14 @@ def featurize(
     patients: Path | None = typer.Option(
         None, "--patients", help="Slide→patient CSV/TSV (columns patient_id and slide_id or path)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when there is a GPU) | cpu | cuda."),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Tiles per forward pass [default: 8 CPU, 256 CUDA]."
+        None, "--batch-size", help="Tiles per forward pass (default 8 on a CPU, 256 on CUDA)."
     ),
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Reader processes [default: CUDA: spare cores (≤ 8); CPU: 0 on ≤ 2 cores, else 1]. "
+        help="Reader processes (default beside a GPU: spare cores, at most 8; on a CPU: 0 on ≤ 2 cores, else 1). "
         "0 reads in the main process, on one thread per core, between encoder batches.",
     ),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 | float16."),
@@ -57,7 +57,7 @@ def featurize(
     ),
     force: bool = typer.Option(False, "--force", help="Redo slides whose outputs already match."),
     input_px: int | None = typer.Option(
-        None, "--input-px", help="Resize tiles to this size for the encoder [default: its data-config size]."
+        None, "--input-px", help="Resize tiles to this size for the encoder (default: its data-config size)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan (slides, skips, tiling) and stop."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),

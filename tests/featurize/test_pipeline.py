@@ -544,3 +544,19 @@ def test_running_out_of_device_memory_says_which_batch_size_to_try(
         app, ["featurize", str(slide_dir), "--store", str(tmp_path / "s2"), "--no-progress"]
     )
     assert res.exit_code == 2 and "--batch-size 128" in res.output
+
+
+def test_featurize_help_states_the_defaults():
+    # rich reads "[default: …]" in a help string as markup and drops it: the defaults must survive into the output
+    from slide2expr.cli import app
+
+    res = CliRunner().invoke(app, ["featurize", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    for needle in (
+        "default 0.5, i.e. 20x",
+        "default 8 on a CPU, 256 on CUDA",
+        "spare cores, at most 8",
+        "data-config size",
+    ):
+        assert needle in text, needle
