@@ -50,6 +50,13 @@ def synthetic_slide(size: int, slide_mpp: float) -> Path:
     return path
 
 
+def copies(path: Path, n: int) -> list:
+    """``n`` slide ids (``copy000``…, one patient each) for the same file: a cohort made of one slide."""
+    from featurize._inputs import SlideInput
+
+    return [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(n)]
+
+
 def encoder_only(
     enc, tiles: np.ndarray, *, batch: int, autocast_dtype, device: str, seconds: float = 8.0
 ) -> float:
@@ -207,13 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_px = enc.input_size[0]
 
     slide = collect_slides(path)[0]
-    from featurize._inputs import SlideInput
-
-    cohort = (
-        [slide]
-        if args.copies <= 1
-        else [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(args.copies)]
-    )
+    cohort = [slide] if args.copies <= 1 else copies(path, args.copies)
     tiling = TilingParams(mpp=args.mpp, tile_px=args.tile)
     plan = plan_slide(slide, tiling)
     if plan.status != "ok":
@@ -329,11 +330,10 @@ def memory(args) -> dict:
 
     import psutil
 
-    from featurize._inputs import SlideInput
     from featurize._run import featurize_cohort
 
     path = args.slide or synthetic_slide(args.size, args.slide_mpp)
-    slides = [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(args.memory)]
+    slides = copies(path, args.memory)
     me = psutil.Process()
     samples: list[tuple[float, float, float]] = []
     stop = threading.Event()

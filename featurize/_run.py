@@ -237,7 +237,7 @@ def featurize_cohort(
             done = sum(r.status != "skipped" for r in summary.results)
             raise DeviceMemoryError(
                 f"encoder {name!r} ran out of {dev} memory at batch size {batch_size} ({prec}): rerun with "
-                f"--batch-size {max(1, batch_size // 2)}; the {done} slide(s) finished before are kept and resume "
+                f"--batch-size {max(1, batch_size // 2)}; the {done} slide(s) recorded before are kept and resume "
                 f"skips them"
             ) from exc
     summary.seconds = time.perf_counter() - t_start
@@ -358,8 +358,8 @@ def _run(
 
 
 class _SlideOut:
-    """A slide's embeddings as they are collected: ``done(emb)`` runs once every tile is in (or at once if the
-    slide was dropped, with None)."""
+    """A slide's embeddings as they are collected: ``done(emb)`` runs once the slide has ended and every tile is
+    in (never for a dropped slide)."""
 
     __slots__ = ("emb", "left", "done", "ended")
 
@@ -414,11 +414,15 @@ class _Batches:
         cur = self.cur
         if cur is None:
             return 0
-        k = self._flush(final=True)
+        k = self._end_tiles()
         cur.done, cur.ended = done, True
         self.cur = None
         cur.maybe_done()
         return k
+
+    def _end_tiles(self) -> int:
+        """Embed the slide's last, partial batch (a slide's batches never hold another slide's tiles here)."""
+        return self._flush(final=True)
 
     def close(self) -> int:
         """After the last slide: embed what is still pending."""
@@ -502,14 +506,8 @@ class _CudaBatches(_Batches):
                 done += self._launch()
         return done
 
-    def end(self, done: Callable[[np.ndarray | None], None]) -> int:
-        cur = self.cur
-        if cur is None:
-            return 0
-        cur.done, cur.ended = done, True
-        self.cur = None
-        cur.maybe_done()  # no tiles at all, or all collected already
-        return 0
+    def _end_tiles(self) -> int:
+        return 0  # the partial batch waits for the next slide's tiles (or close)
 
     def close(self) -> int:
         k = self._launch() if self.fill else 0

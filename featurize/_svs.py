@@ -128,7 +128,9 @@ def write_svs(
         while window:
             yield window.popleft().result()
 
-    threads = max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    from featurize._pipeline import usable_cores
+
+    threads = min(16, usable_cores())
     with tifffile.TiffWriter(path, bigtiff=False) as tw, ThreadPoolExecutor(threads) as pool:
         for level in range(levels):
             ds = 4**level

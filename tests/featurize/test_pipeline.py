@@ -527,7 +527,7 @@ def test_running_out_of_device_memory_says_which_batch_size_to_try(
 
     monkeypatch.setattr(enc, "forward", forward)
     store = tmp_path / "store"
-    with pytest.raises(DeviceMemoryError, match=r"batch size 8 .*--batch-size 4; the 1 slide\(s\) finished"):
+    with pytest.raises(DeviceMemoryError, match=r"batch size 8 .*--batch-size 4; the 1 slide\(s\) recorded"):
         featurize_cohort(slide_dir, store=store, **{**FAST, "encoder": enc})
     done = [p.stem for p in store.glob("embeddings/*/*/*.parquet")]
     assert done == ["TCGA-AA-0001-01Z-00-DX1"] and not hidden_files(store)
