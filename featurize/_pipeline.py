@@ -536,6 +536,8 @@ class RunConfig:
     dtype: str
     out_px: int
     precision: str
+    #: whether the encoder runs compiled (recorded, not part of the config hash: outputs equal within rounding)
+    compiled: bool = False
 
     @property
     def config(self) -> dict:
@@ -603,7 +605,12 @@ def _file_meta(plan: SlidePlan, cfg: RunConfig, kind: str) -> dict:
         meta.update(
             {
                 "encoder": cfg.encoder_name,
-                "encoder_spec": {**cfg.encoder_meta, "out_px": cfg.out_px, "precision": cfg.precision},
+                "encoder_spec": {
+                    **cfg.encoder_meta,
+                    "out_px": cfg.out_px,
+                    "precision": cfg.precision,
+                    "compiled": cfg.compiled,
+                },
                 "weights_sha256": cfg.weights_sha256,
                 "dim": cfg.dim,
                 "dtype": cfg.dtype,
@@ -803,6 +810,10 @@ class FeaturizeSummary:
     seconds_waiting_tiles: float = 0.0
     #: seconds it waited for the device's results (CUDA: the encoder is the bottleneck when this is large)
     seconds_waiting_device: float = 0.0
+    #: whether the encoder ran compiled (``torch.compile``), and the seconds its first batch took, compiling
+    #: included (0 when it was compiled by an earlier run in this process)
+    compiled: bool = False
+    seconds_compile: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -827,6 +838,8 @@ class FeaturizeSummary:
             "precision": self.precision,
             "seconds_waiting_tiles": round(self.seconds_waiting_tiles, 3),
             "seconds_waiting_device": round(self.seconds_waiting_device, 3),
+            "compiled": self.compiled,
+            "seconds_compile": round(self.seconds_compile, 3),
             "counts": {s: self.count(s) for s in ("ok", "no_tissue", "failed", "skipped")},
             "slides": [r.__dict__ for r in self.results],
         }

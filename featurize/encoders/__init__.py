@@ -12,7 +12,14 @@ True
 from __future__ import annotations
 
 from featurize.encoders._catalog import register_builtin
-from featurize.encoders._model import Encoder, bf16_supported, build_backbone, create_encoder
+from featurize.encoders._model import (
+    CompiledEncoder,
+    CompileError,
+    Encoder,
+    bf16_supported,
+    build_backbone,
+    create_encoder,
+)
 from featurize.encoders._spec import (
     OUTPUT_MODES,
     EncoderSpec,
@@ -38,6 +45,8 @@ register_builtin()
 __all__ = [
     "OUTPUT_MODES",
     "WEIGHTS_ENV",
+    "CompileError",
+    "CompiledEncoder",
     "Encoder",
     "EncoderSpec",
     "UnknownEncoderError",

@@ -52,6 +52,14 @@ def featurize(
     ),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 | float16."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported) | bf16 | fp32."),
+    compile_mode: str = typer.Option(
+        "auto",
+        "--compile",
+        help="auto | on | off: compile the encoder with torch.compile (CPU only; 15-20% faster for CNNs, 8-40 s "
+        "once per run). auto compiles CNNs in fp32 for runs of >= 2,000 tiles and runs eagerly where compiling "
+        "fails (default auto).",
+        show_default=False,
+    ),
     shard: str | None = typer.Option(
         None, "--shard", help="i/n: every n-th slide by sorted slide id, from i."
     ),
@@ -84,6 +92,8 @@ def featurize(
         raise fail(f"--dtype {dtype!r}: use float32 or float16")
     if precision not in ("auto", "bf16", "fp32"):
         raise fail(f"--precision {precision!r}: use auto, bf16 or fp32")
+    if compile_mode not in ("auto", "on", "off"):
+        raise fail(f"--compile {compile_mode!r}: use auto, on or off")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise fail(f"--device {device!r}: use auto, cpu or cuda")
     if tile <= 0 or not 0 <= overlap < tile:
@@ -114,7 +124,7 @@ def featurize(
         return
 
     from featurize._run import DeviceMemoryError, featurize_cohort
-    from featurize.encoders import UnknownEncoderError, WeightsNotFoundError
+    from featurize.encoders import CompileError, UnknownEncoderError, WeightsNotFoundError
 
     try:
         summary = featurize_cohort(
@@ -135,8 +145,16 @@ def featurize(
             force=force,
             progress=progress,
             input_px=input_px,
+            compile=compile_mode,
         )
-    except (UnknownEncoderError, WeightsNotFoundError, SlideListError, ValueError, DeviceMemoryError) as exc:
+    except (
+        UnknownEncoderError,
+        WeightsNotFoundError,
+        SlideListError,
+        ValueError,
+        DeviceMemoryError,
+        CompileError,
+    ) as exc:
         raise fail(str(exc)) from None
 
     table = Table(title=f"featurize → {summary.store} ({summary.tiling}, {summary.encoder})")
@@ -156,7 +174,13 @@ def featurize(
     counts = ", ".join(f"{summary.count(s)} {s}" for s in ("ok", "no_tissue", "failed", "skipped"))
     out.print(
         f"{counts}; {summary.tiles} tiles in {summary.seconds:.1f} s ({summary.tiles_per_s:.1f} tiles/s, "
-        f"{summary.device}, {summary.precision})"
+        f"{summary.device}, {summary.precision}"
+        + (
+            f", compiled{f' in {summary.seconds_compile:.0f} s' if summary.seconds_compile else ''}"
+            if summary.compiled
+            else ""
+        )
+        + ")"
     )
     if json_out is not None:
         json_out.write_text(json.dumps(summary.as_dict(), indent=2, default=str))

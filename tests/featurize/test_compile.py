@@ -1,0 +1,191 @@
+"""Compiled encoders (``torch.compile``): same outputs as eager at every batch shape, one compile per encoder and
+batch size, a clear error or an eager fallback where compiling fails, and featurize's ``compile=`` choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featurize import featurize_cohort
+from featurize._run import COMPILE_MIN_TILES, wants_compile
+from featurize.encoders import CompiledEncoder, CompileError, Encoder, EncoderSpec, build_backbone
+from featurize.encoders._model import Encoder as _Encoder
+from slide2expr.cli import app
+
+from .conftest import FAST
+
+#: a small CNN (timm's resnet10t, random weights): compiles in seconds
+TINY_CNN = EncoderSpec(
+    name="test-cnn-tiny",
+    architecture="resnet10t",
+    dim=512,
+    output_mode="pooled",
+    timm_kwargs={"num_classes": 0},
+    pretrained_cfg={"input_size": (3, 112, 112), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)},
+    family="cnn",
+)
+
+
+def _tiny_cnn() -> Encoder:
+    """The tiny CNN with the same random weights every time."""
+    import timm
+
+    torch.manual_seed(0)
+    backbone = build_backbone(TINY_CNN)
+    cfg = timm.data.resolve_model_data_config(backbone)
+    return _Encoder(TINY_CNN, backbone, data_config=cfg).to_device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Encoder:
+    """One encoder for the module, so that its compiled form (kept on it) is compiled once."""
+    return _tiny_cnn()
+
+
+def _tiles(n: int, seed: int = 0, *, nhwc: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if nhwc:  # how the pipeline hands tiles over: NHWC memory viewed as NCHW (channels_last strides)
+        return torch.randint(0, 256, (n, 112, 112, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    return torch.randint(0, 256, (n, 3, 112, 112), dtype=torch.uint8, generator=g)
+
+
+def test_wants_compile_only_where_it_was_measured() -> None:
+    cnn = {"device_type": "cpu", "precision": "fp32", "family": "cnn"}
+    assert wants_compile("auto", **cnn, tiles=COMPILE_MIN_TILES)
+    assert not wants_compile("auto", **cnn, tiles=COMPILE_MIN_TILES - 1)  # too small a run to pay for it
+    assert not wants_compile("auto", **{**cnn, "precision": "bf16"}, tiles=10**6)
+    assert not wants_compile("auto", **{**cnn, "family": "vit"}, tiles=10**6)
+    assert not wants_compile("auto", **{**cnn, "family": "handcrafted"}, tiles=10**6)
+    assert not wants_compile("auto", **{**cnn, "device_type": "cuda"}, tiles=10**6)
+    assert not wants_compile("off", **cnn, tiles=10**6)
+    assert wants_compile("on", **{**cnn, "family": "vit", "precision": "bf16"}, tiles=1)
+    assert not wants_compile("on", **{**cnn, "device_type": "cuda"}, tiles=1)
+
+
+def test_compiled_equals_eager_at_every_batch_shape(tiny: Encoder) -> None:
+    comp = tiny.compiled(8)
+    assert tiny.compiled(8) is comp  # kept on the encoder: a second run does not compile again
+    with torch.inference_mode():
+        for n, nhwc in ((8, True), (3, True), (19, True), (5, False), (1, True)):
+            x = _tiles(n, seed=n, nhwc=nhwc)
+            eager, got = tiny(x), comp(x)
+            assert got.shape == (n, 512) and got.dtype == torch.float32
+            cos = torch.nn.functional.cosine_similarity(got, eager)
+            assert float(cos.min()) > 0.99999, (n, nhwc, float(cos.min()))
+            torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-4)
+    assert comp.active and comp.error is None
+    assert comp.seconds_compile is not None and comp.seconds_compile > 0
+    # a padded batch's outputs do not depend on the padding: the same tiles alone and inside a full batch agree
+    x = _tiles(8, seed=42)
+    with torch.inference_mode():
+        torch.testing.assert_close(comp(x[:3]), comp(x)[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_size_must_be_positive(tiny: Encoder) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        CompiledEncoder(tiny, 0)
+
+
+def _broken_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.compile`` whose compiled function fails at its first call, as with no C++ compiler."""
+
+    def fake_compile(model, **kwargs):
+        def fails(x):
+            raise RuntimeError(
+                "InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx"
+            )
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+
+
+def test_a_failed_compile_is_a_clear_error_or_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    _broken_compile(monkeypatch)
+    enc = _tiny_cnn()
+    x = _tiles(4)
+    match = r"test-cnn-tiny.*No working C\+\+ compiler.*--compile off"
+    with pytest.raises(CompileError, match=match), torch.inference_mode():
+        CompiledEncoder(enc, 8)(x)
+    lenient = CompiledEncoder(enc, 8, fallback=True)
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="running it eagerly"):
+        out = lenient(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, enc(x))
+        torch.testing.assert_close(lenient(x), enc(x))  # eager from now on, without another warning
+    assert not lenient.active and "C++ compiler" in lenient.error
+
+
+def _embeddings(store: Path) -> tuple[np.ndarray, dict]:
+    (path,) = store.glob("embeddings/**/*.parquet")
+    meta = json.loads(pq.read_schema(path).metadata[b"slide2expr.encoder_spec"])
+    return np.stack(pq.read_table(path).column("embedding").to_numpy(zero_copy_only=False)), meta
+
+
+def test_featurize_compiled_matches_eager_and_records_it(
+    tiny: Encoder, slide_dir: Path, tmp_path: Path
+) -> None:
+    slide = slide_dir / "s2.svs"
+    kw = {**FAST, "encoder": tiny}
+    eager = featurize_cohort([slide], store=tmp_path / "eager", compile="off", **kw)
+    on = featurize_cohort([slide], store=tmp_path / "on", compile="on", **kw)
+    assert not eager.compiled and on.compiled
+    assert on.tiles == eager.tiles > 8 and on.tiles % 8 != 0  # a padded last batch
+    a, meta_a = _embeddings(tmp_path / "eager")
+    b, meta_b = _embeddings(tmp_path / "on")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99999
+    assert meta_a["compiled"] is False and meta_b["compiled"] is True
+    # a second run in the process reuses the compiled encoder: no compile time; and auto leaves a run this small
+    # (far below COMPILE_MIN_TILES) eager
+    again = featurize_cohort([slide], store=tmp_path / "again", compile="on", **kw)
+    assert again.compiled and again.seconds_compile == 0.0
+    auto = featurize_cohort([slide], store=tmp_path / "auto", compile="auto", **kw)
+    assert not auto.compiled and auto.tiles < COMPILE_MIN_TILES
+
+
+def test_featurize_auto_compiles_large_runs_and_falls_back(
+    monkeypatch: pytest.MonkeyPatch, slide_dir: Path, tmp_path: Path
+) -> None:
+    import featurize._run as run
+
+    monkeypatch.setattr(run, "COMPILE_MIN_TILES", 1)  # every run counts as large
+    slide = slide_dir / "s2.svs"
+    ok = featurize_cohort([slide], store=tmp_path / "ok", compile="auto", **{**FAST, "encoder": _tiny_cnn()})
+    assert ok.compiled and ok.seconds_compile > 0
+    # weight-free encoder: auto never compiles it (8 % faster for 38 s of compiling)
+    st = featurize_cohort([slide], store=tmp_path / "st", compile="auto", **FAST)
+    assert not st.compiled
+    _broken_compile(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="running it eagerly"):
+        fb = featurize_cohort(
+            [slide], store=tmp_path / "fb", compile="auto", **{**FAST, "encoder": _tiny_cnn()}
+        )
+    assert not fb.compiled and fb.count("ok") == 1 and fb.tiles == ok.tiles
+    np.testing.assert_allclose(*(_embeddings(tmp_path / s)[0] for s in ("ok", "fb")), rtol=1e-3, atol=1e-4)
+
+
+def test_compile_arguments(slide_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="--compile 'yes'"):
+        featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "s", compile="yes", **FAST)
+    res = CliRunner().invoke(
+        app, ["featurize", str(slide_dir / "s2.svs"), "--store", str(tmp_path / "s"), "--compile", "yes"]
+    )
+    assert res.exit_code == 2 and "--compile 'yes': use auto, on or off" in res.output
+    # --compile on where compiling fails: exit 2 with the reason, and no embeddings written
+    _broken_compile(monkeypatch)
+    monkeypatch.setattr("featurize.encoders.create_encoder", lambda *a, **k: _tiny_cnn())
+    res = CliRunner().invoke(
+        app,
+        ["featurize", str(slide_dir / "s2.svs"), "--store", str(tmp_path / "c"), "--compile", "on", "--mpp", "1",
+         "--tile", "112", "--workers", "0", "--no-progress"],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "could not compile encoder 'test-cnn-tiny'" in res.output and "--compile off" in res.output
+    assert not list((tmp_path / "c").glob("embeddings/**/*.parquet"))
