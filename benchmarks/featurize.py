@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument(
+        "--compile",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="featurize's compile= (the encoder-only runs use the encoder the end-to-end run used)",
+    )
+    ap.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -226,48 +232,51 @@ def main(argv: list[str] | None = None) -> dict:
     )
     os_tps = openslide_rate(path, grid, level=plan.level, out_px=out_px, n_max=600)
 
-    # encoder-only and end-to-end alternate (E F E F … E), so each run is compared with its neighbours in time:
-    # the ratio then holds on a machine whose load changes during the benchmark
-    enc_runs = [
-        encoder_only(enc, sample, batch=batch, autocast_dtype=ac, device=device, seconds=args.encoder_seconds)
-    ]
-    e2e_runs = []
+    run_kw = dict(
+        encoder=enc, mpp=args.mpp, tile_px=args.tile, device=device, batch_size=batch, workers=workers,
+        precision=args.precision, compile=args.compile, force=True,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up, untimed, like the encoder-only one: the first run in a process also pays one-time imports
-        # (scikit-image, the Parquet writer, PNG) and allocator growth that a cohort run amortises
-        featurize_cohort(
-            cohort[:2], store=Path(tmp) / "warm", encoder=enc, mpp=args.mpp, tile_px=args.tile, device=device,
-            batch_size=batch, workers=workers, precision=args.precision, force=True,
-        )  # fmt: skip
-        for _ in range(args.repeats):
-            summary = featurize_cohort(
-                cohort,
-                store=Path(tmp) / "store",
-                encoder=enc,
-                mpp=args.mpp,
-                tile_px=args.tile,
-                device=device,
-                batch_size=batch,
-                workers=workers,
-                precision=args.precision,
-                force=True,
+        # (scikit-image, the Parquet writer, PNG), allocator growth that a cohort run amortises and, when it
+        # compiles the encoder, the compiling (reported as compile_seconds); it decides compile="auto" for the
+        # whole cohort's size, as the timed runs do
+        warm = featurize_cohort(cohort[:2], store=Path(tmp) / "warm", **run_kw)
+        if args.compile == "auto" and not warm.compiled and len(cohort) > 2:
+            warm = featurize_cohort(cohort, store=Path(tmp) / "warm", **run_kw)
+        fn = enc.compiled(batch, fallback=args.compile == "auto") if warm.compiled else enc
+
+        def enc_only(b: int = batch) -> float:
+            f = fn if b == batch else (enc.compiled(b) if warm.compiled else enc)
+            return encoder_only(
+                f, sample, batch=b, autocast_dtype=ac, device=device, seconds=args.encoder_seconds
             )
+
+        # encoder-only and end-to-end alternate (E F E F … E), so each run is compared with its neighbours in
+        # time: the ratio then holds on a machine whose load changes during the benchmark
+        enc_runs = [enc_only()]
+        eager_runs = (
+            []
+            if not warm.compiled
+            else [
+                encoder_only(
+                    enc, sample, batch=batch, autocast_dtype=ac, device=device, seconds=args.encoder_seconds
+                )
+            ]
+        )
+        e2e_runs = []
+        for _ in range(args.repeats):
+            summary = featurize_cohort(cohort, store=Path(tmp) / "store", **run_kw)
             e2e_runs.append(summary.tiles / summary.seconds)
-            enc_runs.append(
+            enc_runs.append(enc_only())
+        if warm.compiled:
+            eager_runs.append(
                 encoder_only(
                     enc, sample, batch=batch, autocast_dtype=ac, device=device, seconds=args.encoder_seconds
                 )
             )
     ratios = [f / ((a + b) / 2) for f, a, b in zip(e2e_runs, enc_runs[:-1], enc_runs[1:], strict=True)]
-    by_batch = {
-        int(b): round(
-            encoder_only(
-                enc, sample, batch=int(b), autocast_dtype=ac, device=device, seconds=args.encoder_seconds
-            ),
-            1,
-        )
-        for b in filter(None, args.encoder_batches.split(","))
-    }
+    by_batch = {int(b): round(enc_only(int(b)), 1) for b in filter(None, args.encoder_batches.split(","))}
     failed = [r for r in summary.results if r.status != "ok"]
     e2e = float(np.median(e2e_runs))
     enc_tps = float(np.median(enc_runs))
@@ -283,6 +292,14 @@ def main(argv: list[str] | None = None) -> dict:
         "malloc_keeps_freed_memory": malloc_tuned,
         "precision": "bf16" if ac is not None else "fp32",
         "channels_last": bool(getattr(enc, "channels_last", False)),
+        "compiled": summary.compiled,
+        "compile_seconds": round(warm.seconds_compile, 1),
+        # a fresh process pays the compiling once: the run's rate with it counted
+        "end_to_end_tiles_per_s_compile_included": round(
+            summary.tiles / (summary.tiles / e2e + warm.seconds_compile), 2
+        ),
+        # the same encoder run eagerly (first and last), beside the compiled encoder-only runs
+        "encoder_only_eager_runs": [round(v, 2) for v in eager_runs],
         "batch_size": batch,
         "workers": workers,
         "slide": str(path.name),
@@ -361,6 +378,7 @@ def memory(args) -> dict:
             workers=args.workers,
             device=args.device,
             precision=args.precision,
+            compile=args.compile,
         )
         stop.set()
         th.join()
