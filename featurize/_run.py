@@ -36,28 +36,79 @@ from featurize._tuning import keep_freed_memory
 #: 256 beat 64 by 8 % (ViT-L/16, 2,912 against 2,695 tiles/s), 64 % (efficientnet-lite0) and 75 % (ResNet50).
 DEFAULT_BATCH = {"cpu": 8, "cuda": 256}
 
-#: ``compile="auto"`` compiles runs of at least this many tiles (the first slide's tiles × slides): compiling
-#: costs 8–40 s once per process and saves 15–20 % of a CNN's time on the CPU, so it pays off from a few thousand
-#: tiles (resnet50-trunc at 20 tiles/s: ≈ 2,000; efficientnet-lite0 at 72 tiles/s: ≈ 6,000 with a cold cache)
-COMPILE_MIN_TILES = 2000
+#: ``compile="auto"`` times the run's first eager batches and compiles the encoder when the run's remaining eager
+#: encoder work (tiles left × measured seconds per tile) is at least this long. Compiling costs 10–20 s once per
+#: process on 2 AVX2 cores and then saves 16–33 % of a CNN's time, so it pays from 40–70 s of eager work with a
+#: warm Inductor cache and 60–125 s with a cold one (60 s: at worst ≈ 10 s lost, on a cold cache): resnet50-trunc,
+#: 2,328 tiles at 22 tiles/s eager (≈ 105 s) compiles; efficientnet-lite0, one 2,562-tile slide at 78 tiles/s
+#: (≈ 33 s) does not. Measuring, not counting tiles, is what makes the choice hold for fast and slow CPUs, small and
+#: large tiles.
+COMPILE_MIN_EAGER_SECONDS = 60.0
+#: eager batches ``auto`` times, after one untimed (allocator growth, oneDNN's first-call set-up), before deciding
+COMPILE_PROBE_BATCHES = 4
 
 
 class DeviceMemoryError(RuntimeError):
     """A batch did not fit in the device's memory; the message says which batch size to try."""
 
 
-def wants_compile(mode: str, *, device_type: str, precision: str, family: str, tiles: int) -> bool:
-    """Whether a run compiles its encoder (``mode``: ``auto``, ``on`` or ``off``).
+def wants_compile(mode: str, *, device_type: str, precision: str, family: str) -> bool:
+    """Whether a run may compile its encoder (``mode``: ``auto``, ``on`` or ``off``); ``auto`` then decides on
+    the speed it measures (:class:`_AutoCompile`).
 
-    ``auto`` compiles where it was measured to pay: on the CPU, in fp32, CNN encoders, runs of at least
-    :data:`COMPILE_MIN_TILES` tiles (``tiles``: the estimate from the first slide). Not on CUDA (not measured
-    there), not in bf16 (not measured: this CPU lacks it), not ViTs (not measured on a CPU) and not the weight-free
-    encoder (38 s to compile for 8 %)."""
+    ``auto`` considers only where compiling was measured to pay: on the CPU, in fp32, CNN encoders. Not on CUDA
+    (not measured there), not in bf16 (not measured: this CPU lacks it), not ViTs (not measured on a CPU) and not
+    the weight-free encoder (38 s to compile for 8 %)."""
     if mode == "off" or device_type != "cpu":
         return False
     if mode == "on":
         return True
-    return precision == "fp32" and family == "cnn" and tiles >= COMPILE_MIN_TILES
+    return precision == "fp32" and family == "cnn"
+
+
+class _AutoCompile:
+    """``compile="auto"``'s batch function: the eager encoder for the run's first batches, timed, then the
+    compiled encoder if the run's remaining eager work (``est_tiles`` left × measured seconds per tile) is at least
+    :data:`COMPILE_MIN_EAGER_SECONDS`, else the eager encoder to the end. An encoder compiled by an earlier run in
+    the process is used at once. Compiling failures fall back to eager with a warning (``CompiledEncoder``)."""
+
+    def __init__(self, enc, batch_size: int, est_tiles: int) -> None:
+        self.enc = enc
+        self.batch_size = batch_size
+        self.left = est_tiles
+        self.compiled = None
+        self.compiles_here = False
+        self.decided = False
+        self._calls = 0
+        self._tiles = 0
+        self._seconds = 0.0
+        done = getattr(enc, "__dict__", {}).get("_compiled_by_batch", {}).get((batch_size, True))
+        if done is not None and done.active and done.seconds_compile is not None:
+            self.compiled, self.decided = done, True
+
+    @property
+    def eager_seconds_left(self) -> float | None:
+        """The estimate ``auto`` decided on (None before it decided or where it did not need to)."""
+        return self.left * self._seconds / self._tiles if self._tiles else None
+
+    def __call__(self, x):
+        if self.decided:
+            return self.compiled(x) if self.compiled is not None else self.enc(x)
+        t0 = time.perf_counter()
+        out = self.enc(x)
+        dt = time.perf_counter() - t0
+        k = int(x.shape[0])
+        self._calls += 1
+        self.left -= k
+        if self._calls > 1:
+            self._tiles += k
+            self._seconds += dt
+        if self._calls > COMPILE_PROBE_BATCHES:
+            self.decided = True
+            if self.left > 0 and self.eager_seconds_left >= COMPILE_MIN_EAGER_SECONDS:
+                self.compiled = self.enc.compiled(self.batch_size, fallback=True)
+                self.compiles_here = self.compiled.seconds_compile is None
+        return out
 
 
 def magnification_to_mpp(magnification: float) -> float:
@@ -150,9 +201,10 @@ def featurize_cohort(
     progress
         Show rich progress bars (cohort and slide, tiles/s).
     compile
-        ``auto`` (compile CNN encoders with ``torch.compile`` on the CPU in fp32 for runs of ≥ 2,000 tiles: 15–20 %
-        faster, 8–40 s once per process; falls back to eager with a warning where compiling fails), ``on`` (CPU
-        only; a failure to compile is an error) or ``off``.
+        ``auto`` (compile CNN encoders with ``torch.compile`` on the CPU in fp32 when the run's remaining eager
+        work, timed on its first batches, is at least :data:`COMPILE_MIN_EAGER_SECONDS`: 16–33 % faster, 10–40 s
+        once per process; falls back to eager with a warning where compiling fails), ``on`` (CPU only; a failure to
+        compile is an error) or ``off``.
 
     Returns
     -------
@@ -325,17 +377,16 @@ def _run(
     else:
         batches = _Batches(enc, dev_t, batch_size)
 
-    compiled = None  # decided once, at the first slide with tiles
+    compiler = (
+        None  # set at the first slide with tiles: an _AutoCompile, or the CompiledEncoder of compile="on"
+    )
     decided = False
-    compiles_here = False  # an earlier run in this process may have compiled it already
+    fresh = False  # compile="on": compiled by this run, not by an earlier one in the process
 
     def maybe_compile(n_tiles: int) -> None:
-        nonlocal compiled, compiles_here
+        nonlocal compiler, fresh
         family = getattr(getattr(enc, "spec", None), "family", "")
-        est = n_tiles * len(todo)
-        if not wants_compile(
-            compile, device_type=dev_t.type, precision=cfg.precision, family=family, tiles=est
-        ):
+        if not wants_compile(compile, device_type=dev_t.type, precision=cfg.precision, family=family):
             return
         if not hasattr(enc, "compiled"):
             if compile == "on":
@@ -343,9 +394,17 @@ def _run(
                     f"--compile on: encoder {type(enc).__name__} has no compiled form; use --compile off"
                 )
             return
-        compiled = enc.compiled(batch_size, fallback=compile == "auto")
-        compiles_here = compiled.active and compiled.seconds_compile is None
-        batches.fn = compiled
+        if compile == "on":
+            compiler = enc.compiled(batch_size)
+            fresh = compiler.seconds_compile is None
+        else:  # auto: the first slide's tiles × slides estimates the run
+            compiler = _AutoCompile(enc, batch_size, n_tiles * len(todo))
+        batches.fn = compiler
+
+    def compiled_now():
+        """The CompiledEncoder in use (None while eager)."""
+        c = compiler.compiled if isinstance(compiler, _AutoCompile) else compiler
+        return c if c is not None and c.active and c.seconds_compile is not None else None
 
     def advance(k: int) -> None:
         summary.tiles += k
@@ -356,7 +415,8 @@ def _run(
     def finished(p: SlidePlan, t_slide: float) -> Callable[[np.ndarray | None], None]:
         def done(emb: np.ndarray | None) -> None:
             seconds = p.seconds_plan + (time.perf_counter() - t_slide)
-            cfg.compiled = compiled is not None and compiled.active
+            # a slide whose batches were compiled from some point on counts as compiled
+            cfg.compiled = compiled_now() is not None
             emb = emb if p.status == "ok" else None
             writer.put(p, emb, seconds)
             n = len(emb) if emb is not None else 0
@@ -405,9 +465,11 @@ def _run(
             advance(batches.close())
     finally:
         summary.seconds_waiting_device = batches.seconds_waiting
-        if compiled is not None and compiled.active and compiled.seconds_compile is not None:
+        c = compiled_now() if compiler is not None else None
+        if c is not None:
             summary.compiled = True
-            summary.seconds_compile = compiled.seconds_compile if compiles_here else 0.0
+            here = compiler.compiles_here if isinstance(compiler, _AutoCompile) else fresh
+            summary.seconds_compile = c.seconds_compile if here else 0.0  # 0: an earlier run compiled it
         bars.close()
         try:
             writer.close()

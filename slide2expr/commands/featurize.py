@@ -55,9 +55,9 @@ def featurize(
     compile_mode: str = typer.Option(
         "auto",
         "--compile",
-        help="auto | on | off: compile the encoder with torch.compile (CPU only; 15-20% faster for CNNs, 8-40 s "
-        "once per run). auto compiles CNNs in fp32 for runs of >= 2,000 tiles and runs eagerly where compiling "
-        "fails (default auto).",
+        help="auto | on | off: compile the encoder with torch.compile (CPU only; 16-33% faster for CNNs, 10-40 s "
+        "once per run). auto times the first batches of a CNN in fp32 and compiles it when the run's remaining "
+        "eager work is >= 60 s; it runs eagerly where compiling fails (default auto).",
         show_default=False,
     ),
     shard: str | None = typer.Option(

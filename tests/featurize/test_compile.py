@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from featurize import featurize_cohort
-from featurize._run import COMPILE_MIN_TILES, wants_compile
+from featurize._run import COMPILE_MIN_EAGER_SECONDS, COMPILE_PROBE_BATCHES, _AutoCompile, wants_compile
 from featurize.encoders import CompiledEncoder, CompileError, Encoder, EncoderSpec, build_backbone
 from featurize.encoders._model import Encoder as _Encoder
 from slide2expr.cli import app
@@ -57,15 +57,83 @@ def _tiles(n: int, seed: int = 0, *, nhwc: bool = True) -> torch.Tensor:
 
 def test_wants_compile_only_where_it_was_measured() -> None:
     cnn = {"device_type": "cpu", "precision": "fp32", "family": "cnn"}
-    assert wants_compile("auto", **cnn, tiles=COMPILE_MIN_TILES)
-    assert not wants_compile("auto", **cnn, tiles=COMPILE_MIN_TILES - 1)  # too small a run to pay for it
-    assert not wants_compile("auto", **{**cnn, "precision": "bf16"}, tiles=10**6)
-    assert not wants_compile("auto", **{**cnn, "family": "vit"}, tiles=10**6)
-    assert not wants_compile("auto", **{**cnn, "family": "handcrafted"}, tiles=10**6)
-    assert not wants_compile("auto", **{**cnn, "device_type": "cuda"}, tiles=10**6)
-    assert not wants_compile("off", **cnn, tiles=10**6)
-    assert wants_compile("on", **{**cnn, "family": "vit", "precision": "bf16"}, tiles=1)
-    assert not wants_compile("on", **{**cnn, "device_type": "cuda"}, tiles=1)
+    assert wants_compile("auto", **cnn)
+    assert not wants_compile("auto", **{**cnn, "precision": "bf16"})
+    assert not wants_compile("auto", **{**cnn, "family": "vit"})
+    assert not wants_compile("auto", **{**cnn, "family": "handcrafted"})
+    assert not wants_compile("auto", **{**cnn, "device_type": "cuda"})
+    assert not wants_compile("off", **cnn)
+    assert wants_compile("on", **{**cnn, "family": "vit", "precision": "bf16"})
+    assert not wants_compile("on", **{**cnn, "device_type": "cuda"})
+
+
+class _Clock:
+    """A stand-in for ``time.perf_counter`` that the fake encoder advances."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _FakeEncoder:
+    """Eager: ``seconds_per_tile`` per tile on the fake clock (the first call 10× slower, as a real first call
+    is); ``compiled()`` hands out a stand-in that marks its outputs with 1.0 and counts its calls."""
+
+    def __init__(self, clock: _Clock, seconds_per_tile: float) -> None:
+        self.clock, self.spt, self.calls = clock, seconds_per_tile, 0
+        self.made: list = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.clock.t += self.spt * len(x) * (10 if self.calls == 1 else 1)
+        return torch.zeros(len(x), 2)
+
+    def compiled(self, batch_size: int, *, fallback: bool = False):
+        enc = self
+
+        class Compiled:
+            active, seconds_compile, calls = True, None, 0
+
+            def __call__(self, x: torch.Tensor) -> torch.Tensor:
+                self.calls += 1
+                self.seconds_compile = self.seconds_compile or 12.0
+                return torch.ones(len(x), 2)
+
+        c = Compiled()
+        enc.made.append((batch_size, fallback, c))
+        return c
+
+
+@pytest.mark.parametrize(("tiles", "compiles"), [(10_000, True), (1_000, False)])
+def test_auto_compiles_when_the_timed_eager_work_left_pays_for_it(
+    monkeypatch: pytest.MonkeyPatch, tiles: int, compiles: bool
+) -> None:
+    import featurize._run as run
+
+    clock = _Clock()
+    monkeypatch.setattr(run.time, "perf_counter", clock)
+    enc = _FakeEncoder(clock, seconds_per_tile=0.02)  # 50 tiles/s eager: 10,000 tiles ≈ 200 s, 1,000 ≈ 20 s
+    auto = _AutoCompile(enc, 8, tiles)
+    x = torch.zeros(8, 3, 4, 4)
+    outs = [float(auto(x)[0, 0]) for _ in range(COMPILE_PROBE_BATCHES + 3)]
+    # the probe runs eagerly; the first call is not timed (it would make 0.02 s per tile look like 0.04)
+    assert outs[: COMPILE_PROBE_BATCHES + 1] == [0.0] * (COMPILE_PROBE_BATCHES + 1)
+    assert auto.decided and enc.calls == COMPILE_PROBE_BATCHES + 1 + (0 if compiles else 2)
+    left = tiles - 8 * (COMPILE_PROBE_BATCHES + 1)
+    assert auto.eager_seconds_left == pytest.approx(left * 0.02)
+    assert (auto.eager_seconds_left >= COMPILE_MIN_EAGER_SECONDS) is compiles
+    if compiles:
+        assert outs[-2:] == [1.0, 1.0] and auto.compiles_here
+        ((bs, fallback, c),) = enc.made
+        assert bs == 8 and fallback and c.calls == 2  # auto never fails a run over compiling
+        # a later run in the process finds it compiled: no probe, no second compile
+        monkeypatch.setattr(enc, "__dict__", {**enc.__dict__, "_compiled_by_batch": {(8, True): c}})
+        again = _AutoCompile(enc, 8, 16)
+        assert again.decided and float(again(x)[0, 0]) == 1.0 and len(enc.made) == 1
+    else:
+        assert outs[-2:] == [0.0, 0.0] and not enc.made
 
 
 def test_compiled_equals_eager_at_every_batch_shape(tiny: Encoder) -> None:
@@ -143,11 +211,11 @@ def test_featurize_compiled_matches_eager_and_records_it(
     assert cos.min() > 0.99999
     assert meta_a["compiled"] is False and meta_b["compiled"] is True
     # a second run in the process reuses the compiled encoder: no compile time; and auto leaves a run this small
-    # (far below COMPILE_MIN_TILES) eager
+    # (well under a second of eager work) eager
     again = featurize_cohort([slide], store=tmp_path / "again", compile="on", **kw)
     assert again.compiled and again.seconds_compile == 0.0
     auto = featurize_cohort([slide], store=tmp_path / "auto", compile="auto", **kw)
-    assert not auto.compiled and auto.tiles < COMPILE_MIN_TILES
+    assert not auto.compiled and auto.seconds < COMPILE_MIN_EAGER_SECONDS
 
 
 def test_featurize_auto_compiles_large_runs_and_falls_back(
@@ -155,17 +223,19 @@ def test_featurize_auto_compiles_large_runs_and_falls_back(
 ) -> None:
     import featurize._run as run
 
-    monkeypatch.setattr(run, "COMPILE_MIN_TILES", 1)  # every run counts as large
+    monkeypatch.setattr(run, "COMPILE_MIN_EAGER_SECONDS", 0.0)  # every run counts as large
+    monkeypatch.setattr(run, "COMPILE_PROBE_BATCHES", 1)  # decide at the second batch
     slide = slide_dir / "s2.svs"
-    ok = featurize_cohort([slide], store=tmp_path / "ok", compile="auto", **{**FAST, "encoder": _tiny_cnn()})
-    assert ok.compiled and ok.seconds_compile > 0
+    kw = {**FAST, "batch_size": 4}  # 4+ batches: two probed eagerly, the rest compiled
+    ok = featurize_cohort([slide], store=tmp_path / "ok", compile="auto", **{**kw, "encoder": _tiny_cnn()})
+    assert ok.compiled and ok.seconds_compile > 0 and ok.tiles > 12
     # weight-free encoder: auto never compiles it (8 % faster for 38 s of compiling)
-    st = featurize_cohort([slide], store=tmp_path / "st", compile="auto", **FAST)
+    st = featurize_cohort([slide], store=tmp_path / "st", compile="auto", **kw)
     assert not st.compiled
     _broken_compile(monkeypatch)
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
         fb = featurize_cohort(
-            [slide], store=tmp_path / "fb", compile="auto", **{**FAST, "encoder": _tiny_cnn()}
+            [slide], store=tmp_path / "fb", compile="auto", **{**kw, "encoder": _tiny_cnn()}
         )
     assert not fb.compiled and fb.count("ok") == 1 and fb.tiles == ok.tiles
     np.testing.assert_allclose(*(_embeddings(tmp_path / s)[0] for s in ("ok", "fb")), rtol=1e-3, atol=1e-4)
