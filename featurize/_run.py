@@ -67,28 +67,41 @@ def wants_compile(mode: str, *, device_type: str, precision: str, family: str) -
 
 
 class _AutoCompile:
-    """``compile="auto"``'s batch function: the eager encoder for the run's first batches, timed, then the
-    compiled encoder if the run's remaining eager work (``est_tiles`` left × measured seconds per tile) is at least
-    :data:`COMPILE_MIN_EAGER_SECONDS`, else the eager encoder to the end. An encoder compiled by an earlier run in
-    the process is used at once. Compiling failures fall back to eager with a warning (``CompiledEncoder``)."""
+    """The batch function of a run that may compile its encoder. ``always`` (``compile="on"``): the compiled
+    encoder from the first batch, a failure to compile being an error. Else (``auto``): the eager encoder for the
+    run's first batches, timed, then the compiled encoder if the run's remaining eager work (``est_tiles`` left ×
+    measured seconds per tile) is at least :data:`COMPILE_MIN_EAGER_SECONDS`, else the eager encoder to the end;
+    compiling failures fall back to eager with a warning (``CompiledEncoder``). Either way an encoder compiled by
+    an earlier run in the process is used at once."""
 
-    def __init__(self, enc, batch_size: int, est_tiles: int) -> None:
+    def __init__(self, enc, batch_size: int, est_tiles: int, *, always: bool = False) -> None:
         self.enc = enc
         self.batch_size = batch_size
         self.left = est_tiles
-        self.compiled = None
-        self.compiles_here = False
-        self.decided = False
         self._calls = 0
         self._tiles = 0
         self._seconds = 0.0
-        done = getattr(enc, "__dict__", {}).get("_compiled_by_batch", {}).get((batch_size, True))
-        if done is not None and done.active and done.seconds_compile is not None:
-            self.compiled, self.decided = done, True
+        #: the CompiledEncoder in use from now on (None: eager)
+        self.compiled = enc.compiled_ready(batch_size, fallback=not always)
+        #: whether this run compiled it (False where an earlier run in the process did)
+        self.compiles_here = False
+        self.decided = self.compiled is not None or always
+        if always and self.compiled is None:
+            self._use(enc.compiled(batch_size))
+
+    def _use(self, compiled) -> None:
+        self.compiled = compiled
+        self.compiles_here = compiled.seconds_compile is None
+
+    @property
+    def in_use(self):
+        """The CompiledEncoder that has embedded batches of this run (None while eager or after a fallback)."""
+        c = self.compiled
+        return c if c is not None and c.ready else None
 
     @property
     def eager_seconds_left(self) -> float | None:
-        """The estimate ``auto`` decided on (None before it decided or where it did not need to)."""
+        """The remaining eager work as estimated so far (None before the first timed batch)."""
         return self.left * self._seconds / self._tiles if self._tiles else None
 
     def __call__(self, x):
@@ -106,8 +119,7 @@ class _AutoCompile:
         if self._calls > COMPILE_PROBE_BATCHES:
             self.decided = True
             if self.left > 0 and self.eager_seconds_left >= COMPILE_MIN_EAGER_SECONDS:
-                self.compiled = self.enc.compiled(self.batch_size, fallback=True)
-                self.compiles_here = self.compiled.seconds_compile is None
+                self._use(self.enc.compiled(self.batch_size, fallback=True))
         return out
 
 
@@ -377,14 +389,12 @@ def _run(
     else:
         batches = _Batches(enc, dev_t, batch_size)
 
-    compiler = (
-        None  # set at the first slide with tiles: an _AutoCompile, or the CompiledEncoder of compile="on"
-    )
+    # set at the first slide with tiles, where the run may compile
+    compiler: _AutoCompile | None = None
     decided = False
-    fresh = False  # compile="on": compiled by this run, not by an earlier one in the process
 
     def maybe_compile(n_tiles: int) -> None:
-        nonlocal compiler, fresh
+        nonlocal compiler
         family = getattr(getattr(enc, "spec", None), "family", "")
         if not wants_compile(compile, device_type=dev_t.type, precision=cfg.precision, family=family):
             return
@@ -394,17 +404,9 @@ def _run(
                     f"--compile on: encoder {type(enc).__name__} has no compiled form; use --compile off"
                 )
             return
-        if compile == "on":
-            compiler = enc.compiled(batch_size)
-            fresh = compiler.seconds_compile is None
-        else:  # auto: the first slide's tiles × slides estimates the run
-            compiler = _AutoCompile(enc, batch_size, n_tiles * len(todo))
+        # the first slide's tiles × slides estimates the run
+        compiler = _AutoCompile(enc, batch_size, n_tiles * len(todo), always=compile == "on")
         batches.fn = compiler
-
-    def compiled_now():
-        """The CompiledEncoder in use (None while eager)."""
-        c = compiler.compiled if isinstance(compiler, _AutoCompile) else compiler
-        return c if c is not None and c.active and c.seconds_compile is not None else None
 
     def advance(k: int) -> None:
         summary.tiles += k
@@ -416,7 +418,7 @@ def _run(
         def done(emb: np.ndarray | None) -> None:
             seconds = p.seconds_plan + (time.perf_counter() - t_slide)
             # a slide whose batches were compiled from some point on counts as compiled
-            cfg.compiled = compiled_now() is not None
+            cfg.compiled = compiler is not None and compiler.in_use is not None
             emb = emb if p.status == "ok" else None
             writer.put(p, emb, seconds)
             n = len(emb) if emb is not None else 0
@@ -465,11 +467,10 @@ def _run(
             advance(batches.close())
     finally:
         summary.seconds_waiting_device = batches.seconds_waiting
-        c = compiled_now() if compiler is not None else None
-        if c is not None:
+        if compiler is not None and compiler.in_use is not None:
             summary.compiled = True
-            here = compiler.compiles_here if isinstance(compiler, _AutoCompile) else fresh
-            summary.seconds_compile = c.seconds_compile if here else 0.0  # 0: an earlier run compiled it
+            # 0: an earlier run in the process compiled it
+            summary.seconds_compile = compiler.in_use.seconds_compile if compiler.compiles_here else 0.0
         bars.close()
         try:
             writer.close()

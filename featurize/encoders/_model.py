@@ -249,6 +249,12 @@ class Encoder(nn.Module):
             cache[key] = CompiledEncoder(self, batch_size, fallback=fallback)
         return cache[key]
 
+    def compiled_ready(self, batch_size: int, *, fallback: bool = False) -> CompiledEncoder | None:
+        """The form :meth:`compiled` gives, if an earlier call already compiled it (and it did not fall back to
+        eager); else None, without compiling."""
+        c = self.__dict__.get("_compiled_by_batch", {}).get((int(batch_size), bool(fallback)))
+        return c if c is not None and c.ready else None
+
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, dim={self.spec.dim}, output_mode={self.spec.output_mode!r}"
 
@@ -295,6 +301,11 @@ class CompiledEncoder:
     @property
     def spec(self) -> EncoderSpec:
         return self.enc.spec
+
+    @property
+    def ready(self) -> bool:
+        """Compiled and in use: the first call compiled it and did not fall back to eager."""
+        return self.active and self.seconds_compile is not None
 
     def __call__(self, x: Tensor) -> Tensor:
         """``(k, 3, H, W)`` uint8 → ``(k, dim)`` float32, as :meth:`Encoder.forward`."""

@@ -79,11 +79,16 @@ class _Clock:
 
 class _FakeEncoder:
     """Eager: ``seconds_per_tile`` per tile on the fake clock (the first call 10× slower, as a real first call
-    is); ``compiled()`` hands out a stand-in that marks its outputs with 1.0 and counts its calls."""
+    is); ``compiled()`` hands out a stand-in that marks its outputs with 1.0 and counts its calls, and
+    ``compiled_ready()`` gives the ones that ran."""
 
     def __init__(self, clock: _Clock, seconds_per_tile: float) -> None:
         self.clock, self.spt, self.calls = clock, seconds_per_tile, 0
         self.made: list = []
+
+    def compiled_ready(self, batch_size: int, *, fallback: bool = False):
+        ran = [c for b, f, c in self.made if (b, f) == (batch_size, fallback) and c.ready]
+        return ran[0] if ran else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -95,6 +100,10 @@ class _FakeEncoder:
 
         class Compiled:
             active, seconds_compile, calls = True, None, 0
+
+            @property
+            def ready(self) -> bool:
+                return self.seconds_compile is not None
 
             def __call__(self, x: torch.Tensor) -> torch.Tensor:
                 self.calls += 1
@@ -128,16 +137,18 @@ def test_auto_compiles_when_the_timed_eager_work_left_pays_for_it(
         assert outs[-2:] == [1.0, 1.0] and auto.compiles_here
         ((bs, fallback, c),) = enc.made
         assert bs == 8 and fallback and c.calls == 2  # auto never fails a run over compiling
+        assert auto.in_use is c
         # a later run in the process finds it compiled: no probe, no second compile
-        monkeypatch.setattr(enc, "__dict__", {**enc.__dict__, "_compiled_by_batch": {(8, True): c}})
         again = _AutoCompile(enc, 8, 16)
         assert again.decided and float(again(x)[0, 0]) == 1.0 and len(enc.made) == 1
+        assert again.in_use is c and not again.compiles_here
     else:
-        assert outs[-2:] == [0.0, 0.0] and not enc.made
+        assert outs[-2:] == [0.0, 0.0] and not enc.made and auto.in_use is None
 
 
 def test_compiled_equals_eager_at_every_batch_shape(tiny: Encoder) -> None:
     comp = tiny.compiled(8)
+    assert not comp.ready and tiny.compiled_ready(8) is None  # built, not compiled before its first call
     assert tiny.compiled(8) is comp  # kept on the encoder: a second run does not compile again
     with torch.inference_mode():
         for n, nhwc in ((8, True), (3, True), (19, True), (5, False), (1, True)):
@@ -147,7 +158,8 @@ def test_compiled_equals_eager_at_every_batch_shape(tiny: Encoder) -> None:
             cos = torch.nn.functional.cosine_similarity(got, eager)
             assert float(cos.min()) > 0.99999, (n, nhwc, float(cos.min()))
             torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-4)
-    assert comp.active and comp.error is None
+    assert comp.active and comp.ready and comp.error is None and tiny.compiled_ready(8) is comp
+    assert tiny.compiled_ready(8, fallback=True) is None and tiny.compiled_ready(4) is None
     assert comp.seconds_compile is not None and comp.seconds_compile > 0
     # a padded batch's outputs do not depend on the padding: the same tiles alone and inside a full batch agree
     x = _tiles(8, seed=42)
@@ -187,7 +199,7 @@ def test_a_failed_compile_is_a_clear_error_or_falls_back(monkeypatch: pytest.Mon
     with torch.inference_mode():
         torch.testing.assert_close(out, enc(x))
         torch.testing.assert_close(lenient(x), enc(x))  # eager from now on, without another warning
-    assert not lenient.active and "C++ compiler" in lenient.error
+    assert not lenient.active and not lenient.ready and "C++ compiler" in lenient.error
 
 
 def _embeddings(store: Path) -> tuple[np.ndarray, dict]:
