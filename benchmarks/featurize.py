@@ -14,7 +14,7 @@ Measures, in one run on the same device, batch size and encoder:
 
 Examples::
 
-    python benchmarks/featurize.py --encoder efficientnet-lite0 --size 13000 --slide-mpp 0.5 --mpp 0.5 --tile 224
+    python benchmarks/featurize.py --encoder efficientnet-lite0 --size 15000 --slide-mpp 0.5 --mpp 0.5 --tile 224
     python benchmarks/featurize.py --encoder resnet50-trunc --size 16384 --slide-mpp 0.25 --mpp 0.5 --tile 256
 """
 
@@ -152,7 +152,12 @@ def openslide_rate(path: Path, grid, *, level: int, out_px: int, n_max: int) -> 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--encoder", default="efficientnet-lite0")
-    ap.add_argument("--size", type=int, default=13000, help="synthetic slide side, level-0 px")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=15000,
+        help="synthetic slide side, level-0 px (15,000 at 0.5 µm/px: ≈ 3,400 tiles)",
+    )
     ap.add_argument("--slide-mpp", type=float, default=0.5, help="level-0 µm/px of the synthetic slide")
     ap.add_argument(
         "--slide", type=Path, default=None, help="benchmark this slide instead of a synthetic one"
