@@ -250,10 +250,15 @@ class Encoder(nn.Module):
         return cache[key]
 
     def compiled_ready(self, batch_size: int, *, fallback: bool = False) -> CompiledEncoder | None:
-        """The form :meth:`compiled` gives, if an earlier call already compiled it (and it did not fall back to
-        eager); else None, without compiling."""
-        c = self.__dict__.get("_compiled_by_batch", {}).get((int(batch_size), bool(fallback)))
-        return c if c is not None and c.ready else None
+        """A form of :meth:`compiled` for ``batch_size`` that an earlier call already compiled (and that did not fall
+        back to eager); else None, without compiling. Once compiled, ``fallback`` no longer matters (compiling is
+        what can fail), so a form compiled with either setting serves both."""
+        cache = self.__dict__.get("_compiled_by_batch", {})
+        for key in ((int(batch_size), bool(fallback)), (int(batch_size), not fallback)):
+            c = cache.get(key)
+            if c is not None and c.ready:
+                return c
+        return None
 
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, dim={self.spec.dim}, output_mode={self.spec.output_mode!r}"
