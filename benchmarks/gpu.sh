@@ -7,8 +7,9 @@
 # 2. featurize end to end vs encoder-only, bf16, default batch: efficientnet-lite0 (light: the data path weighs
 #    most) with the default and with more reader processes, ViT-L/16 (UNI's shape, random weights), and
 #    ResNet50-trunc on a 40x slide at 20x / 256 px (the CPU comparison's configuration), each on copies of a
-#    synthetic slide (8,192² by default; SIZE=15000 gives ≈ 3,400 tissue tiles per 20x copy, made in parallel on
-#    every core). LITE0_BATCHES=64,128,256 (and VITL_, R50_) adds encoder-only figures per batch size.
+#    synthetic slide: 15,000² at 20x (SIZE; 3,424 tissue tiles per copy, the ≥ 3,000 issue 3 asks for) and
+#    16,384² at 40x (R50_SIZE; 776 tiles at 20x / 256 px), made in parallel while the tests run.
+#    LITE0_BATCHES=64,128,256 (and VITL_, R50_) adds encoder-only figures per batch size.
 # Each step has its own time limit and log ($OUT/<step>.log, the figures as JSON at its end), so one failure does
 # not lose the rest.
 # Python packages the machine lacks can sit as wheels in .whl/ (installed into /tmp/site).
@@ -47,22 +48,23 @@ cat "$OUT/env.txt"
 
 # the benchmark slides, made while the tests run (one process each)
 B=benchmarks/featurize.py
-SIZE=${SIZE:-8192}
+SIZE=${SIZE:-15000}
+R50_SIZE=${R50_SIZE:-16384}
 $PY $B --make-slide --size "$SIZE" --slide-mpp 0.5 >>"$OUT/make.log" 2>&1 &
 p1=$!
-$PY $B --make-slide --size "$SIZE" --slide-mpp 0.25 >>"$OUT/make.log" 2>&1 &
+$PY $B --make-slide --size "$R50_SIZE" --slide-mpp 0.25 >>"$OUT/make.log" 2>&1 &
 p2=$!
 
 step pytest_cuda 75 $PY -m pytest -q -p no:cacheprovider -p no:warnings -m cuda tests/featurize/test_cuda.py
 wait $p1
-COMMON=(--size "$SIZE" --device cuda --encoder-seconds 3 --repeats 2)
-step lite0_default 60 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
-  --copies 24 --encoder-batches "${LITE0_BATCHES:-}"
-step vitl_default 70 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder uni \
-  --copies 12 --encoder-batches "${VITL_BATCHES:-}"
-step lite0_workers12 50 $PY $B "${COMMON[@]}" --slide-mpp 0.5 --mpp 0.5 --tile 224 --encoder efficientnet-lite0 \
-  --copies 24 --workers 12
+COMMON=(--device cuda --encoder-seconds 3 --repeats 2)
+step lite0_default 75 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile 224 \
+  --encoder efficientnet-lite0 --copies 8 --encoder-batches "${LITE0_BATCHES:-}"
+step vitl_default 70 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile 224 \
+  --encoder uni --copies 4 --encoder-batches "${VITL_BATCHES:-}"
+step lite0_workers12 60 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile 224 \
+  --encoder efficientnet-lite0 --copies 8 --workers 12
 wait $p2
-step resnet50_40x 60 $PY $B "${COMMON[@]}" --slide-mpp 0.25 --mpp 0.5 --tile 256 --encoder resnet50-trunc \
-  --copies 24 --encoder-batches "${R50_BATCHES:-}"
+step resnet50_40x 60 $PY $B "${COMMON[@]}" --size "$R50_SIZE" --slide-mpp 0.25 --mpp 0.5 --tile 256 \
+  --encoder resnet50-trunc --copies 8 --encoder-batches "${R50_BATCHES:-}"
 nvidia-smi --query-gpu=name,memory.used,temperature.gpu,clocks.sm --format=csv >>"$OUT/env.txt" 2>&1
