@@ -100,6 +100,49 @@ def encoder_only(
     return n / el
 
 
+def encoder_gflop(enc, out_px: int, *, device: str, autocast_dtype) -> float | None:
+    """Floating-point operations of one tile's forward pass, in GFLOP (a multiply-add counts 2), from torch's
+    operator-level counter; None where it cannot count the encoder."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, 3, out_px, out_px), dtype=torch.uint8, device=device)
+    ctx = torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else None
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            if ctx is not None:
+                with ctx:
+                    enc(x)
+            else:
+                enc(x)
+    except Exception:  # noqa: BLE001 - a figure for the report, not the benchmark's point
+        return None
+    return fc.get_total_flops() / 1e9 or None
+
+
+def matmul_gflops(*, device: str, dtype, n: int = 2048, seconds: float = 1.5) -> float:
+    """The device's dense-math rate, GFLOP/s: square ``n`` matmuls in ``dtype`` (fp32 on a CPU without bf16),
+    best of five timings; the yardstick for how close the encoder runs to what the device can compute."""
+    import torch
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    best, t_end = 0.0, time.perf_counter() + seconds
+    for _ in range(5):
+        t0, k = time.perf_counter(), 0
+        while k < 2 or time.perf_counter() - t0 < seconds / 5:
+            a @ b
+            k += 1
+        sync()
+        best = max(best, k * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        if time.perf_counter() > t_end:
+            break
+    return best
+
+
 def read_rate(
     path: Path, grid, *, level: int, out_px: int, chunk: int, n_max: int
 ) -> tuple[float, np.ndarray]:
@@ -299,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [r for r in summary.results if r.status != "ok"]
     e2e = float(np.median(e2e_runs))
     enc_tps = float(np.median(enc_runs))
+    gflop = encoder_gflop(enc, out_px, device=device, autocast_dtype=ac)
+    mm_gflops = matmul_gflops(device=device, dtype=ac or torch.float32)
     out = {
         "benchmark": "featurize",
         "encoder": args.encoder,
@@ -341,6 +386,11 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_per_run": [round(v, 3) for v in ratios],
         "ratio_end_to_end_over_encoder": round(float(np.median(ratios)), 3),
         "encoder_only_by_batch": by_batch,
+        # how hard the encoder works the device: its GFLOP/s against a square matmul's in the same precision, here
+        "encoder_gflop_per_tile": gflop and round(gflop, 3),
+        "encoder_only_gflops": gflop and round(gflop * enc_tps, 1),
+        "matmul_gflops": round(mm_gflops, 1),
+        "encoder_only_over_matmul": gflop and round(gflop * enc_tps / mm_gflops, 3),
         "read_tiles_per_s_per_worker": round(read_tps, 1),
         "openslide_read_region_tiles_per_s": round(os_tps, 1),
         "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
