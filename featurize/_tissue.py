@@ -92,8 +92,10 @@ def _unit_lut() -> np.ndarray:
 def _saturation_value(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """HSV saturation and value of a uint8 RGB image, as ``skimage.color.rgb2hsv`` computes them (float64)."""
     lut = _unit_lut()
-    vmax = lut[thumb.max(axis=-1)]
-    delta = vmax - lut[thumb.min(axis=-1)]
+    r, g, b = thumb[..., 0], thumb[..., 1], thumb[..., 2]
+    # channel by channel: numpy's reduction over a last axis of 3 runs ≈ 20× slower on a thumbnail
+    vmax = lut[np.maximum(np.maximum(r, g), b)]
+    delta = vmax - lut[np.minimum(np.minimum(r, g), b)]
     with np.errstate(invalid="ignore", divide="ignore"):
         sat = delta / vmax
     sat[delta == 0.0] = 0.0
