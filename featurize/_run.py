@@ -514,26 +514,41 @@ class _Batches:
         self.fn = enc
         self.cur: _SlideOut | None = None
         self.filled = 0
-        self.pending: list[np.ndarray] = []
-        self.n_pending = 0
+        #: tiles of a batch not yet full, copied out of their chunks (a chunk read by a reader process is a view
+        #: of a ring slot that is read into again once the next event is asked for); made at the first tile
+        self.staged: np.ndarray | None = None
+        self.fill = 0
         #: seconds the host waited for the device's results (CUDA; the CPU's forward passes are not counted)
         self.seconds_waiting = 0.0
 
     def start(self, emb: np.ndarray) -> None:
         """Begin a slide whose embeddings go to ``emb`` (``(n_tiles, dim)``)."""
-        self.cur, self.filled, self.pending, self.n_pending = _SlideOut(emb), 0, [], 0
+        self.cur, self.filled, self.fill = _SlideOut(emb), 0, 0
 
     def drop(self) -> None:
         """The current slide failed: the rest of its tiles are not embedded and its callback never runs."""
-        self.cur, self.pending, self.n_pending = None, [], 0
+        self.cur, self.fill = None, 0
 
     def add(self, tiles: np.ndarray) -> int:
-        """Queue ``(k, H, W, 3)`` uint8 tiles of the current slide (copied or consumed before returning)."""
+        """Embed or stage ``(k, H, W, 3)`` uint8 tiles of the current slide; none is referenced after returning."""
         if self.cur is None:
             return 0
-        self.pending.append(tiles)
-        self.n_pending += len(tiles)
-        return self._flush(final=False)
+        bs, done, i = self.batch_size, 0, 0
+        # whole batches straight from the chunk while nothing is staged (no copy)
+        while self.fill == 0 and len(tiles) - i >= bs:
+            done += self._embed(tiles[i : i + bs])
+            i += bs
+        if i < len(tiles) and (self.staged is None or self.staged.shape[1:] != tiles.shape[1:]):
+            self.staged = np.empty((bs, *tiles.shape[1:]), np.uint8)
+        while i < len(tiles):
+            k = min(len(tiles) - i, bs - self.fill)
+            self.staged[self.fill : self.fill + k] = tiles[i : i + k]
+            self.fill += k
+            i += k
+            if self.fill == bs:
+                done += self._embed(self.staged)
+                self.fill = 0
+        return done
 
     def end(self, done: Callable[[np.ndarray | None], None]) -> int:
         """The current slide has no more tiles: ``done(emb)`` once they are all embedded."""
@@ -548,29 +563,28 @@ class _Batches:
 
     def _end_tiles(self) -> int:
         """Embed the slide's last, partial batch (a slide's batches never hold another slide's tiles here)."""
-        return self._flush(final=True)
+        k, self.fill = self.fill, 0
+        return self._embed(self.staged[:k]) if k else 0
 
     def close(self) -> int:
         """After the last slide: embed what is still pending."""
         return 0
 
-    def _flush(self, final: bool) -> int:
-        import torch
+    def _embed(self, tiles: np.ndarray) -> int:
+        k = len(tiles)
+        x = _nhwc_tensor(tiles)
+        if self.dev.type != "cpu":
+            x = x.to(self.dev)
+        self.cur.emb[self.filled : self.filled + k] = self.fn(x).float().cpu().numpy()
+        self.filled += k
+        return k
 
-        done = 0
-        while self.n_pending >= self.batch_size or (final and self.n_pending):
-            joined = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
-            k = min(self.batch_size, len(joined))
-            x = torch.from_numpy(joined[:k]).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW, no copy
-            if self.dev.type != "cpu":
-                x = x.to(self.dev)
-            self.cur.emb[self.filled : self.filled + k] = self.fn(x).float().cpu().numpy()
-            self.filled += k
-            done += k
-            rest = joined[k:]
-            self.pending = [rest] if len(rest) else []
-            self.n_pending = len(rest)
-        return done
+
+def _nhwc_tensor(tiles: np.ndarray):
+    """``(n, H, W, 3)`` uint8 as a ``(n, 3, H, W)`` tensor sharing its memory (NHWC = channels_last NCHW)."""
+    import torch
+
+    return torch.from_numpy(tiles).permute(0, 3, 1, 2)
 
 
 class _CudaBatches(_Batches):

@@ -213,7 +213,8 @@ def test_featurize_compiled_matches_eager_and_records_it(
     tiny: Encoder, slide_dir: Path, tmp_path: Path
 ) -> None:
     slide = slide_dir / "s2.svs"
-    kw = {**FAST, "encoder": tiny}
+    # fp32 throughout: on a CPU with bf16, precision auto would run in bf16, which auto does not compile
+    kw = {**FAST, "encoder": tiny, "precision": "fp32"}
     eager = featurize_cohort([slide], store=tmp_path / "eager", compile="off", **kw)
     on = featurize_cohort([slide], store=tmp_path / "on", compile="on", **kw)
     assert not eager.compiled and on.compiled
@@ -243,7 +244,8 @@ def test_featurize_auto_compiles_large_runs_and_falls_back(
     monkeypatch.setattr(run, "COMPILE_MIN_EAGER_SECONDS", 0.0)  # every run counts as large
     monkeypatch.setattr(run, "COMPILE_PROBE_BATCHES", 1)  # decide at the second batch
     slide = slide_dir / "s2.svs"
-    kw = {**FAST, "batch_size": 4}  # 4+ batches: two probed eagerly, the rest compiled
+    # 4+ batches: two probed eagerly, the rest compiled; fp32, which auto compiles, on a CPU with bf16 too
+    kw = {**FAST, "batch_size": 4, "precision": "fp32"}
     ok = featurize_cohort([slide], store=tmp_path / "ok", compile="auto", **{**kw, "encoder": _tiny_cnn()})
     assert ok.compiled and ok.seconds_compile > 0 and ok.tiles > 12
     # weight-free encoder: auto never compiles it (8 % faster for 38 s of compiling)

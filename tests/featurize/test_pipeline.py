@@ -189,9 +189,12 @@ def test_shards_together_equal_the_unsharded_store(base_store, slide_dir, tmp_pa
     assert snapshot(store) == snapshot(base_store)
 
 
-def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path):
+@pytest.mark.parametrize(("workers", "batch_size"), [(2, 8), (2, 64), (1, 64), (0, 64)])
+def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path, workers, batch_size):
+    # batches of 64 span many chunks (rows of at most 16 tiles): a chunk's tiles must be taken out of its ring slot
+    # before the slot is read into again, however many events the batch waits for
     store = tmp_path / "workers"
-    featurize_cohort(slide_dir, store=store, **{**FAST, "workers": 2})
+    featurize_cohort(slide_dir, store=store, **{**FAST, "workers": workers, "batch_size": batch_size})
     assert snapshot(store) == snapshot(base_store)
 
 
