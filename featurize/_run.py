@@ -387,7 +387,7 @@ def _run(
     if dev_t.type == "cuda":
         batches: _Batches = _CudaBatches(enc, dev_t, batch_size, cfg.out_px, cfg.dim)
     else:
-        batches = _Batches(enc, dev_t, batch_size)
+        batches = _Batches(enc, dev_t, batch_size, cfg.out_px)
 
     # set at the first slide with tiles, where the run may compile
     compiler: _AutoCompile | None = None
@@ -508,15 +508,15 @@ class _Batches:
     (:meth:`drop` instead, for a slide that failed); :meth:`close` after the last slide. ``add``, ``end`` and
     ``close`` return the number of tiles embedded during the call."""
 
-    def __init__(self, enc, dev, batch_size: int) -> None:
+    def __init__(self, enc, dev, batch_size: int, out_px: int) -> None:
         self.enc, self.dev, self.batch_size = enc, dev, batch_size
         #: what embeds a batch: the encoder, or its compiled form (see ``featurize_cohort(compile=)``)
         self.fn = enc
         self.cur: _SlideOut | None = None
         self.filled = 0
         #: tiles of a batch not yet full, copied out of their chunks (a chunk read by a reader process is a view
-        #: of a ring slot that is read into again once the next event is asked for); made at the first tile
-        self.staged: np.ndarray | None = None
+        #: of a ring slot that is read into again once the next event is asked for)
+        self.staged = np.empty((batch_size, out_px, out_px, 3), np.uint8)
         self.fill = 0
         #: seconds the host waited for the device's results (CUDA; the CPU's forward passes are not counted)
         self.seconds_waiting = 0.0
@@ -538,8 +538,6 @@ class _Batches:
         while self.fill == 0 and len(tiles) - i >= bs:
             done += self._embed(tiles[i : i + bs])
             i += bs
-        if i < len(tiles) and (self.staged is None or self.staged.shape[1:] != tiles.shape[1:]):
-            self.staged = np.empty((bs, *tiles.shape[1:]), np.uint8)
         while i < len(tiles):
             k = min(len(tiles) - i, bs - self.fill)
             self.staged[self.fill : self.fill + k] = tiles[i : i + k]
@@ -571,20 +569,15 @@ class _Batches:
         return 0
 
     def _embed(self, tiles: np.ndarray) -> int:
+        import torch
+
         k = len(tiles)
-        x = _nhwc_tensor(tiles)
+        x = torch.from_numpy(tiles).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW, no copy
         if self.dev.type != "cpu":
             x = x.to(self.dev)
         self.cur.emb[self.filled : self.filled + k] = self.fn(x).float().cpu().numpy()
         self.filled += k
         return k
-
-
-def _nhwc_tensor(tiles: np.ndarray):
-    """``(n, H, W, 3)`` uint8 as a ``(n, 3, H, W)`` tensor sharing its memory (NHWC = channels_last NCHW)."""
-    import torch
-
-    return torch.from_numpy(tiles).permute(0, 3, 1, 2)
 
 
 class _CudaBatches(_Batches):
@@ -602,7 +595,7 @@ class _CudaBatches(_Batches):
     def __init__(self, enc, dev, batch_size: int, out_px: int, dim: int, depth: int = 2) -> None:
         import torch
 
-        super().__init__(enc, dev, batch_size)
+        super().__init__(enc, dev, batch_size, out_px)
         n = depth + 1
         shape = (batch_size, out_px, out_px, 3)
         self.host_in = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(n)]
@@ -613,8 +606,7 @@ class _CudaBatches(_Batches):
         self.ready = [torch.cuda.Event() for _ in range(n)]
         self.copy_stream = torch.cuda.Stream(dev)
         self.stream = torch.cuda.current_stream(dev)
-        self.slot = 0  # the staging buffer being filled
-        self.fill = 0  # tiles in it
+        self.slot = 0  # the staging buffer being filled (``fill`` tiles in it)
         self.segments: list[tuple[_SlideOut, int, int]] = []  # its rows: (slide, first row in the slide, n)
         self.inflight: deque[tuple[int, int, list]] = deque()  # (slot, n, segments)
 
