@@ -6,6 +6,8 @@ Measures, in one run on the same device, batch size and encoder:
   worker processes, embedding, writing), tiles ÷ wall seconds;
 - ``encoder_only_tiles_per_s``: the encoder on pre-decoded uint8 tensors (mean of a run before and after);
 - their ratio (target ≥ 0.9; ≥ 0.95 with a heavy encoder);
+- on a CPU, ``encoder_busy_fraction_runs``: the share of each end-to-end run spent in the encoder's forward passes
+  (measured within the run, so it holds on a machine whose speed drifts between runs, where the ratio does not);
 - ``read_tiles_per_s_per_worker``: read + decode + resize in one process, as a worker does it (row runs of tiles
   read as one region), and ``openslide_read_region_tiles_per_s``: OpenSlide's plain per-tile ``read_region`` +
   RGBA→RGB + resize, for reference;
@@ -326,10 +328,13 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             ]
         )
-        e2e_runs = []
+        e2e_runs, busy_runs, in_run_enc = [], [], []
         for _ in range(args.repeats):
             summary = featurize_cohort(cohort, store=Path(tmp) / "store", **run_kw)
             e2e_runs.append(summary.tiles / summary.seconds)
+            if summary.seconds_encoding > 0:  # CPU runs
+                busy_runs.append(summary.seconds_encoding / summary.seconds)
+                in_run_enc.append(summary.tiles / summary.seconds_encoding)
             enc_runs.append(enc_only())
         if warm.compiled:
             eager_runs.append(
@@ -385,6 +390,11 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder_only_runs": [round(v, 2) for v in enc_runs],
         "ratio_per_run": [round(v, 3) for v in ratios],
         "ratio_end_to_end_over_encoder": round(float(np.median(ratios)), 3),
+        # CPU: the share of each end-to-end run's wall time spent in the encoder's forward passes, and the encoder's
+        # tiles/s within the run. The ratio above is their product times (in-run ÷ encoder-only speed); the share
+        # is measured within one run, so a machine whose speed drifts between runs moves it far less than the ratio
+        "encoder_busy_fraction_runs": [round(v, 3) for v in busy_runs],
+        "in_run_encoder_tiles_per_s_runs": [round(v, 2) for v in in_run_enc],
         "encoder_only_by_batch": by_batch,
         # how hard the encoder works the device: its GFLOP/s against a square matmul's in the same precision, here
         "encoder_gflop_per_tile": gflop and round(gflop, 3),

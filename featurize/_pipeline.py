@@ -810,6 +810,10 @@ class FeaturizeSummary:
     seconds_waiting_tiles: float = 0.0
     #: seconds it waited for the device's results (CUDA: the encoder is the bottleneck when this is large)
     seconds_waiting_device: float = 0.0
+    #: seconds in the encoder's forward passes on a CPU (0 on CUDA, where they run asynchronously); with
+    #: ``seconds`` it gives the share of the run the encoder was busy, which a machine's changing speed scales in
+    #: both terms alike (the first batch's compiling, when the run compiles, is in it: see ``seconds_compile``)
+    seconds_encoding: float = 0.0
     #: whether the encoder ran compiled (``torch.compile``), and the seconds its first batch took, compiling
     #: included (0 when it was compiled by an earlier run in this process)
     compiled: bool = False
@@ -838,6 +842,7 @@ class FeaturizeSummary:
             "precision": self.precision,
             "seconds_waiting_tiles": round(self.seconds_waiting_tiles, 3),
             "seconds_waiting_device": round(self.seconds_waiting_device, 3),
+            "seconds_encoding": round(self.seconds_encoding, 3),
             "compiled": self.compiled,
             "seconds_compile": round(self.seconds_compile, 3),
             "counts": {s: self.count(s) for s in ("ok", "no_tissue", "failed", "skipped")},

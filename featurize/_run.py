@@ -467,6 +467,7 @@ def _run(
             advance(batches.close())
     finally:
         summary.seconds_waiting_device = batches.seconds_waiting
+        summary.seconds_encoding = batches.seconds_encoding
         if compiler is not None and compiler.in_use is not None:
             summary.compiled = True
             # 0: an earlier run in the process compiled it
@@ -520,6 +521,8 @@ class _Batches:
         self.fill = 0
         #: seconds the host waited for the device's results (CUDA; the CPU's forward passes are not counted)
         self.seconds_waiting = 0.0
+        #: seconds in the CPU encoder's forward passes (CUDA runs them asynchronously: not counted there)
+        self.seconds_encoding = 0.0
 
     def start(self, emb: np.ndarray) -> None:
         """Begin a slide whose embeddings go to ``emb`` (``(n_tiles, dim)``)."""
@@ -572,10 +575,12 @@ class _Batches:
         import torch
 
         k = len(tiles)
+        t0 = time.perf_counter()
         x = torch.from_numpy(tiles).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW, no copy
         if self.dev.type != "cpu":
             x = x.to(self.dev)
         self.cur.emb[self.filled : self.filled + k] = self.fn(x).float().cpu().numpy()
+        self.seconds_encoding += time.perf_counter() - t0
         self.filled += k
         return k
 

@@ -28,6 +28,10 @@ def test_featurize_benchmark_runs_small(tmp_path):
     assert out["tiles_end_to_end"] == 2 * out["tissue_tiles"] > 0
     assert out["end_to_end_tiles_per_s"] > 0 and out["encoder_only_tiles_per_s"] > 0
     assert len(out["ratio_per_run"]) == 1 and 0 < out["ratio_end_to_end_over_encoder"] < 2
+    # the encoder's share of the run and its speed within it multiply back to the run's tiles/s
+    (busy,), (in_run,) = out["encoder_busy_fraction_runs"], out["in_run_encoder_tiles_per_s_runs"]
+    assert 0 < busy < 1
+    assert busy * in_run == pytest.approx(out["end_to_end_runs"][0], rel=0.02)
     # ResNet18 at 224 px: 1.82 G multiply-adds, so 3.64 GFLOP counting each as two
     assert out["encoder_gflop_per_tile"] == pytest.approx(3.64, rel=0.02)
     assert out["encoder_only_gflops"] == pytest.approx(
