@@ -390,9 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder_only_runs": [round(v, 2) for v in enc_runs],
         "ratio_per_run": [round(v, 3) for v in ratios],
         "ratio_end_to_end_over_encoder": round(float(np.median(ratios)), 3),
-        # CPU: the share of each end-to-end run's wall time spent in the encoder's forward passes, and the encoder's
-        # tiles/s within the run. The ratio above is their product times (in-run ÷ encoder-only speed); the share
-        # is measured within one run, so a machine whose speed drifts between runs moves it far less than the ratio
+        # CPU (see the module docstring): ratio = busy fraction × in-run tiles/s ÷ encoder-only tiles/s
         "encoder_busy_fraction_runs": [round(v, 3) for v in busy_runs],
         "in_run_encoder_tiles_per_s_runs": [round(v, 2) for v in in_run_enc],
         "encoder_only_by_batch": by_batch,
