@@ -158,8 +158,9 @@ def _reader_for(slide: SlideInput) -> SlideReader:
     if r is None:
         with _LOCK:
             mine = [_READERS.pop(k) for k in [k for k in _READERS if k[2] == me]]
-            # 96 tiles: room for the edge tiles of the two threads' neighbouring chunks
-            cache = _TILE_CACHES.pop(key[:2], None) or TileCache(96)
+            cache = _TILE_CACHES.pop(key[:2], None)
+            if cache is None:  # not `or`: an empty cache is falsy, and the threads of a slide must share one
+                cache = TileCache()
             _TILE_CACHES[key[:2]] = cache  # most recent last
             while len(_TILE_CACHES) > 3:
                 _TILE_CACHES.pop(next(iter(_TILE_CACHES)))

@@ -345,6 +345,8 @@ def test_each_thread_reads_with_its_own_slide_handle(slide_dir):
                 _reader_for, b
             ).result()  # that thread moves on to another slide: closes its own handle only
         assert theirs is not mine
+        # but they share the slide's decoded tiles, also when the first handle had decoded none yet
+        assert theirs._tile_cache is mine._tile_cache is not None
         assert _reader_for(a) is mine
         assert mine.read_region(0, 0, 64, 64, level=0).shape == (64, 64, 3)
     finally:

@@ -153,7 +153,7 @@ def test_readers_on_several_threads_share_one_tile_cache(tmp_path, monkeypatch):
     decoded = []
     real = _reader._decode_jpeg_scaled
     monkeypatch.setattr(_reader, "_decode_jpeg_scaled", lambda *a: decoded.append(1) or real(*a))
-    cache = TileCache(32)
+    cache = TileCache()
     x, y = np.array([256, 768]), np.array([512, 512])
     with open_slide(p, tile_cache=cache) as a:
         first = a.read_tiles(x, y, 512, 512, level=0, out_px=224)
@@ -165,9 +165,67 @@ def test_readers_on_several_threads_share_one_tile_cache(tmp_path, monkeypatch):
         again = pool.submit(b.read_tiles, x, y, 512, 512, level=0, out_px=224).result()
     assert len(decoded) == n  # nothing decoded twice
     np.testing.assert_array_equal(first, again)
-    for i in range(40):  # the oldest go first beyond the capacity
-        cache.put((9, i, 1), np.zeros(1))
-    assert len(cache) == 32 and cache.get((9, 39, 1)) is not None and cache.get((0, 0, 2)) is None
+
+    small = TileCache(max_bytes=3200)
+    for i in range(40):  # beyond its bytes the oldest go first
+        small.put((9, i, 1), np.zeros(100, np.uint8))
+    assert len(small) == 32 and small.nbytes == 3200
+    assert small.get((9, 39, 1)) is not None and small.get((9, 7, 1)) is None
+
+
+def test_openslide_handles_of_one_slide_share_one_openslide_cache(tmp_path, monkeypatch):
+    p = write_svs(tmp_path / "o.svs", size=(1024, 1024), mpp=0.5, levels=1)
+    given = []
+    real = openslide.OpenSlide.set_cache
+    monkeypatch.setattr(openslide.OpenSlide, "set_cache", lambda self, c: given.append(c) or real(self, c))
+    cache = TileCache()
+    with (
+        open_slide(p, fast_jpeg=False, tile_cache=cache) as a,
+        open_slide(p, fast_jpeg=False, tile_cache=cache) as b,
+    ):
+        np.testing.assert_array_equal(
+            a.read_region(0, 0, 512, 512, level=0), b.read_region(0, 0, 512, 512, level=0)
+        )
+        a.reopen()
+    with open_slide(p, fast_jpeg=False, tile_cache=TileCache()):
+        pass
+    assert len(given) == 4 and given[0] is given[1] is given[2] and given[3] is not given[0]
+    assert isinstance(given[0], openslide.OpenSlideCache)
+
+
+def test_tile_cache_drops_rows_every_reading_thread_has_passed():
+    cache = TileCache()
+    for i in range(10):
+        cache.put((0, i, 1), np.zeros(8, np.uint8))
+    cache.put((1, 0, 1), np.zeros(8, np.uint8))
+    kept = lambda: [i for i in range(10) if cache.get((0, i, 1)) is not None]  # noqa: E731
+    with ThreadPoolExecutor(1) as other:
+        other.submit(cache.passed, 0, 1, 3).result()  # a thread still reading from tile 3 on
+        cache.passed(0, 1, 8)  # this one is further down
+        assert kept() == list(range(3, 10))  # kept for the slower thread
+        other.submit(cache.passed, 0, 1, 9).result()
+        assert kept() == [8, 9] and cache.nbytes == 3 * 8
+        assert cache.get((1, 0, 1)) is not None  # another level: untouched
+        cache.passed(0, 1, 0)  # back at the top (the next slide of the same file): nothing goes
+        assert kept() == [8, 9]
+
+
+def test_a_raster_read_of_wide_tissue_decodes_each_jpeg_tile_once(tmp_path, monkeypatch):
+    # 224 px boxes on a 256 px JPEG grid share JPEG tiles with the row below: 128 tiles a row outgrew the old
+    # cache of 64–96 tiles, which decoded those tiles twice
+    p = write_svs(tmp_path / "wide.svs", size=(32768, 768), mpp=0.5, levels=1, blobs=((0.5, 0.5, 0.6, 0.6),))
+    puts = []
+    real = TileCache.put
+    monkeypatch.setattr(TileCache, "put", lambda self, k, t: puts.append(k) or real(self, k, t))
+    xs = np.arange(0, 32768 - 224, 224)
+    with open_slide(p) as s:
+        for y in range(0, 768 - 224, 224):
+            for i in range(0, len(xs), 16):  # row runs of 16, as featurize reads them
+                x = xs[i : i + 16]
+                s.read_tiles(x, np.full(len(x), y), 224, 224, level=0, out_px=224)
+        held = s._tiles.cache.nbytes
+    assert len(puts) == len(set(puts)) == 128 * 3  # every JPEG tile under the boxes, once
+    assert held <= 2 * 128 * 256 * 256 * 3  # a band of two JPEG rows, not the slide
 
 
 def test_rgb_coded_jpeg_tiles_with_a_jfif_marker_are_not_decoded_scaled(tmp_path):
