@@ -253,12 +253,22 @@ def _qc_png(thumb, tmpp, slide_mpp, mask, grid, title) -> bytes:
 # ---- reading tiles (runs in a worker) ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Chunk:
-    """Consecutive kept tiles of one grid row, read as one region: ``index`` into the slide's kept grid."""
+    """Kept tiles read together: ``start:stop`` of the slide's kept grid (a run of neighbours in one row), or the
+    grid rows ``index`` (a block of a few rows' runs; see :func:`make_blocks`)."""
 
     start: int
     stop: int
+    index: np.ndarray | None = None
+
+    @property
+    def rows(self) -> slice | np.ndarray:
+        """The chunk's tiles in the grid, in the order they are read."""
+        return slice(self.start, self.stop) if self.index is None else self.index
+
+    def __len__(self) -> int:
+        return self.stop - self.start if self.index is None else len(self.index)
 
 
 def make_chunks(grid: TileGrid, *, max_tiles: int) -> list[Chunk]:
@@ -273,6 +283,25 @@ def make_chunks(grid: TileGrid, *, max_tiles: int) -> list[Chunk]:
         for s in range(a, b, max_tiles):
             out.append(Chunk(s, min(b, s + max_tiles)))
     return out
+
+
+def make_blocks(grid: TileGrid, *, max_tiles: int, rows: int = 4) -> list[Chunk]:
+    """Split the kept tiles into blocks of ``rows`` grid rows × ``max_tiles // rows`` columns, row band by row band,
+    each block's tiles row-major (its runs are read one region each).
+
+    For reader processes, which do not share decoded JPEG tiles: where a tile box's edge falls inside a JPEG tile
+    (224 px boxes on a 256 px JPEG grid), the rows of boxes above and below want the same JPEG tiles, and row runs
+    dealt to different processes decode them twice (1.59 JPEG tiles per 224 px tile on a 20x slide with 8 readers,
+    against 0.79 for one reader); in a block they are decoded once."""
+    n = len(grid)
+    if n == 0:
+        return []
+    cols = max(1, max_tiles // rows)
+    band, bcol = grid.row // rows, grid.col // cols
+    order = np.lexsort((grid.col, grid.row, bcol, band))  # by band, then block, then row-major inside
+    key = band[order] * (int(bcol.max()) + 1) + bcol[order]
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    return [Chunk(0, 0, idx) for idx in np.split(order, cuts)]
 
 
 def _read_chunk_task(
@@ -455,6 +484,7 @@ def _stream(
     plan_ahead: int = 1,
     burst: bool = False,
     ring: TileRing | None = None,
+    blocks: bool = False,
 ) -> Iterator[tuple]:
     """Yield ``("plan", plan)``, ``("chunk", plan, chunk, future)``…, ``("end", plan)`` per slide, in order,
     with up to ``max_inflight`` chunk reads and ``plan_ahead`` slide plans running ahead of the consumer.
@@ -462,6 +492,9 @@ def _stream(
     ``burst``: submit reads only once every submitted chunk has been consumed, ``max_inflight`` at a time, and wait
     for the whole burst (``executor.barrier()``) before yielding any of it: reading in the main process then never
     runs beside the encoder.
+
+    ``blocks``: read blocks of a few rows (:func:`make_blocks`) instead of row runs (:func:`make_chunks`); a
+    chunk's tiles then go to the grid rows ``chunk.rows``.
 
     ``ring``: reader processes put each chunk's tiles in a slot of this shared ring (at least ``max_inflight + 1``
     slots); a chunk's future then gives a view of its slot, which is reused once the consumer asks for the next
@@ -480,8 +513,13 @@ def _stream(
             yield ("plan", plan)
             if plan.status == "ok":
                 g = plan.grid
-                for c in make_chunks(g, max_tiles=chunk_tiles):
-                    args = (plan.slide, plan.level, g.x[c.start : c.stop], g.y[c.start : c.stop], g.w0, g.h0)
+                chunks = (
+                    make_chunks(g, max_tiles=chunk_tiles)
+                    if not blocks
+                    else make_blocks(g, max_tiles=chunk_tiles)
+                )
+                for c in chunks:
+                    args = (plan.slide, plan.level, g.x[c.rows], g.y[c.rows], g.w0, g.h0)
                     if ring is None:
                         fut = executor.submit(_read_chunk_task, *args, out_px)
                     else:

@@ -11,6 +11,7 @@ import math
 import os
 import threading
 from ctypes import POINTER, c_uint32
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -240,8 +241,8 @@ class SlideReader:
     def read_tiles(
         self, x: np.ndarray, y: np.ndarray, w0: int, h0: int, *, level: int, out_px: int
     ) -> np.ndarray:
-        """Tiles of level-0 size ``(w0, h0)`` at corners ``x``, ``y`` from one region read of ``level``, resized
-        to ``out_px`` squares (featurize reads a row run of neighbours at a time).
+        """Tiles of level-0 size ``(w0, h0)`` at corners ``x``, ``y``, resized to ``out_px`` squares: one region
+        read per run of neighbours in a row (featurize reads a row run, or a block of a few rows' runs, at a time).
 
         The region is decoded at 1/2–1/8 size where the codec can and the tiles stay at least ``out_px`` wide;
         each tile is cut at the read pixel nearest its corner (at most half a read pixel off).
@@ -251,22 +252,36 @@ class SlideReader:
         np.ndarray
             ``(k, out_px, out_px, 3)`` uint8 RGB.
         """
+        x, y = np.asarray(x), np.asarray(y)
         d = self.level_downsamples[level]
         scale = self.native_scale(level, min(w0, h0) / d / out_px)
         d *= scale
         lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
+        # a new run where the row changes or the next box does not touch this one
+        brk = np.flatnonzero((np.diff(y) != 0) | (np.diff(x) > w0) | (np.diff(x) < 0)) + 1
+        runs = list(pairwise([0, *brk.tolist(), len(x)]))
+        cut = np.empty((len(x), lh, lw, 3), np.uint8)
+        cache = self._tiles.cache if getattr(self, "_tiles", None) is not None else None
+        for i, (a, b) in enumerate(runs):
+            # a block's lower rows come after its top row: this thread still wants the rows in between
+            hold = cache.hold_mark() if (cache is not None and i > 0) else contextlib.nullcontext()
+            with hold:
+                self._cut_run(x[a:b], y[a:b], lw, lh, d, level, scale, cut[a:b])
+        return resize_rgb_batch(cut, out_px, out_px)
+
+    def _cut_run(self, x, y, lw: int, lh: int, d: float, level: int, scale: int, out: np.ndarray) -> None:
+        """Read the region under boxes ``x``, ``y`` (level-0 corners; ``lw × lh`` read pixels each) and cut them
+        into ``out``."""
         # tile corners in read pixels, and the region from floor(first corner) to the end of the last tile
-        ox = np.round(np.asarray(x) / d).astype(np.int64)
-        oy = np.round(np.asarray(y) / d).astype(np.int64)
+        ox = np.round(x / d).astype(np.int64)
+        oy = np.round(y / d).astype(np.int64)
         x0, y0 = int(x.min()), int(y.min())
         w, h = math.ceil((ox.max() + lw) * d - x0), math.ceil((oy.max() + lh) * d - y0)
         region = self.read_region(x0, y0, w, h, level=level, scale=scale)
         ox -= math.floor(x0 / d)
         oy -= math.floor(y0 / d)
-        cut = np.empty((len(x), lh, lw, 3), np.uint8)
         for i, (a, b) in enumerate(zip(ox.tolist(), oy.tolist(), strict=True)):
-            cut[i] = region[b : b + lh, a : a + lw]
-        return resize_rgb_batch(cut, out_px, out_px)
+            out[i] = region[b : b + lh, a : a + lw]
 
     def thumbnail(self, *, mpp: float | None = None, max_size: int | None = None) -> tuple[np.ndarray, float]:
         """A downsampled view of the whole slide.
@@ -439,6 +454,7 @@ class TileCache:
         self._marks: dict[tuple[int, int], dict[int, int]] = {}
         self._floor: dict[tuple[int, int], int] = {}
         self._openslide = None  # see share_with
+        self._held: set[int] = set()  # threads inside hold_mark
         self._lock = threading.Lock()
 
     def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
@@ -461,9 +477,12 @@ class TileCache:
         """The calling thread reads in raster order and will not want tiles of ``level`` at ``1/scale`` size below
         ``index`` again: once every thread reading that level has said so, they go. A mark may also go back (the
         next slide of the same file starts at the top again)."""
+        me = threading.get_ident()
         with self._lock:
+            if me in self._held:
+                return
             marks = self._marks.setdefault((level, scale), {})
-            marks[threading.get_ident()] = index
+            marks[me] = index
             low = min(marks.values())
             if low <= self._floor.get((level, scale), 0):
                 self._floor[(level, scale)] = low
@@ -471,6 +490,19 @@ class TileCache:
             self._floor[(level, scale)] = low
             for k in [k for k in self._tiles if k[1] < low and k[0] == level and k[2] == scale]:
                 self.nbytes -= self._tiles.pop(k).nbytes
+
+    @contextlib.contextmanager
+    def hold_mark(self):
+        """Within this block the calling thread's reads leave its mark (:meth:`passed`) where it is: it reads a
+        block of rows, whose top row it has marked, one row at a time, and goes back up for the next block."""
+        me = threading.get_ident()
+        with self._lock:
+            self._held.add(me)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(me)
 
     def share_with(self, osr) -> None:
         """Give OpenSlide handle ``osr`` this slide's OpenSlide tile cache, for the tiles OpenSlide decodes itself

@@ -383,6 +383,8 @@ def _run(
         plan_ahead=1 if inline else 2,
         burst=inline,
         ring=ring,
+        # reader processes do not share decoded JPEG tiles: blocks of rows keep those rows' tiles in one process
+        blocks=not inline,
     )
     if dev_t.type == "cuda":
         batches: _Batches = _CudaBatches(enc, dev_t, batch_size, cfg.out_px, cfg.dim)
@@ -443,7 +445,7 @@ def _run(
                         batches.start(np.empty((n, cfg.dim), out_dtype))
                     bars.start_slide(plan.slide.slide_id, n)
                 elif kind == "chunk":
-                    _, p, _chunk, fut = ev
+                    _, p, chunk, fut = ev
                     if p.status != "ok":
                         with contextlib.suppress(Exception):
                             fut.result()
@@ -457,7 +459,7 @@ def _run(
                         continue
                     p.seconds_read += secs
                     summary.seconds_waiting_tiles += time.perf_counter() - t_wait
-                    advance(batches.add(tiles))
+                    advance(batches.add(tiles, chunk.rows))
                 else:  # end
                     p = ev[1]
                     if p.status == "ok":
@@ -514,10 +516,10 @@ class _Batches:
         #: what embeds a batch: the encoder, or its compiled form (see ``featurize_cohort(compile=)``)
         self.fn = enc
         self.cur: _SlideOut | None = None
-        self.filled = 0
         #: tiles of a batch not yet full, copied out of their chunks (a chunk read by a reader process is a view
-        #: of a ring slot that is read into again once the next event is asked for)
+        #: of a ring slot that is read into again once the next event is asked for), and their rows in the slide
         self.staged = np.empty((batch_size, out_px, out_px, 3), np.uint8)
+        self.staged_rows = np.empty(batch_size, np.int64)
         self.fill = 0
         #: seconds the host waited for the device's results (CUDA; the CPU's forward passes are not counted)
         self.seconds_waiting = 0.0
@@ -526,28 +528,31 @@ class _Batches:
 
     def start(self, emb: np.ndarray) -> None:
         """Begin a slide whose embeddings go to ``emb`` (``(n_tiles, dim)``)."""
-        self.cur, self.filled, self.fill = _SlideOut(emb), 0, 0
+        self.cur, self.fill = _SlideOut(emb), 0
 
     def drop(self) -> None:
         """The current slide failed: the rest of its tiles are not embedded and its callback never runs."""
         self.cur, self.fill = None, 0
 
-    def add(self, tiles: np.ndarray) -> int:
-        """Embed or stage ``(k, H, W, 3)`` uint8 tiles of the current slide; none is referenced after returning."""
+    def add(self, tiles: np.ndarray, rows: slice | np.ndarray) -> int:
+        """Embed or stage ``(k, H, W, 3)`` uint8 tiles of the current slide, whose embeddings go to ``emb[rows]``;
+        none is referenced after returning."""
         if self.cur is None:
             return 0
+        rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         bs, done, i = self.batch_size, 0, 0
         # whole batches straight from the chunk while nothing is staged (no copy)
         while self.fill == 0 and len(tiles) - i >= bs:
-            done += self._embed(tiles[i : i + bs])
+            done += self._embed(tiles[i : i + bs], rows[i : i + bs])
             i += bs
         while i < len(tiles):
             k = min(len(tiles) - i, bs - self.fill)
             self.staged[self.fill : self.fill + k] = tiles[i : i + k]
+            self.staged_rows[self.fill : self.fill + k] = rows[i : i + k]
             self.fill += k
             i += k
             if self.fill == bs:
-                done += self._embed(self.staged)
+                done += self._embed(self.staged, self.staged_rows)
                 self.fill = 0
         return done
 
@@ -565,24 +570,22 @@ class _Batches:
     def _end_tiles(self) -> int:
         """Embed the slide's last, partial batch (a slide's batches never hold another slide's tiles here)."""
         k, self.fill = self.fill, 0
-        return self._embed(self.staged[:k]) if k else 0
+        return self._embed(self.staged[:k], self.staged_rows[:k]) if k else 0
 
     def close(self) -> int:
         """After the last slide: embed what is still pending."""
         return 0
 
-    def _embed(self, tiles: np.ndarray) -> int:
+    def _embed(self, tiles: np.ndarray, rows: np.ndarray) -> int:
         import torch
 
-        k = len(tiles)
         t0 = time.perf_counter()
         x = torch.from_numpy(tiles).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW, no copy
         if self.dev.type != "cpu":
             x = x.to(self.dev)
-        self.cur.emb[self.filled : self.filled + k] = self.fn(x).float().cpu().numpy()
+        self.cur.emb[rows] = self.fn(x).float().cpu().numpy()
         self.seconds_encoding += time.perf_counter() - t0
-        self.filled += k
-        return k
+        return len(tiles)
 
 
 class _CudaBatches(_Batches):
@@ -607,36 +610,42 @@ class _CudaBatches(_Batches):
         self.host_in_np = [t.numpy() for t in self.host_in]
         self.dev_in = [torch.empty(shape, dtype=torch.uint8, device=dev) for _ in range(n)]
         self.host_out = [torch.empty((batch_size, dim), dtype=torch.float32).pin_memory() for _ in range(n)]
+        self.rows_of = [
+            np.empty(batch_size, np.int64) for _ in range(n)
+        ]  # each staged tile's row in its slide
         self.copied = [torch.cuda.Event() for _ in range(n)]
         self.ready = [torch.cuda.Event() for _ in range(n)]
         self.copy_stream = torch.cuda.Stream(dev)
         self.stream = torch.cuda.current_stream(dev)
         self.slot = 0  # the staging buffer being filled (``fill`` tiles in it)
-        self.segments: list[tuple[_SlideOut, int, int]] = []  # its rows: (slide, first row in the slide, n)
+        self.segments: list[
+            tuple[_SlideOut, int, int]
+        ] = []  # its tiles: (slide, first, n) positions in the batch
         self.inflight: deque[tuple[int, int, list]] = deque()  # (slot, n, segments)
 
     def start(self, emb: np.ndarray) -> None:
-        self.cur, self.filled = _SlideOut(emb), 0
+        self.cur = _SlideOut(emb)
 
     def drop(self) -> None:
         # rows of the failed slide already staged or in flight are embedded and ignored
         self.cur = None
 
-    def add(self, tiles: np.ndarray) -> int:
+    def add(self, tiles: np.ndarray, rows: slice | np.ndarray) -> int:
         cur = self.cur
         if cur is None:
             return 0
+        rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         done, i = 0, 0
         while i < len(tiles):
             k = min(len(tiles) - i, self.batch_size - self.fill)
             self.host_in_np[self.slot][self.fill : self.fill + k] = tiles[i : i + k]
+            self.rows_of[self.slot][self.fill : self.fill + k] = rows[i : i + k]
             if self.segments and self.segments[-1][0] is cur:
                 o, first, m = self.segments[-1]
                 self.segments[-1] = (o, first, m + k)
             else:
-                self.segments.append((cur, self.filled, k))
+                self.segments.append((cur, self.fill, k))
             cur.left += k
-            self.filled += k
             self.fill += k
             i += k
             if self.fill == self.batch_size:
@@ -678,11 +687,9 @@ class _CudaBatches(_Batches):
         t0 = time.perf_counter()
         self.ready[s].synchronize()
         self.seconds_waiting += time.perf_counter() - t0
-        out = self.host_out[s].numpy()
-        row = 0
+        out, rows = self.host_out[s].numpy(), self.rows_of[s]
         for slide, first, m in segments:
-            slide.emb[first : first + m] = out[row : row + m]
-            row += m
+            slide.emb[rows[first : first + m]] = out[first : first + m]
             slide.left -= m
             slide.maybe_done()
         return n

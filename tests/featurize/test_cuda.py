@@ -177,13 +177,15 @@ def test_cuda_batches_keep_order_across_slides_and_reuse_buffers_only_once_colle
     slides = [(23, (3, 3, 3, 3, 3, 3, 3, 2)), (4, (4,)), (7, (3, 3)), (10, (5, 5)), (1, (1,))]
     for sid, (n_tiles, chunks) in enumerate(slides):
         b.start(np.full((n_tiles, 2), -1, np.float32))
+        # slide 0 comes in blocks (its rows out of order, as reader processes read them), the others in row runs
+        order = rng.permutation(n_tiles) if sid == 0 else np.arange(n_tiles)
         row = 0
         for c, k in enumerate(chunks):
             tiles = rng.integers(0, 255, (k, 4, 4, 3)).astype(np.uint8)
             tiles[:, 0, 0, 0] = sid
-            tiles[:, 0, 1, 0] = np.arange(row, row + k)
+            tiles[:, 0, 1, 0] = order[row : row + k]
+            embedded += b.add(tiles, order[row : row + k] if sid == 0 else slice(row, row + k))
             row += k
-            embedded += b.add(tiles)
             assert len(b.inflight) <= 2  # ``depth`` batches out while the next one fills
             assert b.slot not in [s for s, *_ in b.inflight]  # the buffer being filled is not in flight
             if sid == 2 and c == 0:

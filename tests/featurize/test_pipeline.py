@@ -39,6 +39,8 @@ from featurize._pipeline import (
     _read_chunk_task,
     _reader_for,
     _stream,
+    make_blocks,
+    make_chunks,
     make_executor,
 )
 from tests.featurize.conftest import FAST
@@ -294,6 +296,33 @@ class _Recorder(_InlineExecutor):
 
     def barrier(self) -> None:
         self.events.append(("barrier", None))
+
+
+def test_blocks_cover_the_kept_tiles_once_a_few_rows_at_a_time():
+    from featurize._tissue import TileGrid
+
+    rng = np.random.default_rng(3)
+    n_rows, n_cols = 11, 23
+    keep = rng.random(n_rows * n_cols) < 0.7
+    row, col = np.divmod(np.arange(n_rows * n_cols), n_cols)
+    full = TileGrid(
+        col * 224, row * 224, np.ones(len(row), np.float32), col, row, 224, 224, 224, 224, n_cols, n_rows
+    )
+    grid = full.select(keep)
+    blocks = make_blocks(grid, max_tiles=32, rows=4)
+    seen = np.concatenate([b.index for b in blocks])
+    assert sorted(seen.tolist()) == list(range(len(grid)))  # every kept tile, once
+    tops = []
+    for b in blocks:
+        r, c = grid.row[b.rows], grid.col[b.rows]
+        assert (
+            len(b) <= 32 and r.max() // 4 == r.min() // 4 and c.max() // 8 == c.min() // 8
+        )  # 4 rows × 8 columns
+        assert (np.diff(b.index) > 0).all()  # row-major inside: the grid is row-major
+        tops.append((r.min() // 4, c.min() // 8))
+    assert tops == sorted(tops)  # band by band, left to right
+    for c in make_chunks(grid, max_tiles=16):  # row runs: one row, neighbouring columns
+        assert len(c) <= 16 and len(set(grid.row[c.rows])) == 1 and (np.diff(grid.col[c.rows]) == 1).all()
 
 
 def test_burst_stream_reads_whole_bursts_before_the_encoder_gets_a_chunk(slide_dir):

@@ -226,6 +226,14 @@ def test_a_raster_read_of_wide_tissue_decodes_each_jpeg_tile_once(tmp_path, monk
         held = s._tiles.cache.nbytes
     assert len(puts) == len(set(puts)) == 128 * 3  # every JPEG tile under the boxes, once
     assert held <= 2 * 128 * 256 * 256 * 3  # a band of two JPEG rows, not the slide
+    # in blocks of 3 rows × 5 boxes (reader processes): the lower rows of a block leave the thread's mark at its
+    # top, so the next block along still finds the JPEG column the two share (1,120 px blocks on a 256 px grid)
+    puts.clear()
+    with open_slide(p) as s:
+        for i in range(0, len(xs), 5):
+            x = np.tile(xs[i : i + 5], 3)
+            s.read_tiles(x, np.repeat([0, 224, 448], len(x) // 3), 224, 224, level=0, out_px=224)
+    assert len(puts) == len(set(puts)) == 128 * 3
 
 
 def test_rgb_coded_jpeg_tiles_with_a_jfif_marker_are_not_decoded_scaled(tmp_path):
