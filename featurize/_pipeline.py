@@ -181,6 +181,15 @@ def _drop_reader(slide: SlideInput) -> None:
             r.close()
 
 
+def _clear_tile_cache(slide: SlideInput) -> None:
+    """Free this process's decoded tiles of ``slide``, whose reads are all done (reader processes keep theirs
+    until they have opened three newer slides)."""
+    with _LOCK:
+        cache = _TILE_CACHES.get((str(slide.path), slide.mpp))
+    if cache is not None:
+        cache.clear()
+
+
 def _close_readers() -> None:
     with _LOCK:
         readers = list(_READERS.values())
@@ -552,6 +561,8 @@ def _stream(
         if burst:
             executor.barrier()
         item = window.popleft()
+        if item[0] == "end" and burst:
+            _clear_tile_cache(item[1].slide)  # read in this process, and every read of it is done
         if item[0] == "chunk":
             inflight -= 1
             if isinstance(item[3], _RingFuture):

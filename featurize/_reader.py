@@ -491,6 +491,15 @@ class TileCache:
             for k in [k for k in self._tiles if k[1] < low and k[0] == level and k[2] == scale]:
                 self.nbytes -= self._tiles.pop(k).nbytes
 
+    def clear(self) -> None:
+        """Drop every tile (the slide has been read); the cache stays shared by the slide's readers."""
+        with self._lock:
+            self._tiles.clear()
+            self.nbytes = 0
+            self._marks.clear()
+            self._floor.clear()
+            self._openslide = None  # OpenSlide frees it with the last handle that uses it
+
     @contextlib.contextmanager
     def hold_mark(self):
         """Within this block the calling thread's reads leave its mark (:meth:`passed`) where it is: it reads a

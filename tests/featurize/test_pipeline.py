@@ -364,6 +364,23 @@ def test_burst_stream_reads_whole_bursts_before_the_encoder_gets_a_chunk(slide_d
     assert order == sorted(order, key=[s.slide_id for s in slides].index)
 
 
+def test_in_process_reading_frees_a_slides_decoded_tiles_once_it_is_read(slide_dir, tmp_path, monkeypatch):
+    from featurize import _pipeline
+
+    held = []
+    real = _pipeline._clear_tile_cache
+
+    def clear(slide):
+        cache = _pipeline._TILE_CACHES.get((str(slide.path), slide.mpp))
+        held.append(cache.nbytes if cache is not None else None)
+        real(slide)
+        assert cache is None or (cache.nbytes == 0 and len(cache) == 0)
+
+    monkeypatch.setattr(_pipeline, "_clear_tile_cache", clear)
+    s = featurize_cohort(slide_dir, store=tmp_path / "s", **FAST)
+    assert s.count("ok") == 3 and len(held) == 3 and all(held)  # each slide held tiles until its end
+
+
 def test_each_thread_reads_with_its_own_slide_handle(slide_dir):
     a, b = collect_slides(slide_dir)[:2]
     try:
