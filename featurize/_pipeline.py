@@ -5,7 +5,7 @@ Data flow for a cohort::
 
     worker processes (one slide handle each)        main thread                    writer thread
     plan slide i+1 (thumbnail → mask → grid)  ─┐
-    read chunks of slide i (row runs of tiles) ─┼─► uint8 batches → encoder ──► queue ─► tiles/, qc/, slides/,
+    read chunks of slide i (blocks of 4 rows)  ─┼─► uint8 batches → encoder ──► queue ─► tiles/, qc/, slides/,
                                                ┘    (bf16 autocast, channels_last)         embeddings/ (last)
 
 Work is submitted ahead in a bounded window in consumption order, so the next slide is planned and read while
@@ -17,7 +17,9 @@ the limit. On CUDA the main thread overlaps the device: see ``featurize._run._Cu
 On a CPU with few cores (``workers=0``, the default on ≤ 2 cores) the encoder already uses every core, so the same
 work runs on one thread per core of the main process instead, in bursts: eight chunks are planned and read on all
 cores, then their batches are embedded on all cores. Reading beside the encoder would cost about twice its own CPU
-time there (one encoder thread preempted, the other spinning at the next barrier).
+time there (one encoder thread preempted, the other spinning at the next barrier). Those threads read row runs
+and share the slide's decoded JPEG tiles (:class:`featurize._reader.TileCache`); reader processes, which cannot
+share them, read blocks of a few rows (:func:`make_blocks`), and each tile's embedding goes to its row.
 """
 
 from __future__ import annotations

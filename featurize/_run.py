@@ -358,7 +358,8 @@ def _run(
 
     dev_t = torch.device(dev)
     out_dtype = np.float16 if cfg.dtype == "float16" else np.float32
-    # tiles per read: a row run of neighbours, cut at 16 on a CPU, 32 beside a GPU (fewer hand-overs per tile)
+    # tiles per read (a row run, or a block of 4 rows for reader processes): at most 16 on a CPU, 32 beside a GPU
+    # (fewer hand-overs per tile)
     chunk_tiles = max(1, min(batch_size, 32 if dev_t.type == "cuda" else 16))
     inline = workers <= 0
     max_inflight = 8 if inline else max(4, 3 * workers)
