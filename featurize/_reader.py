@@ -474,9 +474,10 @@ class TileCache:
             self.nbytes += tile.nbytes
 
     def passed(self, level: int, scale: int, index: int) -> None:
-        """The calling thread reads in raster order and will not want tiles of ``level`` at ``1/scale`` size below
-        ``index`` again: once every thread reading that level has said so, they go. A mark may also go back (the
-        next slide of the same file starts at the top again)."""
+        """The calling thread reads in raster order and will not want the tiles of ``level`` at ``1/scale`` size
+        numbered below ``index`` (the JPEG rows above its read) again: once every thread reading that level has said
+        so, they go. A mark may also go back (the next slide of the same file starts at the top again); reads out of
+        raster order only cost decoding again."""
         me = threading.get_ident()
         with self._lock:
             if me in self._held:
