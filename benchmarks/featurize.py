@@ -8,6 +8,8 @@ Measures, in one run on the same device, batch size and encoder:
 - their ratio (target ≥ 0.9; ≥ 0.95 with a heavy encoder);
 - on a CPU, ``encoder_busy_fraction_runs``: the share of each end-to-end run spent in the encoder's forward passes
   (measured within the run, so it holds on a machine whose speed drifts between runs, where the ratio does not);
+- with reader processes (``--workers`` ≥ 1), ``reader_cpu_ms_per_tile_runs``: their CPU time per tile in each
+  end-to-end run (planning included; beside a GPU it says how far the readers are from saturating their cores);
 - ``read_tiles_per_s_per_worker``: read + decode + resize in one process, as a worker does it (row runs of tiles
   read as one region), and ``openslide_read_region_tiles_per_s``: OpenSlide's plain per-tile ``read_region`` +
   RGBA→RGB + resize, for reference;
@@ -63,6 +65,12 @@ def synthetic_slide(size: int, slide_mpp: float, *, here: bool = False) -> Path:
     WORK.mkdir(exist_ok=True)
     write_svs(path, size=(size, size), mpp=slide_mpp, levels=3, blobs=BLOBS, seed=7, quality=80)
     return path
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's children that have exited and been waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def copies(path: Path, n: int) -> list:
@@ -328,10 +336,13 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             ]
         )
-        e2e_runs, busy_runs, in_run_enc = [], [], []
+        e2e_runs, busy_runs, in_run_enc, reader_cpu = [], [], [], []
         for _ in range(args.repeats):
+            c0 = children_cpu_seconds()
             summary = featurize_cohort(cohort, store=Path(tmp) / "store", **run_kw)
             e2e_runs.append(summary.tiles / summary.seconds)
+            if workers > 0:  # the readers have exited (and been waited for) when the run returns
+                reader_cpu.append((children_cpu_seconds() - c0) / summary.tiles * 1e3)
             if summary.seconds_encoding > 0:  # CPU runs
                 busy_runs.append(summary.seconds_encoding / summary.seconds)
                 in_run_enc.append(summary.tiles / summary.seconds_encoding)
@@ -393,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         # CPU (see the module docstring): ratio = busy fraction × in-run tiles/s ÷ encoder-only tiles/s
         "encoder_busy_fraction_runs": [round(v, 3) for v in busy_runs],
         "in_run_encoder_tiles_per_s_runs": [round(v, 2) for v in in_run_enc],
+        "reader_cpu_ms_per_tile_runs": [round(v, 3) for v in reader_cpu],
         "encoder_only_by_batch": by_batch,
         # how hard the encoder works the device: its GFLOP/s against a square matmul's in the same precision, here
         "encoder_gflop_per_tile": gflop and round(gflop, 3),
