@@ -274,9 +274,9 @@ class Chunk:
     index: np.ndarray | None = None
 
     @property
-    def rows(self) -> slice | np.ndarray:
+    def rows(self) -> np.ndarray:
         """The chunk's tiles in the grid, in the order they are read."""
-        return slice(self.start, self.stop) if self.index is None else self.index
+        return np.arange(self.start, self.stop) if self.index is None else self.index
 
     def __len__(self) -> int:
         return self.stop - self.start if self.index is None else len(self.index)

@@ -450,9 +450,8 @@ class TileCache:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._tiles: dict[tuple[int, int, int], np.ndarray] = {}
-        #: per (level, scale): each reading thread's mark (see :meth:`passed`), and the lowest of them
+        #: per (level, scale): each reading thread's mark (see :meth:`passed`)
         self._marks: dict[tuple[int, int], dict[int, int]] = {}
-        self._floor: dict[tuple[int, int], int] = {}
         self._openslide = None  # see share_with
         self._held: set[int] = set()  # threads inside hold_mark
         self._lock = threading.Lock()
@@ -483,12 +482,11 @@ class TileCache:
             if me in self._held:
                 return
             marks = self._marks.setdefault((level, scale), {})
+            before = min(marks.values(), default=0)
             marks[me] = index
             low = min(marks.values())
-            if low <= self._floor.get((level, scale), 0):
-                self._floor[(level, scale)] = low
+            if low <= before:  # what is below the lowest mark went when it was reached
                 return
-            self._floor[(level, scale)] = low
             for k in [k for k in self._tiles if k[1] < low and k[0] == level and k[2] == scale]:
                 self.nbytes -= self._tiles.pop(k).nbytes
 
@@ -498,7 +496,6 @@ class TileCache:
             self._tiles.clear()
             self.nbytes = 0
             self._marks.clear()
-            self._floor.clear()
             self._openslide = None  # OpenSlide frees it with the last handle that uses it
 
     @contextlib.contextmanager

@@ -535,12 +535,11 @@ class _Batches:
         """The current slide failed: the rest of its tiles are not embedded and its callback never runs."""
         self.cur, self.fill = None, 0
 
-    def add(self, tiles: np.ndarray, rows: slice | np.ndarray) -> int:
+    def add(self, tiles: np.ndarray, rows: np.ndarray) -> int:
         """Embed or stage ``(k, H, W, 3)`` uint8 tiles of the current slide, whose embeddings go to ``emb[rows]``;
         none is referenced after returning."""
         if self.cur is None:
             return 0
-        rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         bs, done, i = self.batch_size, 0, 0
         # whole batches straight from the chunk while nothing is staged (no copy)
         while self.fill == 0 and len(tiles) - i >= bs:
@@ -611,17 +610,15 @@ class _CudaBatches(_Batches):
         self.host_in_np = [t.numpy() for t in self.host_in]
         self.dev_in = [torch.empty(shape, dtype=torch.uint8, device=dev) for _ in range(n)]
         self.host_out = [torch.empty((batch_size, dim), dtype=torch.float32).pin_memory() for _ in range(n)]
-        self.rows_of = [
-            np.empty(batch_size, np.int64) for _ in range(n)
-        ]  # each staged tile's row in its slide
+        # each staged tile's row in its slide
+        self.rows_of = [np.empty(batch_size, np.int64) for _ in range(n)]
         self.copied = [torch.cuda.Event() for _ in range(n)]
         self.ready = [torch.cuda.Event() for _ in range(n)]
         self.copy_stream = torch.cuda.Stream(dev)
         self.stream = torch.cuda.current_stream(dev)
         self.slot = 0  # the staging buffer being filled (``fill`` tiles in it)
-        self.segments: list[
-            tuple[_SlideOut, int, int]
-        ] = []  # its tiles: (slide, first, n) positions in the batch
+        # its tiles: (slide, first, n) positions in the batch
+        self.segments: list[tuple[_SlideOut, int, int]] = []
         self.inflight: deque[tuple[int, int, list]] = deque()  # (slot, n, segments)
 
     def start(self, emb: np.ndarray) -> None:
@@ -631,11 +628,10 @@ class _CudaBatches(_Batches):
         # rows of the failed slide already staged or in flight are embedded and ignored
         self.cur = None
 
-    def add(self, tiles: np.ndarray, rows: slice | np.ndarray) -> int:
+    def add(self, tiles: np.ndarray, rows: np.ndarray) -> int:
         cur = self.cur
         if cur is None:
             return 0
-        rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         done, i = 0, 0
         while i < len(tiles):
             k = min(len(tiles) - i, self.batch_size - self.fill)
