@@ -488,6 +488,9 @@ def memory(args) -> dict:
         "rss_mb_main_peak": round(float(arr[:, 1].max()), 1),
         "rss_mb_main_first_quarter_max": round(float(arr[:q, 1].max()), 1),
         "rss_mb_main_last_quarter_max": round(float(arr[-q:, 1].max()), 1),
+        "rss_mb_main_max_by_tenth": [
+            round(float(part[:, 1].max()), 1) for part in np.array_split(arr, 10) if len(part)
+        ],
         "rss_mb_readers_peak": round(float(arr[:, 2].max()), 1),
         "peak_rss_mb_main_getrusage": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "statuses": sorted({r.status for r in summary.results}),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -397,6 +398,30 @@ def test_each_thread_reads_with_its_own_slide_handle(slide_dir):
         assert mine.read_region(0, 0, 64, 64, level=0).shape == (64, 64, 3)
     finally:
         _close_readers()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_embeddings_handed_to_parquet_in_chunks_write_the_same_file(slide_dir, tmp_path, monkeypatch, dtype):
+    """The embedding column goes to Parquet in chunks (the writer's levels then take a chunk's worth of memory,
+    not the slide's); the file is byte for byte the one a single chunk gives: one row group, the same pages."""
+    import featurize._pipeline as pipeline
+
+    files = {}
+    for label, chunk_bytes in (
+        ("one", 1 << 40),
+        ("chunked", 102 * 2 * 7),
+    ):  # 7 float16 / 3 float32 rows a chunk
+        monkeypatch.setattr(pipeline, "EMBEDDING_CHUNK_BYTES", chunk_bytes)
+        store = tmp_path / label
+        featurize_cohort([slide_dir / "s2.svs"], store=store, dtype=dtype, **FAST)
+        files[label] = embeddings_path(store, TILING, "stain-texture", "s2").read_bytes()
+    assert files["one"] == files["chunked"]
+    meta = pq.ParquetFile(embeddings_path(tmp_path / "chunked", TILING, "stain-texture", "s2")).metadata
+    assert meta.num_row_groups == 1 and meta.num_rows > 7  # several chunks went into it
+    values = np.arange(10 * 102, dtype=np.float32)
+    col = pipeline._embedding_column(values, pa.list_(pa.float32(), 102))
+    assert [len(c) for c in col.chunks] == [3, 3, 3, 1]
+    np.testing.assert_array_equal(np.asarray(col.combine_chunks().flatten()), values)
 
 
 def test_float16_and_patient_table(slide_dir, tmp_path):
