@@ -617,7 +617,7 @@ def _slide_row(plan: SlidePlan, cfg: RunConfig, *, n_tiles: int, seconds_total: 
     row: dict[str, Any] = {
         "slide_id": s.slide_id,
         "patient_id": s.patient_id,
-        "path": str(s.path),
+        "path": os.path.abspath(s.path),  # explain opens it later, from wherever it runs
         "file_size": plan.fingerprint.get("size"),
         "file_mtime_ns": plan.fingerprint.get("mtime_ns"),
         "head_sha256": plan.fingerprint.get("head_sha256"),

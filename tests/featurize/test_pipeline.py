@@ -424,6 +424,18 @@ def test_embeddings_handed_to_parquet_in_chunks_write_the_same_file(slide_dir, t
     np.testing.assert_array_equal(np.asarray(col.combine_chunks().flatten()), values)
 
 
+def test_slides_given_by_relative_paths_are_recorded_with_absolute_ones(slide_dir, tmp_path, monkeypatch):
+    """explain reopens slides from the recorded path, from wherever it runs: a path relative to the folder
+    featurize ran in would not open from anywhere else."""
+    monkeypatch.chdir(slide_dir.parent)
+    store = tmp_path / "rel"
+    featurize_cohort([Path(slide_dir.name) / "s2.svs"], store=store, **FAST)
+    monkeypatch.chdir(tmp_path)
+    path = pq.read_table(slide_path(store, "s2")).column("path")[0].as_py()
+    assert Path(path).is_absolute() and Path(path).is_file()
+    assert Path(path) == slide_dir / "s2.svs"
+
+
 def test_float16_and_patient_table(slide_dir, tmp_path):
     csv = tmp_path / "patients.csv"
     csv.write_text("slide_id,patient_id\ns2,P7\n")
