@@ -31,13 +31,16 @@ class SlideInput:
     patient_id : str
         From the CSV / patient table, else the TCGA barcode's patient, else the slide id.
     mpp : float | None
-        Level-0 µm/px override for this slide (CSV ``mpp`` column or ``--mpp-override``).
+        Level-0 µm/px for this slide, used instead of its metadata (CSV ``mpp`` column).
+    mpp_fallback : float | None
+        Level-0 µm/px used only where the metadata has none or an implausible one (``--mpp-override``).
     """
 
     path: Path
     slide_id: str
     patient_id: str
     mpp: float | None = None
+    mpp_fallback: float | None = None
 
 
 def _read_table(path: Path) -> list[dict[str, str]]:
@@ -78,9 +81,20 @@ def _float_or_fail(value: str, *, where: str) -> float | None:
     if value in ("", None):
         return None
     try:
-        return float(value)
+        mpp = float(value)
     except ValueError:
         raise SlideListError(f"{where}: mpp {value!r} is not a number (µm/px)") from None
+    return _check_mpp(mpp, where=f"{where}: mpp")
+
+
+def _check_mpp(mpp: float, *, where: str) -> float:
+    from featurize._reader import MPP_RANGE
+
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # also catches nan
+        raise SlideListError(
+            f"{where} {mpp}: a level-0 resolution is {MPP_RANGE[0]}–{MPP_RANGE[1]} µm/px (0.25 for 40x, 0.5 for 20x)"
+        )
+    return mpp
 
 
 def collect_slides(
@@ -101,6 +115,8 @@ def collect_slides(
         Sorted by slide id. Raises :class:`SlideListError` for missing inputs and duplicate slide ids.
     """
     items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    if mpp_override is not None:
+        _check_mpp(float(mpp_override), where="--mpp-override")
     pmap = read_patient_table(patients) if isinstance(patients, (str, os.PathLike)) else dict(patients or {})
     found: list[tuple[Path, str | None, str | None, float | None]] = []
     for item in items:
@@ -128,6 +144,8 @@ def collect_slides(
                         _float_or_fail(r.get("mpp", ""), where=f"{p} line {i}"),
                     )
                 )
+        elif p.suffix.lower() in (".csv", ".tsv"):
+            raise SlideListError(f"slide list {p} does not exist (or is not a file)")
         elif p.exists() or p.suffix:
             # a missing file is still listed: the run records it as failed ("does not exist") and goes on
             found.append((p, None, None, None))
@@ -156,9 +174,7 @@ def collect_slides(
             or tcga_patient(sid)
             or sid
         )
-        out[sid] = SlideInput(
-            path=path, slide_id=sid, patient_id=pid, mpp=mpp if mpp is not None else mpp_override
-        )
+        out[sid] = SlideInput(path=path, slide_id=sid, patient_id=pid, mpp=mpp, mpp_fallback=mpp_override)
     return [out[k] for k in sorted(out)]
 
 

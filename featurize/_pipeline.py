@@ -152,24 +152,34 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited_readers)
 
 
+def _slide_key(slide: SlideInput) -> tuple:
+    return (str(slide.path), slide.mpp, slide.mpp_fallback)
+
+
 def _reader_for(slide: SlideInput) -> SlideReader:
     """This thread's open handle for ``slide`` (one slide open per thread; reopened when another is asked for)."""
     me = threading.get_ident()
-    key = (str(slide.path), slide.mpp, me)
+    key = (*_slide_key(slide), me)
     r = _READERS.get(key)
     if r is None:
         with _LOCK:
-            mine = [_READERS.pop(k) for k in [k for k in _READERS if k[2] == me]]
-            cache = _TILE_CACHES.pop(key[:2], None)
+            mine = [_READERS.pop(k) for k in [k for k in _READERS if k[-1] == me]]
+            cache = _TILE_CACHES.pop(key[:-1], None)
             if cache is None:  # not `or`: an empty cache is falsy, and the threads of a slide must share one
                 cache = TileCache()
-            _TILE_CACHES[key[:2]] = cache  # most recent last
+            _TILE_CACHES[key[:-1]] = cache  # most recent last
             while len(_TILE_CACHES) > 3:
                 _TILE_CACHES.pop(next(iter(_TILE_CACHES)))
         for old in mine:
             with contextlib.suppress(Exception):
                 old.close()
-        r = open_slide(slide.path, mpp_override=slide.mpp, slide_id=slide.slide_id, tile_cache=cache)
+        r = open_slide(
+            slide.path,
+            mpp_override=slide.mpp,
+            mpp_fallback=slide.mpp_fallback,
+            slide_id=slide.slide_id,
+            tile_cache=cache,
+        )
         with _LOCK:
             _READERS[key] = r
     return r
@@ -177,7 +187,7 @@ def _reader_for(slide: SlideInput) -> SlideReader:
 
 def _drop_reader(slide: SlideInput) -> None:
     with _LOCK:
-        r = _READERS.pop((str(slide.path), slide.mpp, threading.get_ident()), None)
+        r = _READERS.pop((*_slide_key(slide), threading.get_ident()), None)
     if r is not None:
         with contextlib.suppress(Exception):
             r.close()
@@ -187,7 +197,7 @@ def _clear_tile_cache(slide: SlideInput) -> None:
     """Free this process's decoded tiles of ``slide``, whose reads are all done (reader processes keep theirs
     until they have opened three newer slides)."""
     with _LOCK:
-        cache = _TILE_CACHES.get((str(slide.path), slide.mpp))
+        cache = _TILE_CACHES.get(_slide_key(slide))
     if cache is not None:
         cache.clear()
 
@@ -706,8 +716,10 @@ def write_slide(plan: SlidePlan, cfg: RunConfig, emb: np.ndarray | None, *, seco
     g = plan.grid
     n = len(g) if (g is not None and plan.status == "ok") else 0
     if plan.status == "failed":
-        # a failed slide must not keep outputs of an earlier run of this tiling and encoder
-        for p in (ep, tp, qp):
+        # a failed slide must not keep this encoder's embeddings from an earlier run; the tiling's tile grid and QC
+        # image go too unless another encoder's embeddings of the slide still use them
+        others = [p for p in ep.parent.parent.glob(f"*/{ep.name}") if p != ep]
+        for p in (ep,) if others else (ep, tp, qp):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
     write_table_atomic(
@@ -780,9 +792,8 @@ def _embedding_column(values: np.ndarray, type_: pa.DataType) -> pa.ChunkedArray
 
 def is_done(slide: SlideInput, cfg: RunConfig) -> bool:
     """Whether ``slide`` has outputs of this exact config and file (resume skips it)."""
-    ep = embeddings_path(cfg.store, cfg.tiling.name, cfg.encoder_name, slide.slide_id)
-    sp = slide_path(cfg.store, slide.slide_id)
-    if not (ep.is_file() and sp.is_file()):
+    sp, tp, ep, _ = _slide_files(cfg, slide.slide_id)
+    if not (ep.is_file() and sp.is_file() and tp.is_file()):
         return False
     try:
         meta = read_metadata(ep)
@@ -795,14 +806,41 @@ def is_done(slide: SlideInput, cfg: RunConfig) -> bool:
     if (fp.get("size"), fp.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
         return False
     tiling = meta.get("tiling_params") or {}
-    return tiling.get("mpp") == cfg.tiling.mpp and (slide.mpp is None or _slide_mpp_matches(sp, slide.mpp))
+    return tiling.get("mpp") == cfg.tiling.mpp and _slide_mpp_matches(sp, slide)
 
 
-def _slide_mpp_matches(sp: Path, mpp: float) -> bool:
+def _slide_mpp_matches(sp: Path, slide: SlideInput) -> bool:
+    """Whether the recorded level-0 resolution came from where this run's would: the CSV's ``mpp`` (same value),
+    the slide's metadata, or ``--mpp-override`` standing in for missing metadata (same value)."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(sp, columns=["mpp_x"])
-    return t.num_rows == 1 and t.column(0)[0].as_py() == mpp
+    t = pq.read_table(sp, columns=["mpp_x", "mpp_source"])
+    if t.num_rows != 1:
+        return False
+    mpp, source = t.column(0)[0].as_py(), t.column(1)[0].as_py()
+    if slide.mpp is not None:
+        return source == "override" and mpp == slide.mpp
+    if source == "metadata":
+        return True
+    return source == "override" and mpp == slide.mpp_fallback
+
+
+def refresh_slide_row(slide: SlideInput, cfg: RunConfig) -> bool:
+    """Bring a skipped slide's ``slides/`` row up to date with this run's patient id and path (a new patient
+    table or a moved slide file changes neither the pixels nor the embeddings); returns whether it changed."""
+    import pyarrow.parquet as pq
+
+    sp = slide_path(cfg.store, slide.slide_id)
+    t = pq.read_table(sp)
+    if t.num_rows != 1:
+        return False
+    want = {"patient_id": slide.patient_id, "path": os.path.abspath(slide.path)}
+    changed = {k: v for k, v in want.items() if t.column(k)[0].as_py() != v}
+    for k, v in changed.items():
+        t = t.set_column(t.schema.get_field_index(k), t.schema.field(k), pa.array([v], pa.string()))
+    if changed:
+        write_table_atomic(t, sp)  # the schema keeps the file's metadata
+    return bool(changed)
 
 
 class _Writer:

@@ -104,6 +104,7 @@ class SlideReader:
         *,
         slide_id: str,
         mpp_override: float | None,
+        mpp_fallback: float | None = None,
         fast_jpeg: bool = True,
         tile_cache: TileCache | None = None,
     ) -> None:
@@ -114,7 +115,7 @@ class SlideReader:
         self._mpp_override = mpp_override
         self._open()
         try:
-            self.mpp, self.mpp_source = self._resolve_mpp(mpp_override)
+            self.mpp, self.mpp_source = self._resolve_mpp(mpp_override, mpp_fallback)
         except BaseException:
             self.close()
             raise
@@ -159,13 +160,14 @@ class SlideReader:
             f"mpp={self.mpp[0]:.4g} ({self.mpp_source}) levels={self.level_count}>"
         )
 
-    def _resolve_mpp(self, override: float | None) -> tuple[tuple[float, float], str]:
+    def _resolve_mpp(
+        self, override: float | None, fallback: float | None = None
+    ) -> tuple[tuple[float, float], str]:
         if override is not None:
             if not _plausible(float(override)):
                 raise MissingMPPError(
-                    f"{self.slide_id}: mpp override {override} µm/px is outside the plausible range "
-                    f"{MPP_RANGE[0]}–{MPP_RANGE[1]} µm/px; pass --mpp-override or a per-slide CSV with the "
-                    "scanner's level-0 resolution"
+                    f"{self.slide_id}: mpp override {override} µm/px (a slide list's mpp column) is outside the "
+                    f"plausible range {MPP_RANGE[0]}–{MPP_RANGE[1]} µm/px; give the scanner's level-0 resolution"
                 )
             return (float(override), float(override)), "override"
         mx, my = self._metadata_mpp()
@@ -173,6 +175,8 @@ class SlideReader:
             my = mx
         if mx is None or not (_plausible(mx) and _plausible(my)):
             found = "no resolution in its metadata" if mx is None else f"an implausible resolution {mx} µm/px"
+            if fallback is not None and _plausible(float(fallback)):
+                return (float(fallback), float(fallback)), "override"
             raise MissingMPPError(
                 f"{self.slide_id} ({self.path}): {found}; pass --mpp-override or a per-slide CSV "
                 "(columns path, mpp) with its level-0 resolution in µm/px"
@@ -757,6 +761,7 @@ def open_slide(
     path: str | os.PathLike,
     *,
     mpp_override: float | None = None,
+    mpp_fallback: float | None = None,
     slide_id: str | None = None,
     fast_jpeg: bool = True,
     tile_cache: TileCache | None = None,
@@ -769,6 +774,8 @@ def open_slide(
         The slide file.
     mpp_override
         Level-0 resolution in µm/px to use instead of the file's metadata.
+    mpp_fallback
+        Level-0 resolution in µm/px to use only where the metadata has none, or an implausible one.
     slide_id
         Identifier used in messages and the store (default: the file name without its extension).
     fast_jpeg
@@ -789,7 +796,7 @@ def open_slide(
     SlideOpenError
         The file is missing, empty, or neither OpenSlide nor PIL/tifffile can read it.
     MissingMPPError
-        No plausible resolution in the metadata and no ``mpp_override``.
+        No plausible resolution in the metadata and no ``mpp_override`` or ``mpp_fallback``.
 
     Examples
     --------
@@ -818,7 +825,12 @@ def open_slide(
     if fmt is not None:
         try:
             return _OpenSlideReader(
-                p, slide_id=sid, mpp_override=mpp_override, fast_jpeg=fast_jpeg, tile_cache=tile_cache
+                p,
+                slide_id=sid,
+                mpp_override=mpp_override,
+                mpp_fallback=mpp_fallback,
+                fast_jpeg=fast_jpeg,
+                tile_cache=tile_cache,
             )
         except MissingMPPError:
             raise
@@ -831,7 +843,7 @@ def open_slide(
                 ) from exc
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         try:
-            return _ImageReader(p, slide_id=sid, mpp_override=mpp_override)
+            return _ImageReader(p, slide_id=sid, mpp_override=mpp_override, mpp_fallback=mpp_fallback)
         except (MissingMPPError, SlideOpenError):
             raise
         except Exception as exc:  # PIL.UnidentifiedImageError, OSError (truncated), tifffile errors

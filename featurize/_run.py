@@ -26,6 +26,7 @@ from featurize._pipeline import (
     fork_readers,
     is_done,
     make_executor,
+    refresh_slide_row,
     resolve_device,
     usable_cores,
 )
@@ -310,6 +311,7 @@ def featurize_cohort(
     for s in items:
         if not force and is_done(s, cfg):
             clean_stale_tmp(s, cfg)
+            refresh_slide_row(s, cfg)
             summary.results.append(SlideResult(s.slide_id, "skipped"))
         else:
             todo.append(s)

@@ -372,7 +372,7 @@ def test_in_process_reading_frees_a_slides_decoded_tiles_once_it_is_read(slide_d
     real = _pipeline._clear_tile_cache
 
     def clear(slide):
-        cache = _pipeline._TILE_CACHES.get((str(slide.path), slide.mpp))
+        cache = _pipeline._TILE_CACHES.get(_pipeline._slide_key(slide))
         held.append(cache.nbytes if cache is not None else None)
         real(slide)
         assert cache is None or (cache.nbytes == 0 and len(cache) == 0)
@@ -434,6 +434,91 @@ def test_slides_given_by_relative_paths_are_recorded_with_absolute_ones(slide_di
     path = pq.read_table(slide_path(store, "s2")).column("path")[0].as_py()
     assert Path(path).is_absolute() and Path(path).is_file()
     assert Path(path) == slide_dir / "s2.svs"
+
+
+def test_a_slide_failing_for_one_encoder_keeps_the_tiles_anothers_embeddings_use(slide_dir, tmp_path):
+    import shutil
+
+    slide = tmp_path / "s2.svs"
+    shutil.copy(slide_dir / "s2.svs", slide)
+    store = tmp_path / "store"
+    featurize_cohort([slide], store=store, **FAST)
+    other = embeddings_path(store, TILING, "other-encoder", "s2")
+    other.parent.mkdir(parents=True)
+    shutil.copy(embeddings_path(store, TILING, "stain-texture", "s2"), other)
+    slide.write_bytes(np.random.default_rng(0).bytes(5000))  # the file is corrupted after the first run
+    assert featurize_cohort([slide], store=store, **FAST).count("failed") == 1
+    assert not embeddings_path(store, TILING, "stain-texture", "s2").exists()
+    assert (
+        tiles_path(store, TILING, "s2").is_file() and qc_path(store, TILING, "s2").is_file()
+    )  # other-encoder's
+    other.unlink()
+    assert featurize_cohort([slide], store=store, **FAST).count("failed") == 1
+    assert not tiles_path(store, TILING, "s2").exists() and not qc_path(store, TILING, "s2").exists()
+
+
+def test_resume_redoes_a_slide_whose_tiles_are_gone(slide_dir, tmp_path):
+    store = tmp_path / "store"
+    featurize_cohort([slide_dir / "s2.svs"], store=store, **FAST)
+    tiles_path(store, TILING, "s2").unlink()
+    assert featurize_cohort([slide_dir / "s2.svs"], store=store, **FAST).count("ok") == 1
+    assert tiles_path(store, TILING, "s2").is_file()
+
+
+def test_mpp_override_only_fills_in_and_resume_follows_where_the_resolution_came_from(slide_dir, tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "plain.png"
+    with open_slide(slide_dir / "s2.svs") as r:
+        Image.fromarray(r.thumbnail(max_size=768)[0]).save(png)
+    store = tmp_path / "store"
+    s = featurize_cohort([slide_dir / "s2.svs", png], store=store, mpp_override=2.0, **FAST)
+    assert s.count("ok") == 2
+    rows = {r: pq.read_table(slide_path(store, r)).to_pylist()[0] for r in ("s2", "plain")}
+    assert (rows["s2"]["mpp_x"], rows["s2"]["mpp_source"]) == (0.5, "metadata")  # the slide's own 0.5 stays
+    assert (rows["plain"]["mpp_x"], rows["plain"]["mpp_source"]) == (2.0, "override")
+    again = featurize_cohort([slide_dir / "s2.svs", png], store=store, mpp_override=2.0, **FAST)
+    assert again.count("skipped") == 2
+    # another override for the PNG is another resolution: redone, not skipped
+    other = featurize_cohort([png], store=store, mpp_override=1.0, **FAST)
+    assert other.count("ok") == 1
+    assert pq.read_table(slide_path(store, "plain")).column("mpp_x")[0].as_py() == 1.0
+
+
+def test_resume_brings_a_skipped_slides_patient_and_path_up_to_date(slide_dir, tmp_path):
+    store = tmp_path / "store"
+    featurize_cohort([slide_dir / "s2.svs"], store=store, **FAST)
+    emb = embeddings_path(store, TILING, "stain-texture", "s2").stat().st_mtime_ns
+    csv = tmp_path / "patients.csv"
+    csv.write_text("slide_id,patient_id\ns2,PX\n")
+    again = featurize_cohort([slide_dir / "s2.svs"], store=store, patients=csv, **FAST)
+    assert again.count("skipped") == 1
+    assert pq.read_table(slide_path(store, "s2")).column("patient_id")[0].as_py() == "PX"
+    assert read_metadata(slide_path(store, "s2"))["kind"] == "slides"  # the row keeps its metadata
+    assert embeddings_path(store, TILING, "stain-texture", "s2").stat().st_mtime_ns == emb  # not re-embedded
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kwargs", "match"),
+    [
+        (["missing.csv"], {}, "slide list missing.csv does not exist"),
+        (["s2.svs"], {"mpp_override": -2}, "--mpp-override -2"),
+        (["s2.svs"], {"mpp_override": float("nan")}, "--mpp-override nan"),
+        (["list.csv"], {}, "list.csv line 2: mpp 0.0"),
+    ],
+)
+def test_bad_slide_lists_and_resolutions_are_refused_before_anything_runs(
+    slide_dir, tmp_path, monkeypatch, inputs, kwargs, match
+):
+    from featurize import SlideListError
+
+    (tmp_path / "list.csv").write_text(f"path,mpp\n{slide_dir / 's2.svs'},0\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SlideListError, match=match):
+        featurize_cohort(
+            [slide_dir / i if i == "s2.svs" else i for i in inputs], store="st", **FAST, **kwargs
+        )
+    assert not (tmp_path / "st").exists()
 
 
 def test_float16_and_patient_table(slide_dir, tmp_path):

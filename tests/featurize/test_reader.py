@@ -55,6 +55,19 @@ def test_override_mpp_and_errors(tmp_path, cmu_slide):
         open_slide(tmp_path / "missing.svs")
 
 
+def test_mpp_fallback_fills_in_only_where_the_metadata_has_no_resolution(tmp_path, cmu_slide):
+    with open_slide(
+        cmu_slide, mpp_fallback=0.25
+    ) as s:  # the slide says 0.499: --mpp-override leaves it alone
+        assert s.mpp_source == "metadata" and s.mpp[0] == pytest.approx(0.499, abs=1e-3)
+    p = tmp_path / "plain.png"
+    Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(p)
+    with open_slide(p, mpp_fallback=0.5) as s:
+        assert s.mpp == (0.5, 0.5) and s.mpp_source == "override"
+    with open_slide(p, mpp_override=0.25, mpp_fallback=0.5) as s:  # a slide list's mpp wins
+        assert s.mpp == (0.25, 0.25)
+
+
 def test_png_without_mpp_is_an_error_that_says_what_to_do(tmp_path):
     p = tmp_path / "plain.png"
     Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(p)
