@@ -50,6 +50,13 @@ def _read_table(path: Path) -> list[dict[str, str]]:
     return [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
 
 
+def _header(path: Path) -> list[str]:
+    delim = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        first = next(csv.reader(fh, delimiter=delim), [])
+    return [c.strip().lower() for c in first]
+
+
 def read_patient_table(path: str | os.PathLike) -> dict[str, str]:
     """A slide→patient map from a CSV/TSV with columns ``patient_id`` and ``slide_id`` and/or ``path``.
 
@@ -127,10 +134,12 @@ def collect_slides(
                     found.append((f, None, None, None))
         elif p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
             rows = _read_table(p)
-            if not rows or "path" not in rows[0]:
+            if "path" not in (rows[0] if rows else _header(p)):
                 raise SlideListError(
                     f"slide list {p} needs a 'path' column (optional: slide_id, patient_id, mpp)"
                 )
+            if not rows:
+                raise SlideListError(f"slide list {p} lists no slides (a header and no rows)")
             for i, r in enumerate(rows, start=2):
                 if not r.get("path"):
                     raise SlideListError(f"slide list {p} line {i}: empty path")
@@ -157,11 +166,12 @@ def collect_slides(
         )
     out: dict[str, SlideInput] = {}
     for path, sid, pid, mpp in found:
+        fix = "fix its slide_id in the slide list" if sid else "give it a slide_id in a CSV slide list"
         sid = sid or path.stem
         try:
             check_id(sid)
         except StoreError as exc:
-            raise SlideListError(f"{path}: {exc}; give it a slide_id in a CSV slide list") from None
+            raise SlideListError(f"{path}: {exc}; {fix}") from None
         if sid in out:
             raise SlideListError(
                 f"slide id {sid!r} is used twice ({out[sid].path} and {path}); give unique slide_id values in a CSV"

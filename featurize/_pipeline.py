@@ -105,6 +105,7 @@ class SlidePlan:
     qc_png: bytes | None = None
     seconds_plan: float = 0.0
     seconds_read: float = 0.0
+    note: str | None = None  # something the user should hear about a slide that did not fail
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,10 @@ def _close_readers() -> None:
             r.close()
 
 
+#: tiles are "finer than the scan" only beyond rounding in the scanner's metadata
+_LEVEL_TOLERANCE_PIPE = 1.01
+
+
 def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
     """Open ``slide``, detect tissue on a thumbnail and lay out the kept tiles. Never raises for slide problems:
     they end up in ``status``/``error``."""
@@ -237,10 +242,25 @@ def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
             mask=mask,
             mask_mpp=tmpp,
         )
+        finest = min(r.mpp)
+        if tiling.mpp < finest / _LEVEL_TOLERANCE_PIPE:
+            plan.note = (
+                f"tiles at {tiling.mpp:g} µm/px are finer than the scan's {finest:.3g} µm/px: its pixels are "
+                f"enlarged {finest / tiling.mpp:.2g}×, which adds no detail (--mpp {finest:.3g} or coarser reads "
+                "the scan as it is)"
+            )
         grid = full.select(full.tissue_frac >= tiling.min_tissue)
         plan.grid = grid
         plan.tissue_area_mm2 = float(mask.sum()) * tmpp * tmpp / 1e6
-        if len(grid) == 0:
+        if len(full) == 0:
+            plan.status = "no_tissue"
+            side = tiling.tile_px * tiling.mpp
+            plan.error = (
+                f"the slide ({plan.width * r.mpp[0] / 1000:.2f} × {plan.height * r.mpp[1] / 1000:.2f} mm) is smaller "
+                f"than one tile ({side / 1000:.2f} mm at {tiling.tile_px} px × {tiling.mpp:g} µm/px); use a smaller "
+                "--tile or a finer --mpp"
+            )
+        elif len(grid) == 0:
             plan.status = "no_tissue"
             plan.error = (
                 f"no tile has a tissue fraction >= {tiling.min_tissue} (tissue covers {plan.tissue_area_mm2:.3f} mm², "
@@ -890,6 +910,13 @@ def resolve_device(device: str) -> str:
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"--device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda:"):
+        try:
+            index = torch.device(device).index
+        except RuntimeError:
+            raise ValueError(f"--device {device!r}: use cuda or cuda:N with N a GPU's index") from None
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: no such CUDA device here; use --device cpu or auto")
     return device
 
 
@@ -900,6 +927,7 @@ class SlideResult:
     n_tiles: int = 0
     seconds: float = 0.0
     error: str | None = None
+    note: str | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,10 @@ class _AutoCompile:
             if self.left > 0 and self.eager_seconds_left >= COMPILE_MIN_EAGER_SECONDS:
                 self._use(self.enc.compiled(self.batch_size, fallback=True))
         return out
+
+
+#: smallest --input-px: below it the CNN encoders' strides leave nothing to pool
+MIN_INPUT_PX = 32
 
 
 def magnification_to_mpp(magnification: float) -> float:
@@ -248,6 +253,17 @@ def featurize_cohort(
         raise ValueError(f"--min-tissue {min_tissue}: a fraction in [0, 1]")
     if compile not in ("auto", "on", "off"):
         raise ValueError(f"--compile {compile!r}: use auto, on or off")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: give at least 1 tile per forward pass")
+    if input_px is not None and input_px < MIN_INPUT_PX:
+        raise ValueError(
+            f"--input-px {input_px}: the encoder's input is at least {MIN_INPUT_PX} px (leave it out for the "
+            "encoder's own size)"
+        )
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers {workers}: 0 (read in this process) or more reader processes")
+    if Path(store).exists() and not Path(store).is_dir():
+        raise ValueError(f"--store {store} is a file, not a folder: give a new folder or an existing store")
     tiling = TilingParams(
         mpp=float(mpp),
         tile_px=int(tile_px),
@@ -427,7 +443,9 @@ def _run(
             emb = emb if p.status == "ok" else None
             writer.put(p, emb, seconds)
             n = len(emb) if emb is not None else 0
-            summary.results.append(SlideResult(p.slide.slide_id, p.status, n, round(seconds, 3), p.error))
+            summary.results.append(
+                SlideResult(p.slide.slide_id, p.status, n, round(seconds, 3), p.error, note=p.note)
+            )
             bars.end_slide()
 
         return done

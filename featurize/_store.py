@@ -59,10 +59,18 @@ class StoreError(ValueError):
 def tiling_name(*, mpp: float, tile_px: int, overlap_px: int = 0) -> str:
     """Name a tiling by its parameters, e.g. ``mpp0.50_px224_ov0``.
 
+    Two decimals where they say the whole resolution, more where they would not (two tilings must never share a
+    folder).
+
     >>> tiling_name(mpp=1.0, tile_px=224)
     'mpp1.00_px224_ov0'
+    >>> tiling_name(mpp=0.2525, tile_px=224)
+    'mpp0.2525_px224_ov0'
     """
-    return f"mpp{mpp:.2f}_px{int(tile_px)}_ov{int(overlap_px)}"
+    text = f"{mpp:.2f}"
+    if abs(float(text) - mpp) > 1e-9:
+        text = f"{mpp:.6f}".rstrip("0")
+    return f"mpp{text}_px{int(tile_px)}_ov{int(overlap_px)}"
 
 
 def check_id(value: str, *, what: str = "slide_id") -> str:

@@ -25,6 +25,11 @@ class WeightsNotFoundError(FileNotFoundError):
     """No weights for an encoder could be found here (offline, or the hub refused)."""
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no details'}"
+
+
 class WeightsMismatchError(ValueError):
     """A weights file does not fit the encoder's architecture."""
 
@@ -105,11 +110,11 @@ def find_local_weights(spec: EncoderSpec) -> WeightsSource | None:
 def missing_message(spec: EncoderSpec) -> str:
     """The one message that says which file to put where."""
     root = weights_dir()
-    where = f"{root}" if root is not None else f"a directory named by ${WEIGHTS_ENV}"
+    where = f"{root}/" if root is not None else f"${WEIGHTS_ENV}/ (a folder you name in that variable) as "
     lines = [f"no weights for encoder {spec.name!r} here."]
     if spec.weights_file:
         lines.append(
-            f"Put the weights file at {where}/{spec.weights_file}"
+            f"Put the weights file at {where}{spec.weights_file}"
             + (f" (the hub's {spec.hub_filename} from {spec.hub_repo}, renamed)" if spec.hub_repo else "")
             + f", or pass it with --weights PATH (Python: create_encoder({spec.name!r}, weights=PATH))."
         )
@@ -240,13 +245,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path), device="cpu")
+        try:
+            sd = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, OSError
+            raise WeightsMismatchError(
+                f"weights file {str(path)!r} is not a readable safetensors file "
+                f"({_first_line(exc)}); is it complete? download it again"
+            ) from exc
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises pickle/zip errors of several types
             raise WeightsMismatchError(
-                f"weights file {str(path)!r} could not be read as a state dict: {exc}"
+                f"weights file {str(path)!r} could not be read as a state dict "
+                f"({_first_line(exc)}); is it complete? download it again"
             ) from exc
         for key in _WRAPPER_KEYS:
             if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):

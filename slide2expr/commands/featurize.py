@@ -79,6 +79,7 @@ def featurize(
     import json
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from featurize._inputs import SlideListError, collect_slides, select_shard
@@ -100,6 +101,8 @@ def featurize(
         raise fail(f"--tile {tile} / --overlap {overlap}: need tile > 0 and 0 <= overlap < tile")
     if not 0 <= min_tissue <= 1:
         raise fail(f"--min-tissue {min_tissue}: a fraction in [0, 1]")
+    if json_out is not None and not json_out.parent.is_dir():
+        raise fail(f"--json {json_out}: folder {json_out.parent} does not exist")
     try:
         items = select_shard(
             collect_slides([str(s) for s in slides], patients=patients, mpp_override=mpp_override), shard
@@ -108,6 +111,16 @@ def featurize(
         raise fail(str(exc)) from None
 
     if dry_run:
+        from featurize._run import magnification_to_mpp
+        from featurize.encoders import UnknownEncoderError, get_spec
+
+        try:
+            get_spec(encoder)
+            tile_mpp = magnification_to_mpp(magnification) if magnification is not None else mpp
+        except (UnknownEncoderError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        if not 0.05 <= tile_mpp <= 100:
+            raise fail(f"--mpp {tile_mpp}: give the tile resolution in µm/px (e.g. 0.5 for 20x)")
         _print_plan(
             console,
             items,
@@ -167,7 +180,7 @@ def featurize(
             f"[{style[r.status]}]{r.status}[/]",
             str(r.n_tiles) if r.status != "skipped" else "",
             f"{r.seconds:.1f}" if r.status != "skipped" else "",
-            r.error or "",
+            escape(r.error) if r.error else (f"[yellow]note:[/] {escape(r.note)}" if r.note else ""),
         )
     out = Console()
     out.print(table)

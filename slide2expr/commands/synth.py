@@ -50,6 +50,12 @@ def synth(
             f"--size {size} is too small: use at least 344 px (a slide needs room for 3 pyramid levels)"
         )
     size_range = (int(0.75 * size), size) if size else (10_000, 16_000)
+    from slide2expr.synth._cohort import _check_out
+
+    try:
+        _check_out(out, overwrite)  # before the progress bar starts, so a refusal prints alone
+    except CohortError as err:
+        raise fail(str(err)) from None
     console = Console()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:

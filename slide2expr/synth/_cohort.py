@@ -84,7 +84,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise CohortError(
-                f"--out {out} exists and is not empty: choose a new folder or pass overwrite=True (--overwrite)"
+                f"--out {out} exists and is not empty: choose a new folder or pass --overwrite (Python: overwrite=True)"
             )
         if not (out / TRUTH_JSON).is_file():
             raise CohortError(

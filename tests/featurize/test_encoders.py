@@ -260,6 +260,14 @@ def test_wrong_checkpoint_is_a_clear_mismatch(tmp_path: Path) -> None:
         create_encoder("resnet18", weights=bad)
 
 
+@pytest.mark.parametrize("name", ["r18.safetensors", "r18.pth", "empty.safetensors", "empty.pth"])
+def test_a_corrupt_weights_file_is_a_clear_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"" if name.startswith("empty") else np.random.default_rng(0).bytes(1000))
+    with pytest.raises(WeightsMismatchError, match=f"{name}.* download it again"):
+        create_encoder("resnet18", weights=path)
+
+
 def test_sha256_is_cached_by_path_size_mtime(tmp_path: Path) -> None:
     path = tmp_path / "w.bin"
     path.write_bytes(b"a" * 1000)

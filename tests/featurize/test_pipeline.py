@@ -547,6 +547,43 @@ def test_slide_list_csv_and_errors(slide_dir, tmp_path):
         collect_slides(dup)
 
 
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--batch-size", "0"], "--batch-size 0: give at least 1"),
+        (["--input-px", "0"], "--input-px 0"),
+        (["--workers", "-1"], "--workers -1"),
+        (["--device", "cuda:x"], "cuda:N"),
+        (["--mpp-override", "-2"], "--mpp-override -2"),
+        (["--json", "nodir/x.json"], "folder nodir does not exist"),
+        (["--encoder", "nosuch", "--dry-run"], "nosuch"),
+        (["--mpp", "0", "--dry-run"], "--mpp 0"),
+    ],
+)
+def test_bad_arguments_exit_2_before_anything_is_written(slide_dir, tmp_path, monkeypatch, args, match):
+    from slide2expr.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    base = [str(slide_dir / "s2.svs"), "--store", "st", "--encoder", "stain-texture", "--no-progress"]
+    res = CliRunner().invoke(app, ["featurize", *base, *args], env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "st").exists()
+    (tmp_path / "afile").write_text("")
+    res = CliRunner().invoke(app, ["featurize", *base[:1], "--store", "afile"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
+
+
+def test_tiles_finer_than_the_scan_are_noted_and_a_slide_smaller_than_a_tile_says_so(slide_dir, tmp_path):
+    fine = featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "a", **{**FAST, "mpp": 0.25})
+    (r,) = fine.results
+    assert r.status == "ok" and "finer than the scan's 0.5 µm/px" in r.note and "2×" in r.note
+    assert featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "b", **FAST).results[0].note is None
+    big = featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "c", **{**FAST, "tile_px": 1000})
+    (r,) = big.results
+    assert r.status == "no_tissue" and "smaller than one tile (1.00 mm" in r.error
+
+
 def test_bad_cohort_completes_records_reasons_and_exits_3(bad_dir, tmp_path):
     from slide2expr.cli import app
 
