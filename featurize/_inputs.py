@@ -175,6 +175,12 @@ def collect_slides(
         if sid in out:
             raise SlideListError(
                 f"slide id {sid!r} is used twice ({out[sid].path} and {path}); give unique slide_id values in a CSV"
+                + (
+                    " (a thumbnail or label image beside its slide: move it out of the folder, or list the slides "
+                    "in a CSV)"
+                    if out[sid].path.parent == path.parent
+                    else ""
+                )
             )
         pid = (
             pid

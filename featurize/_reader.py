@@ -19,6 +19,19 @@ from PIL import Image
 
 #: Plausible range of a slide's level-0 resolution, µm/px (0.05: beyond any optical scanner; 20: a thumbnail).
 MPP_RANGE = (0.05, 20.0)
+#: slide formats whose failing to open means a damaged file more often than a wrong format
+SLIDE_FORMAT_HINT_EXTENSIONS = (
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".tif",
+    ".tiff",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".bif",
+)
 #: A level is usable for a target resolution when its mpp is at most this factor above the target
 #: (so 0.5015 µm/px serves 0.5 µm/px without a resize).
 _LEVEL_TOLERANCE = 1.01
@@ -41,6 +54,7 @@ SLIDE_EXTENSIONS = (
     ".png",
     ".jpg",
     ".jpeg",
+    ".bmp",
 )
 
 Image.MAX_IMAGE_PIXELS = None  # plain slide images are legitimately huge
@@ -849,7 +863,13 @@ def open_slide(
         except Exception as exc:  # PIL.UnidentifiedImageError, OSError (truncated), tifffile errors
             errors.append(f"image: {exc}")
     why = "; ".join(errors) if errors else "not a format OpenSlide reads"
+    hint = ""
+    if p.suffix.lower() in SLIDE_FORMAT_HINT_EXTENSIONS:
+        hint = (
+            f" A {p.suffix} file that will not open is usually truncated or corrupt ({p.stat().st_size:,} bytes):"
+            " re-copy it from the source."
+        )
     raise SlideOpenError(
-        f"{sid}: cannot open {p} as a slide ({why}). Supported: OpenSlide formats "
+        f"{sid}: cannot open {p} as a slide ({why}).{hint} Supported: OpenSlide formats "
         f"(.svs .ndpi .mrxs .scn .tiff …) and plain {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images"
     )

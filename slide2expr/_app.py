@@ -24,8 +24,10 @@ EXIT_SOME_FAILED = 3
 
 
 def fail(message: str, *, code: int = EXIT_BAD_ARGS) -> typer.Exit:
-    """Print ``message`` in red to stderr and return the Exit to raise."""
+    """Print ``message`` verbatim (paths and SQL may hold ``[…]``) after a red "error:" on stderr, and return the
+    Exit to raise."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)

@@ -23,6 +23,7 @@ from featurize._store import (
     tcga_patient,
     write_table_atomic,
 )
+from sql._connect import check_store
 
 #: The 35 genes of Graziani et al. 2022 (recoverable from their code), in their order.
 GRAZIANI2022 = [
@@ -134,7 +135,9 @@ def resolve_genes(genes: str | Sequence[str] | None) -> tuple[str, ...] | None:
         genes = [g.strip() for g in genes.split(",") if g.strip()]
     genes = tuple(genes)
     if not genes:
-        raise TargetsError("genes= is empty: give gene names, a panel (graziani2022), or None for every gene")
+        raise TargetsError(
+            "genes= (--genes) is empty: give gene names, a panel (graziani2022), or None for every gene"
+        )
     dup = sorted(set(pd.Index(genes)[pd.Index(genes).duplicated()]))
     if dup:
         raise TargetsError(f"genes listed twice: {_listing(dup)}")
@@ -151,12 +154,45 @@ def _store_patients(store: Path) -> set[str]:
     return out
 
 
+def _read_text_table(path: Path, *, what: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv(path, **kwargs)``, with an empty, binary or malformed file raised as a TargetsError."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise TargetsError(f"{path} does not exist: give {what}") from None
+    except IsADirectoryError:
+        raise TargetsError(f"{path} is a directory: give {what}") from None
+    except pd.errors.EmptyDataError:
+        raise TargetsError(f"{path} is empty: give {what}") from None
+    except UnicodeDecodeError:
+        raise TargetsError(f"{path} is not UTF-8 text (a binary file?): give {what}") from None
+    except pd.errors.ParserError as exc:
+        raise TargetsError(f"{path} cannot be parsed as {what}: {exc}".rstrip()) from None
+
+
 def _read_matrix(path: Path) -> pd.DataFrame:
+    """The matrix as read, its header verbatim: index columns of a pandas Parquet file come back as columns."""
     name = path.name.lower()
     if name.endswith(".parquet"):
-        return pq.read_table(path).to_pandas()
-    sep = "\t" if any(name.endswith(s) for s in (".tsv", ".tsv.gz", ".txt", ".txt.gz", ".tab")) else ","
-    return pd.read_csv(path, sep=sep, dtype=object, keep_default_na=False)
+        try:
+            df = pq.read_table(path).to_pandas()
+        except pa.ArrowException as exc:
+            raise TargetsError(f"{path} cannot be read as Parquet: {exc}") from None
+        if not isinstance(df.index, pd.RangeIndex):  # pandas wrote the sample ids (or genes) as its index
+            df = df.reset_index()
+        return df
+    tsv = any(name.endswith(s) for s in (".tsv", ".tsv.gz", ".txt", ".txt.gz", ".tab"))
+    what = "a TSV matrix (tab-separated)" if tsv else "a CSV matrix (comma-separated)"
+    opts = {"sep": "\t" if tsv else ",", "dtype": object, "keep_default_na": False}
+    df = _read_text_table(path, what=what, **opts)
+    # pandas renames a repeated column name (APC, APC → APC, APC.1); the header row read as data keeps it
+    header = [str(h) for h in _read_text_table(path, what=what, header=None, nrows=1, **opts).iloc[0]]
+    named = [h for h in header if h]
+    if len(set(named)) < len(named) and len(header) == df.shape[1] and isinstance(df.index, pd.RangeIndex):
+        df.columns = pd.Index([h or c for h, c in zip(header, df.columns, strict=True)], dtype=object)
+    if not isinstance(df.index, pd.RangeIndex):  # a header one field short: pandas took column 1 as the index
+        df = df.reset_index()
+    return df
 
 
 def _patient_of(sample: str, patients: set[str]) -> str | None:
@@ -186,7 +222,7 @@ def _detect_orientation(
             return orientation, f"{in_cols if cols_win else in_rows:.0%} of the {where} {what}"
     raise TargetsError(
         "cannot tell whether samples are rows or columns (no axis holds TCGA barcodes, store patients or the "
-        "requested genes): pass orientation='samples-rows' or 'genes-rows'"
+        "requested genes): pass --orientation samples-rows or genes-rows (orientation= in Python)"
     )
 
 
@@ -197,14 +233,14 @@ def _to_samples_rows(
     if orientation == "genes-rows":
         if sample_col or patient_col:
             raise TargetsError(
-                "sample_col/patient_col apply to samples-rows matrices; this one has genes as rows"
+                "--sample-col/--patient-col (sample_col=/patient_col=) apply to samples-rows matrices; this one "
+                "has genes as rows"
             )
-        gene_col = df.columns[0]
-        genes = df[gene_col].astype(str)
+        genes = df.iloc[:, 0].astype(str)
         dup = sorted(set(genes[genes.duplicated()]))
         if dup:
             raise TargetsError(f"gene(s) listed on several rows: {_listing(dup)}")
-        body = df.drop(columns=[gene_col])
+        body = df.iloc[:, 1:]
         dup_s = sorted(set(body.columns[body.columns.duplicated()]))
         if dup_s:
             raise TargetsError(f"duplicate sample id(s): {_listing(dup_s)}")
@@ -212,10 +248,17 @@ def _to_samples_rows(
         wide.columns = genes.tolist()
         wide.index = [str(c) for c in body.columns]
         return wide, None
+    repeated = sorted(set(df.columns[df.columns.duplicated()]))
+    if repeated and not {sample_col or df.columns[0], patient_col} & set(repeated):
+        raise TargetsError(f"gene(s) in several columns of the header: {_listing(repeated)}")
+    if repeated:
+        raise TargetsError(f"column(s) named several times in the header: {_listing(repeated)}")
     sample_col = sample_col or df.columns[0]
     for col, what in ((sample_col, "sample_col"), (patient_col, "patient_col")):
         if col is not None and col not in df.columns:
-            raise TargetsError(f"{what}={col!r} is not a column; columns: {_listing(list(df.columns))}")
+            raise TargetsError(
+                f"{what}={col!r} (--{what.replace('_', '-')}) is not a column; columns: {_listing(list(df.columns))}"
+            )
     samples = df[sample_col].astype(str)
     dup = sorted(set(samples[samples.duplicated()]))
     if dup:
@@ -279,9 +322,18 @@ def _transform(raw: np.ndarray, transform: str, samples: Sequence[str], genes: S
     if len(neg):
         cells = [f"{samples[r]}/{genes[c]}={raw[r, c]:g}" for r, c in neg]
         raise TargetsError(
-            f"{transform} needs values ≥ 0; negative: {_listing(cells)} (use transform='none')"
+            f"{transform} needs values ≥ 0; negative: {_listing(cells)} (use --transform none, or "
+            "transform='none' in Python)"
         )
     return np.log1p(raw) if transform == "log1p" else np.log10(1.0 + raw)
+
+
+def _check_destination(store: str | os.PathLike, name: str, transform: str) -> Path:
+    """Refuse a bad transform, a targets name that is no file stem, or a path that is not a store."""
+    if transform not in TRANSFORMS:
+        raise TargetsError(f"transform={transform!r} (--transform): use one of {', '.join(TRANSFORMS)}")
+    check_id(name, what="targets name")
+    return check_store(store)
 
 
 def _finish(
@@ -298,10 +350,7 @@ def _finish(
     notes: list[str],
     source: dict,
 ) -> TargetsReport:
-    if transform not in TRANSFORMS:
-        raise TargetsError(f"transform={transform!r}: use one of {', '.join(TRANSFORMS)}")
     root = Path(store)
-    check_id(name, what="targets name")
     out = targets_path(root, name)
     if out.exists() and not overwrite:
         raise TargetsError(f"{out} exists: choose another name or overwrite it (--force / overwrite=True)")
@@ -350,7 +399,6 @@ def _finish(
         "orientation": orientation,
         "source": source,
     }
-    root.mkdir(parents=True, exist_ok=True)
     write_table_atomic(table, out, metadata=meta)
     if without:
         warnings.warn(
@@ -419,14 +467,25 @@ def import_targets(
     Raises
     ------
     TargetsError
-        Duplicate sample ids or genes, genes not in the matrix, missing or non-numeric values, negative values
-        under a log transform, samples with no patient id — each listed by name.
+        Duplicate sample ids or genes (rows, or columns of the header), genes not in the matrix, missing or
+        non-numeric values, negative values under a log transform, samples with no patient id — each listed by
+        name; an empty, binary or unparsable file.
+    StoreError
+        ``store`` does not exist or is not a slide2expr store; ``name`` is not a safe file stem.
     """
     path = Path(path)
     if orientation not in ORIENTATIONS:
-        raise TargetsError(f"orientation={orientation!r}: use one of {', '.join(ORIENTATIONS)}")
+        raise TargetsError(
+            f"orientation={orientation!r} (--orientation): use one of {', '.join(ORIENTATIONS)}"
+        )
+    _check_destination(store, name, transform)
     if not path.exists():
         raise TargetsError(f"targets file {path} does not exist")
+    if path.is_dir():
+        raise TargetsError(
+            f"targets file {path} is a directory: give a CSV/TSV/Parquet matrix (a GDC download folder needs "
+            "--sample-sheet / import_star_counts)"
+        )
     gene_list = resolve_genes(genes)
     df = _read_matrix(path)
     if df.shape[1] < 2:
@@ -462,9 +521,11 @@ def read_star_counts(path: str | os.PathLike, *, measure: str = "tpm_unstranded"
     Gene names that occur on several rows (e.g. the PAR_Y copies of X genes) are summed.
     """
     if measure not in STAR_MEASURES:
-        raise TargetsError(f"measure={measure!r}: use one of {', '.join(STAR_MEASURES)}")
+        raise TargetsError(f"measure={measure!r} (--measure): use one of {', '.join(STAR_MEASURES)}")
     path = Path(path)
-    df = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
+    df = _read_text_table(
+        path, what="a GDC STAR-counts file", sep="\t", comment="#", dtype=str, keep_default_na=False
+    )
     missing = [c for c in ("gene_id", "gene_name", measure) if c not in df.columns]
     if missing:
         raise TargetsError(f"{path} is not a GDC STAR-counts file: no column(s) {', '.join(missing)}")
@@ -478,7 +539,9 @@ def read_star_counts(path: str | os.PathLike, *, measure: str = "tpm_unstranded"
 
 def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
     """A GDC sample sheet (TSV with ``File Name`` and ``Sample ID``; ``Case ID`` used when present)."""
-    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    sheet = _read_text_table(
+        path, what="a GDC sample sheet (TSV)", sep="\t", dtype=str, keep_default_na=False
+    )
     missing = [c for c in ("File Name", "Sample ID") if c not in sheet.columns]
     if missing:
         raise TargetsError(f"{path} is not a GDC sample sheet: no column(s) {', '.join(missing)}")
@@ -514,7 +577,16 @@ def import_star_counts(
         ``unstranded``, ``stranded_first``, ``stranded_second``.
     genes, transform, strict, overwrite, store, name
         As in :func:`import_targets`.
+
+    Raises
+    ------
+    TargetsError, StoreError
+        As in :func:`import_targets`; also files missing from the sample sheet, files that are not STAR-counts
+        files, and two files for one sample.
     """
+    if measure not in STAR_MEASURES:
+        raise TargetsError(f"measure={measure!r} (--measure): use one of {', '.join(STAR_MEASURES)}")
+    _check_destination(store, name, transform)
     if isinstance(files_or_dir, (str, os.PathLike)) and Path(files_or_dir).is_dir():
         files = sorted(p for p in Path(files_or_dir).rglob("*.tsv") if p.name != Path(sample_sheet).name)
     elif isinstance(files_or_dir, (str, os.PathLike)):

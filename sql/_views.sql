@@ -4,7 +4,8 @@
 --   duckdb -c "set variable store = '/path/to/STORE'" -c ".read sql/_views.sql" -c ".read sql/cohort_summary.sql"
 -- Queries with $parameters are prepared and executed with named values:
 --   duckdb -c "set variable store = 'S'" -c ".read sql/_views.sql" \
---          -c "prepare q as $(cat sql/patient_bag.sql)" -c "execute q(patient_id := 'TCGA-AA-3511')"
+--          -c "prepare q as $(cat sql/patient_bag.sql)" \
+--          -c "execute q(patient_id := 'TCGA-AA-3511', encoder := 'efficientnet-lite0')"
 -- From Python, sql.connect(store, run=…, encoder=…, tiling=…) sets the same variables and reads this file.
 --
 -- Variables (set before .read):
@@ -65,7 +66,8 @@ create or replace macro _stage_msg(stage, step) as
 create or replace macro _run_msg(name) as
     case
         when getvariable('run') is null
-            then 'no run directory given: use sql.connect(store, run=RUN) or set variable run = ''RUN'''
+            then 'no run directory given: pass --run RUN on the command line, sql.connect(store, run=RUN) '
+                 || 'in Python, or set variable run = ''RUN'' before reading _views.sql in the duckdb shell'
         else 'run directory ' || getvariable('run') || ' has no ' || name || '.parquet: run `slide2expr compare` first'
     end;
 
@@ -201,8 +203,9 @@ from query(
                   || getvariable(''store'')))'
         else 'from range(error(''the store holds embeddings of different dimensions: ''
               || getvariable(''_embedding_sets'')
-              || ''; pick one with sql.connect(store, encoder=…) or set variable encoder = ''''…'''' ''
-              || ''and read _views.sql again''))'
+              || ''; pick one with --encoder NAME on the command line, sql.connect(store, encoder=NAME) ''
+              || ''in Python, or set variable encoder = ''''NAME'''' and read _views.sql again in the duckdb ''
+              || ''shell''))'
     end
 );
 

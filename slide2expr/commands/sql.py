@@ -24,17 +24,22 @@ def _cell(value, *, width: int = 60) -> str:
 
 
 def _print_table(table, *, title: str, limit: int) -> None:
+    """A rich table of the first ``limit`` rows (``0``: all); values and names shown verbatim, never as markup."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    if limit < 0:
+        raise ValueError(f"limit={limit}: give 0 (every row) or a positive number of rows")
+    shown = table.num_rows if limit == 0 else min(limit, table.num_rows)
     out = Table(
-        title=title,
-        caption=f"{table.num_rows} row(s)" + (f", first {limit} shown" if table.num_rows > limit else ""),
+        title=Text(title),
+        caption=f"{table.num_rows} row(s)" + (f", first {shown} shown" if table.num_rows > shown else ""),
     )
     for name in table.column_names:
-        out.add_column(name, overflow="fold")
-    for row in table.slice(0, limit).to_pylist():
-        out.add_row(*(_cell(v) for v in row.values()))
+        out.add_column(Text(name), overflow="fold")
+    for row in table.slice(0, shown).to_pylist():
+        out.add_row(*(Text(_cell(v)) for v in row.values()))
     Console().print(out)
 
 
@@ -71,7 +76,7 @@ def _flat_for_csv(table):
 
 
 def write_result(table, *, fmt: str, out: Path | None, title: str, limit: int) -> None:
-    """Print or write an Arrow table as a rich table, CSV, JSON (array of objects) or Parquet."""
+    """Print or write an Arrow table as a rich table (first ``limit`` rows, ``0``: all), CSV, JSON or Parquet."""
     import io
     import json
 
@@ -109,6 +114,7 @@ def _list(as_json: bool) -> None:
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from sql import list_queries
 
@@ -135,7 +141,7 @@ def _list(as_json: bool) -> None:
         table.add_column(col, overflow="fold")
     for name, q in queries.items():
         params = " ".join(f"{p}:{t}" for p, (t, _) in q.params.items()) or "—"
-        table.add_row(name, q.purpose, params)
+        table.add_row(Text(name), Text(q.purpose), Text(params))
     Console().print(table)
 
 
@@ -161,11 +167,16 @@ def sql_command(
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the result to FILE."),
-    limit: int = typer.Option(50, "--limit", help="Rows shown by --format table."),
+    limit: int = typer.Option(
+        50,
+        "--limit",
+        min=0,
+        help="Rows shown by --format table (0: every row; csv, json and parquet hold all).",
+    ),
 ) -> None:
-    """Query a store with SQL: a named query (`slide2expr sql STORE cohort_summary`) or `-q "select …"`.
+    r"""Query a store with SQL: a named query (`slide2expr sql STORE cohort_summary`) or `-q "select …"`.
 
-    Views: slides, tiles, embeddings (embedding FLOAT[d]), embedding_files, targets; with --run: folds,
+    Views: slides, tiles, embeddings (embedding FLOAT\[d]), embedding_files, targets; with --run: folds,
     predictions, metrics, attention, comparisons. Parameters are bound, never formatted into the SQL.
     """
     import duckdb

@@ -44,6 +44,7 @@ def import_command(
     Nothing is written when a check fails. Samples whose patient has no slide in the store are listed (an
     error with --strict).
     """
+    from featurize._store import StoreError
     from sql import SamplesWithoutSlidesWarning, TargetsError, import_star_counts, import_targets
 
     try:
@@ -77,8 +78,10 @@ def import_command(
                     strict=strict,
                     overwrite=force,
                 )
-    except TargetsError as exc:
+    except (TargetsError, StoreError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # unreadable file, full disk …: the OS's reason and the path, not a traceback
+        raise fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
     typer.echo(report.summary())
 
 
@@ -87,15 +90,22 @@ def list_command(store: Path = typer.Option(..., "--store", help="The store dire
     """List the targets sets of a store: samples, patients, genes, transform."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    from featurize._store import StoreError
     from sql import list_targets
+    from sql._connect import check_store
 
+    try:
+        check_store(store)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
     df = list_targets(store)
     if df.empty:
         raise fail(f"no targets in {store}: run `slide2expr targets import FILE --store {store} --name NAME`")
-    table = Table(title=f"targets in {store}")
+    table = Table(title=Text(f"targets in {store}"))
     for col in df.columns:
         table.add_column(col)
     for row in df.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*(Text(str(v)) for v in row))
     Console().print(table)

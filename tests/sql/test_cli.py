@@ -66,7 +66,7 @@ def test_sql_adhoc_and_errors(fake_store):
     r = invoke("sql", fake_store.root, "-q", "select * from nosuchview")
     assert r.exit_code == 2 and "nosuchview" in r.output
     r = invoke("sql", fake_store.root, "top_attention_tiles", "-p", "model=mil", "-p", "k=3")
-    assert r.exit_code == 2 and "no run directory given" in r.output
+    assert r.exit_code == 2 and "no run directory given: pass --run RUN" in " ".join(r.output.split())
 
 
 def test_targets_import_and_list(tmp_path):
@@ -103,3 +103,87 @@ def test_list_columns_are_serialised(fake_store, fmt):
     else:
         df = pd.read_csv(__import__("io").StringIO(r.output))
         assert len(json.loads(df.mean_embedding[0])) == fake_store.dim
+
+
+def _one_line_error(r, *needles):
+    """Exit 2 and a clean `error: …` message holding every needle (no traceback)."""
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output and "error:" in r.output
+    flat = " ".join(r.output.split())
+    for needle in needles:
+        assert needle in flat, (needle, r.output)
+
+
+def test_targets_import_refuses_what_is_not_a_store(tmp_path):
+    fs = make_fake_store(tmp_path / "s", n_patients=2, failed_slide=False)
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"sample": [f"{p}-01A" for p in sorted(fs.targets)], "APC": [1, 2]}).to_csv(
+        path, index=False
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for store, message in [
+        (tmp_path / "nostore", "does not exist"),
+        (run_dir, "is not a slide2expr store"),
+        (path, "is not a directory"),
+    ]:
+        _one_line_error(invoke("targets", "import", path, "--store", store, "--name", "x"), message)
+        _one_line_error(invoke("targets", "list", "--store", store), message)
+    assert not (tmp_path / "nostore").exists() and not (run_dir / "targets").exists()
+
+
+def test_targets_import_clean_errors(tmp_path):
+    fs = make_fake_store(tmp_path / "s", n_patients=2, failed_slide=False)
+    samples = [f"{p}-01A" for p in sorted(fs.targets)]
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "image.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    dup = tmp_path / "dup.csv"
+    dup.write_text("sample,APC,GNLY,APC\n" + "".join(f"{s},1,2,3\n" for s in samples))
+    ok = tmp_path / "ok.csv"
+    ok.write_text("sample,APC\n" + "".join(f"{s},-1\n" for s in samples))
+    odd = tmp_path / "odd.csv"
+    odd.write_text("a,b\n1,2\n3,4\n")
+    for args, needles in [
+        (["empty.csv"], ["empty.csv is empty"]),
+        (["image.csv"], ["image.csv is not UTF-8 text"]),
+        (["dup.csv"], ["gene(s) in several columns of the header: APC"]),
+        (["ok.csv", "--name", "../evil"], ["targets name '../evil' cannot be used as a file name"]),
+        (["ok.csv", "--transform", "sqrt"], ["--transform", "log1p, log10p, none"]),
+        (["ok.csv"], ["use --transform none"]),
+        (["odd.csv"], ["--orientation samples-rows or genes-rows"]),
+    ]:
+        args = [tmp_path / args[0], *args[1:]]
+        if "--name" not in args:
+            args += ["--name", "x"]
+        _one_line_error(invoke("targets", "import", *args, "--store", fs.root), *needles)
+    assert not (fs.root / "targets" / "x.parquet").exists()
+
+
+def test_sql_table_shows_data_verbatim(fake_store):
+    r = invoke(
+        "sql", fake_store.root, "-q", "select '/data/[scan2]/x.svs' as \"[bold]p\", '[red]x[/red]' as q"
+    )
+    assert r.exit_code == 0, r.output
+    assert "/data/[scan2]/x.svs" in r.output and "[bold]p" in r.output and "[red]x[/red]" in r.output
+    r = invoke("sql", "--help")
+    assert "embedding FLOAT[d]" in r.output
+    r = invoke("targets", "import", "--help")
+    assert "STORE/targets/<name>.parquet" in r.output
+
+
+def test_sql_limit(fake_store):
+    r = invoke("sql", fake_store.root, "slide_qc", "--limit", "-1")
+    assert r.exit_code == 2 and "--limit" in r.output and "first -1" not in r.output
+    r = invoke("sql", fake_store.root, "slide_qc", "--limit", "0")
+    assert r.exit_code == 0 and "shown" not in r.output
+    assert all(sid in r.output for sid, _ in fake_store.slides)
+    r = invoke("sql", fake_store.root, "slide_qc", "--limit", "2")
+    assert r.exit_code == 0 and "first 2 shown" in r.output
+
+
+def test_sql_refuses_a_file_as_store(tmp_path):
+    f = tmp_path / "README.md"
+    f.write_text("# not a store\n")
+    _one_line_error(invoke("sql", f, "cohort_summary"), "README.md is not a directory")
+    _one_line_error(invoke("sql", tmp_path, "cohort_summary"), "is not a slide2expr store")

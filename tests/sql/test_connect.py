@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -87,10 +88,30 @@ def test_empty_store_views_raise_clear_errors(tmp_path):
             duckdb.Error, match=hint
         ):  # a filter on a column reports it too, not a binder error
             con.execute(f"select * from {view} where slide_id = 'x'").fetchall()
+    with pytest.raises(
+        duckdb.Error, match=r"--run RUN on the command line, sql.connect\(store, run=RUN\) in Py"
+    ):
+        con.execute("select * from predictions").fetchall()  # every spelling of the run is named
     with pytest.raises(StoreError, match="does not exist"):
         connect(tmp_path / "nowhere")
     with pytest.raises(StoreError, match="run directory .* does not exist"):
         connect(root, run=tmp_path / "no-run")
+    (tmp_path / "a file").write_text("x")
+    with pytest.raises(StoreError, match="store .*a file is not a directory"):
+        connect(tmp_path / "a file")
+    with pytest.raises(StoreError, match="run directory .*a file is not a directory"):
+        connect(root, run=tmp_path / "a file")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(StoreError, match="run is not a slide2expr store"):
+        connect(tmp_path / "run")
+
+
+def test_views_header_example_binds_every_parameter():
+    """The `execute q(…)` example in the header of _views.sql names every parameter of the query it prepares."""
+    header = (REPO / "sql" / "_views.sql").read_text().split("\n\n")[0]
+    prepared = re.search(r"prepare q as \$\(cat sql/(\w+)\.sql\)", header).group(1)
+    given = re.findall(r"(\w+) :=", re.search(r"execute q\((.*?)\)", header).group(1))
+    assert sorted(given) == sorted(list_queries()[prepared].params)
 
 
 def test_several_encoders(tmp_path):
@@ -109,6 +130,10 @@ def test_several_encoders(tmp_path):
     con = connect(fs.root)
     with pytest.raises(
         duckdb.Error, match=r"different dimensions: .*fake-encoder \(dim 16\).*wide \(dim 32\)"
+    ):
+        con.execute("select count(*) from embeddings").fetchall()
+    with pytest.raises(
+        duckdb.Error, match=r"--encoder NAME on the command line, sql.connect\(store, encoder=NAME"
     ):
         con.execute("select count(*) from embeddings").fetchall()
     assert con.execute("select count(distinct encoder) from embedding_files").fetchall() == [(3,)]

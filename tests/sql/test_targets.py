@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from featurize._store import TARGETS_SCHEMA, read_metadata
+from featurize._store import TARGETS_SCHEMA, StoreError, read_metadata
 from sql import import_star_counts, import_targets, list_targets, load_cohort
 from sql._targets import GRAZIANI2022, SamplesWithoutSlidesWarning, TargetsError
 from tests._fakestore import make_fake_store
@@ -230,3 +230,88 @@ def test_gdc_star_counts(store, tmp_path):
     with pytest.raises(TargetsError, match="duplicate sample id.*TCGA-FK-0001-01A"):
         import_star_counts(gdc, sample_sheet=sheet_path, store=store.root, name="bad")
     assert not (store.root / "targets" / "bad.parquet").exists()
+
+
+def test_parquet_with_a_pandas_index(store, tmp_path):
+    """Sample ids (or genes) that pandas wrote as the Parquet index are read as the first column."""
+    m = _matrix(store)
+    path = tmp_path / "indexed.parquet"
+    m.rename_axis("sample_id").to_parquet(path)
+    r = import_targets(path, store=store.root, name="ix")
+    assert r.orientation == "samples-rows" and r.n_samples == 4 and r.genes == ("GNLY", "FBN1", "MGP")
+    r = import_targets(path, store=store.root, name="ix2", orientation="samples-rows")
+    got = pq.read_table(r.path).to_pandas()
+    assert sorted(set(got.sample_id)) == sorted(m.index)
+    assert got.set_index(["sample_id", "gene"]).loc[(m.index[0], "MGP"), "raw_value"] == pytest.approx(
+        m.iloc[0]["MGP"]
+    )
+    m.T.rename_axis("gene").to_parquet(path)
+    r = import_targets(path, store=store.root, name="ix3")
+    assert r.orientation == "genes-rows" and r.genes == ("GNLY", "FBN1", "MGP") and r.n_samples == 4
+    # R's write.table: a header one field short of the rows (no name for the row-name column)
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text(
+        "\t".join(m.columns)
+        + "\n"
+        + "".join("\t".join([s, *map(str, row)]) + "\n" for s, row in m.iterrows())
+    )
+    r = import_targets(tsv, store=store.root, name="ix4")
+    assert r.orientation == "samples-rows" and r.genes == ("GNLY", "FBN1", "MGP") and r.n_samples == 4
+
+
+def test_repeated_header_names_are_named(store, tmp_path):
+    m = _matrix(store).reset_index(names="sample")
+    path = tmp_path / "dup.csv"
+    m.set_axis(["sample", "APC", "GNLY", "APC"], axis=1).to_csv(path, index=False)
+    for genes in (None, ["GNLY"], ["APC"]):
+        with pytest.raises(TargetsError, match=r"gene\(s\) in several columns of the header: APC$"):
+            import_targets(path, store=store.root, name="dup", genes=genes)
+    assert not (store.root / "targets" / "dup.parquet").exists()
+    # names differing in case are different genes
+    m.set_axis(["sample", "APC", "GNLY", "apc"], axis=1).to_csv(path, index=False)
+    r = import_targets(path, store=store.root, name="case")
+    assert r.genes == ("APC", "GNLY", "apc")
+    # genes as rows: a repeated header name is a repeated sample
+    t = _matrix(store).T.rename_axis("gene").reset_index()
+    t.columns = ["gene", *[t.columns[1]] * 2, *t.columns[3:]]
+    t.to_csv(path, index=False)
+    with pytest.raises(TargetsError, match=f"duplicate sample id.*{t.columns[1]}"):
+        import_targets(path, store=store.root, name="dup", orientation="genes-rows")
+
+
+def test_unreadable_files_and_bad_destinations_are_named(store, tmp_path):
+    m = _matrix(store).reset_index(names="sample")
+    ok = tmp_path / "ok.csv"
+    m.to_csv(ok, index=False)
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    png = tmp_path / "image.csv"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    not_parquet = tmp_path / "m.parquet"
+    not_parquet.write_bytes(b"sample,GNLY\n")
+    for path, message in [
+        (empty, "empty.csv is empty"),
+        (png, "image.csv is not UTF-8 text"),
+        (not_parquet, "m.parquet cannot be read as Parquet"),
+        (tmp_path, "is a directory"),
+    ]:
+        with pytest.raises(TargetsError, match=message):
+            import_targets(path, store=store.root, name="bad")
+    with pytest.raises(StoreError, match=r"targets name '\.\./evil' cannot be used as a file name"):
+        import_targets(ok, store=store.root, name="../evil")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for where, message in [
+        (tmp_path / "nostore", "does not exist"),
+        (run_dir, "is not a slide2expr store"),
+        (ok, "is not a directory"),
+    ]:
+        with pytest.raises(StoreError, match=message):
+            import_targets(ok, store=where, name="x")
+        with pytest.raises(StoreError, match=message):
+            import_star_counts(ok, sample_sheet=ok, store=where, name="x")
+    assert not (tmp_path / "nostore").exists() and not (run_dir / "targets").exists()
+    with pytest.raises(TargetsError, match=r"transform='sqrt' \(--transform\)"):
+        import_targets(ok, store=store.root, name="x", transform="sqrt")
+    with pytest.raises(TargetsError, match="nosheet.tsv does not exist"):
+        import_star_counts(ok, sample_sheet=tmp_path / "nosheet.tsv", store=store.root, name="x")
