@@ -15,10 +15,27 @@ from regress._baselines import (
     lgbm_regressor,
     ridge_regressor,
 )
-from regress._compare import CompareError, CompareResult, compare, make_folds, print_summary
+from regress._compare import (
+    CompareError,
+    CompareResult,
+    LeftOutBagsWarning,
+    compare,
+    make_folds,
+    print_summary,
+)
 from regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
 from regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
-from regress._persist import EncoderMismatchError, check_encoder, load_model, predict, train
+from regress._outdir import OutputExistsError
+from regress._persist import (
+    EncoderMismatchError,
+    TransformMismatchError,
+    check_encoder,
+    check_transform,
+    load_model,
+    load_model_config,
+    predict,
+    train,
+)
 from regress._plots import plot_compare_pearson
 from regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
 from regress._torchbag import BagInputError
@@ -35,14 +52,19 @@ __all__ = [
     "CompareResult",
     "EncoderMismatchError",
     "HE2RNARegressor",
+    "LeftOutBagsWarning",
     "MeanRegressor",
+    "OutputExistsError",
     "PerGeneRegressor",
+    "TransformMismatchError",
     "UnknownModelError",
     "bh_fdr",
     "check_encoder",
+    "check_transform",
     "compare",
     "lgbm_regressor",
     "load_model",
+    "load_model_config",
     "make_folds",
     "make_model",
     "metrics_table",

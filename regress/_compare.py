@@ -32,6 +32,35 @@ class CompareError(ValueError):
     """A cohort or argument that ``compare`` cannot run on."""
 
 
+class LeftOutBagsWarning(UserWarning):
+    """Bags with missing target values were left out of a comparison or a fit (their ids are in the message)."""
+
+
+def _check_genes(genes: Sequence[str]) -> list[str]:
+    genes = list(genes)
+    dup = sorted({g for g in genes if genes.count(g) > 1})
+    if dup:
+        raise CompareError(
+            f"the cohort lists gene(s) {', '.join(dup)} more than once: load it with each gene once "
+            "(sql.load_cohort(…, genes=[…]) / --genes)"
+        )
+    return genes
+
+
+def _left_out(cohort, complete: np.ndarray, *, what: str) -> list[str]:
+    """Ids of the bags that miss a target value; warn (:class:`LeftOutBagsWarning`) when there are any."""
+    dropped = [str(b) for b, c in zip(cohort.bag_ids, complete, strict=True) if not c]
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} bag(s) have no (or incomplete) targets and are left out of {what}: "
+            + ", ".join(dropped[:10])
+            + (" …" if len(dropped) > 10 else ""),
+            LeftOutBagsWarning,
+            stacklevel=3,
+        )
+    return dropped
+
+
 @dataclass
 class CompareResult:
     """What :func:`compare` computed (and wrote to ``run`` when given).
@@ -82,9 +111,20 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _fit(est, bags, y, groups):
+def _fit(est, bags, y, groups, *, name: str | None = None, params: Mapping | None = None):
+    """``est.fit`` (with ``groups`` when it takes them). A ``TypeError`` while fitting with user ``params`` (a
+    parameter of the wrong type that the estimator's library does not check up front) becomes an
+    :class:`UnknownModelError` naming the model and the parameters given."""
     kwargs = {"groups": groups} if "groups" in inspect.signature(est.fit).parameters else {}
-    return est.fit(bags, y, **kwargs)
+    try:
+        return est.fit(bags, y, **kwargs)
+    except TypeError as exc:
+        if not params:
+            raise
+        raise UnknownModelError(
+            f"model {name!r}: fitting failed on a value of the wrong type ({exc}); check the types of the "
+            f"parameters given: {', '.join(f'{k}={v!r}' for k, v in sorted(params.items()))}"
+        ) from exc
 
 
 def make_folds(groups: Sequence[str], *, n_folds: int, seed: int) -> np.ndarray:
@@ -118,6 +158,7 @@ def compare(
     store: str | os.PathLike | None = None,
     targets: str | None = None,
     save_models: bool = True,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Cross-validate ``models`` on the same patient-grouped folds and write a run directory.
 
@@ -136,7 +177,8 @@ def compare(
         ``GroupKFold(n_folds, shuffle=True, random_state=seed)`` over patients; fold ``k`` fits models with
         ``random_state = seed + k``.
     out
-        The run directory to write (created; existing files are replaced). None computes without writing.
+        The run directory to write (created). None computes without writing. A folder that is not empty is
+        refused (:class:`regress.OutputExistsError`) unless ``overwrite``.
     model_params
         Per model name, constructor parameters (see :func:`regress.make_model`), e.g.
         ``{"mil": {"max_epochs": 30}, "lgbm": {"n_estimators": 300}}``.
@@ -146,6 +188,9 @@ def compare(
         Recorded in ``config.json`` (where the cohort came from).
     save_models
         Write ``models/<model>/fold<k>.joblib``.
+    overwrite
+        Replace the previous contents of ``out`` (an earlier run, with its fold models, ``explain/`` output and
+        report, or a model directory) before writing; anything in it that slide2expr did not write is still refused.
 
     Returns
     -------
@@ -171,23 +216,31 @@ def compare(
             raise UnknownModelError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
     if "mean" not in models:
         models.append("mean")
-    model_params = {k: dict(v) for k, v in (model_params or {}).items()}
-    for k in model_params:
+    if model_params is not None and not isinstance(model_params, Mapping):
+        raise CompareError(
+            f"model_params must map model names to their parameters, e.g. {{'mil': {{'max_epochs': 30}}}}; "
+            f"got {model_params!r}"
+        )
+    for k, v in (model_params or {}).items():
         if k not in models:
             raise CompareError(
                 f"model_params names {k!r}, which is not among the models run: {', '.join(models)}"
             )
-    genes = list(cohort.genes)
+        if not isinstance(v, Mapping):
+            raise CompareError(
+                f"model_params[{k!r}] must be the model's parameters as a mapping (a JSON object), "
+                f'e.g. {{"{k}": {{…}}}}; got {v!r}'
+            )
+    model_params = {k: dict(v) for k, v in (model_params or {}).items()}
+    genes = _check_genes(cohort.genes)
+    run = None if out is None else Path(out)
+    if run is not None:
+        from regress._outdir import check_output_dir
+
+        check_output_dir(run, overwrite=overwrite)
     Y_all = np.asarray(cohort.y_true, dtype=np.float64)
     complete = ~np.isnan(Y_all).any(axis=1)
-    dropped = [str(b) for b, c in zip(cohort.bag_ids, complete, strict=True) if not c]
-    if dropped:
-        warnings.warn(
-            f"{len(dropped)} bag(s) with missing target values are left out of the comparison: "
-            + ", ".join(dropped[:10])
-            + (" …" if len(dropped) > 10 else ""),
-            stacklevel=2,
-        )
+    dropped = _left_out(cohort, complete, what="the comparison")
     keep = np.flatnonzero(complete)
     all_bags = cohort.bags
     bags = [all_bags[i] for i in keep]
@@ -196,13 +249,11 @@ def compare(
     patients = np.asarray(cohort.groups, dtype=object)[keep].astype(str)
     folds = make_folds(patients, n_folds=n_folds, seed=seed)
 
-    run = None if out is None else Path(out)
     if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-        if (run / "models").is_dir() and (run / "config.json").exists():
-            import shutil
+        from regress._outdir import prepare_output_dir
 
-            shutil.rmtree(run / "models")  # fold models of an earlier run in this directory would be stale
+        # nothing of an earlier run (fold models, explain/, the report) stays beside the new one
+        prepare_output_dir(run, overwrite=overwrite)
     pred_parts, att_parts, seconds = [], [], {m: 0.0 for m in models}
     bar = _Progress(enabled=progress, total=len(models) * n_folds)
     with bar:
@@ -212,7 +263,9 @@ def compare(
                 tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
                 est = make_model(name, params=model_params.get(name), random_state=seed + k)
                 t0 = time.perf_counter()
-                _fit(est, [bags[i] for i in tr], Y[tr], patients[tr])
+                _fit(
+                    est, [bags[i] for i in tr], Y[tr], patients[tr], name=name, params=model_params.get(name)
+                )
                 test_bags = [bags[i] for i in te]
                 yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(genes))
                 seconds[name] += time.perf_counter() - t0

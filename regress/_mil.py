@@ -130,6 +130,16 @@ class _HE2RNANet(nn.Module):
 # ---- estimators ----------------------------------------------------------------------------------------------
 
 
+def _check_number(who: str, name: str, value, *, integer: bool = False, optional: bool = False) -> None:
+    """Raise :class:`BagInputError` naming ``name`` unless ``value`` is an integer / a number (or None)."""
+    if value is None and optional:
+        return
+    types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, types):
+        kind = "an integer" if integer else "a number"
+        raise BagInputError(f"{who}: {name} must be {kind}{' or None' if optional else ''}; got {value!r}")
+
+
 class _TorchBagRegressor(RegressorMixin, BaseEstimator):
     """The training loop shared by :class:`AttentionMILRegressor` and :class:`HE2RNARegressor`."""
 
@@ -150,7 +160,22 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
     def _build(self, d: int, n_genes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: Parameters checked for type before training: integers, numbers, and either of them or None.
+    _INTEGER_PARAMS = ("batch_size", "max_epochs")
+    _NUMBER_PARAMS = ("lr", "weight_decay", "dropout", "validation_fraction", "tile_fraction")
+    _OPTIONAL_INTEGER_PARAMS = ("patience", "max_tiles", "n_threads")
+    _OPTIONAL_NUMBER_PARAMS: tuple[str, ...] = ()
+
     def _check_params(self) -> None:
+        who = type(self).__name__
+        for name in self._INTEGER_PARAMS:
+            _check_number(who, name, getattr(self, name), integer=True)
+        for name in self._NUMBER_PARAMS:
+            _check_number(who, name, getattr(self, name))
+        for name in self._OPTIONAL_INTEGER_PARAMS:
+            _check_number(who, name, getattr(self, name), integer=True, optional=True)
+        for name in self._OPTIONAL_NUMBER_PARAMS:
+            _check_number(who, name, getattr(self, name), optional=True)
         for name in ("lr", "batch_size", "max_epochs"):
             if not getattr(self, name) > 0:
                 raise BagInputError(f"{type(self).__name__}: {name} must be > 0; got {getattr(self, name)!r}")
@@ -582,6 +607,10 @@ class AttentionMILRegressor(_TorchBagRegressor):
         params.update(overrides)
         return cls(**params)
 
+    _INTEGER_PARAMS = (*_TorchBagRegressor._INTEGER_PARAMS, "hidden_dim", "attention_dim")
+    _NUMBER_PARAMS = (*_TorchBagRegressor._NUMBER_PARAMS, "momentum")
+    _OPTIONAL_NUMBER_PARAMS = ("clamp",)
+
     def _check_params(self) -> None:
         super()._check_params()
         if self.mode not in ("instance", "embedding"):
@@ -765,8 +794,15 @@ class HE2RNARegressor(_TorchBagRegressor):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not self.ks or min(self.ks) < 1:
-            raise BagInputError(f"HE2RNARegressor: ks must be positive integers; got {self.ks!r}")
+        for name in ("ks", "hidden"):
+            values = getattr(self, name)
+            if (
+                isinstance(values, str | bytes)
+                or not isinstance(values, Sequence)
+                or not values
+                or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in values)
+            ):
+                raise BagInputError(f"HE2RNARegressor: {name} must be positive integers; got {values!r}")
 
     def _build(self, d: int, n_genes: int) -> nn.Module:
         return _HE2RNANet(

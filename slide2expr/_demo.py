@@ -176,6 +176,7 @@ def run_demo(
         store=store,
         targets=TARGETS_NAME,
         model_params={k: v for k, v in DEMO_MODEL_PARAMS.items() if k in models},
+        overwrite=True,  # the demo owns out/run: a re-run replaces the previous run, its explain/ output included
     )
     res.seconds["compare"] = time.perf_counter() - t
 

@@ -95,7 +95,8 @@ def resolve_tiling(store: str | os.PathLike, *, encoder: str, tiling: str | None
         )
     if len(have) > 1:
         raise StoreError(
-            f"encoder {encoder!r} has embeddings at several tilings ({', '.join(have)}): pass tiling="
+            f"encoder {encoder!r} has embeddings at several tilings ({', '.join(have)}): pick one with --tiling "
+            "on the command line (tiling= in Python)"
         )
     return have[0]
 

@@ -34,6 +34,7 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
+    from regress import OutputExistsError
     from slide2expr._demo import run_demo
     from slide2expr.synth import CohortError
 
@@ -49,7 +50,7 @@ def demo(
             explain=not no_explain,
             log=console.print,
         )
-    except CohortError as exc:
+    except (CohortError, OutputExistsError) as exc:
         raise fail(str(exc)) from exc
 
     if res.hotspot_genes is not None:

@@ -59,9 +59,8 @@ def test_override_mpp_and_errors(tmp_path, cmu_slide):
 def test_a_truncated_slide_is_called_truncated_whatever_breaks_first(tmp_path, cmu_slide, keep):
     cut = tmp_path / "cut.svs"
     cut.write_bytes(cmu_slide.read_bytes()[:keep])
-    with pytest.raises(SlideOpenError, match="cut.*truncated or corrupt"):
-        with open_slide(cut) as s:
-            s.read_tiles([0], [0], 2000, 2000, level=0, out_px=64)
+    with pytest.raises(SlideOpenError, match="cut.*truncated or corrupt"), open_slide(cut) as s:
+        s.read_tiles([0], [0], 2000, 2000, level=0, out_px=64)
 
 
 def test_mpp_fallback_fills_in_only_where_the_metadata_has_no_resolution(tmp_path, cmu_slide):

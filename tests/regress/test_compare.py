@@ -199,7 +199,13 @@ def test_embedding_mode_attention_has_null_tile_predictions(fake_store, tmp_path
     (out / "config.json").write_text("{}")
     params = {"mil-embedding": {"max_epochs": 2, "device": "cpu"}}
     regress.compare(
-        cohort, models=("mil-embedding",), n_folds=2, out=out, model_params=params, progress=False
+        cohort,
+        models=("mil-embedding",),
+        n_folds=2,
+        out=out,
+        model_params=params,
+        progress=False,
+        overwrite=True,
     )
     a = pq.read_table(out / "attention.parquet").to_pandas()
     assert set(a["model"]) == {"mil-embedding"} and set(a["gene"]) == {"FBN1"}
