@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featurize._reader import SLIDE_EXTENSIONS
-from featurize._store import StoreError, check_id, tcga_patient
+from featurize._store import STORE_JSON, StoreError, check_id, tcga_patient
 
 #: Bytes hashed at the head of a slide file for its fingerprint.
 HEAD_BYTES = 1 << 20
@@ -129,8 +129,10 @@ def collect_slides(
     for item in items:
         p = Path(item)
         if p.is_dir():
+            stores = {m.parent for m in p.rglob(STORE_JSON)}  # a store's QC PNGs are not slides
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in SLIDE_EXTENSIONS and not f.name.startswith("."):
+                wanted = f.suffix.lower() in SLIDE_EXTENSIONS and not f.name.startswith(".")
+                if wanted and f.is_file() and not stores.intersection(f.parents):
                     found.append((f, None, None, None))
         elif p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
             rows = _read_table(p)

@@ -214,11 +214,11 @@ def test_featurize_compiled_matches_eager_and_records_it(
 ) -> None:
     slide = slide_dir / "s2.svs"
     # fp32 throughout: on a CPU with bf16, precision auto would run in bf16, which auto does not compile
-    kw = {**FAST, "encoder": tiny, "precision": "fp32"}
+    kw = {**FAST, "encoder": tiny, "precision": "fp32", "batch_size": 6}
     eager = featurize_cohort([slide], store=tmp_path / "eager", compile="off", **kw)
     on = featurize_cohort([slide], store=tmp_path / "on", compile="on", **kw)
     assert not eager.compiled and on.compiled
-    assert on.tiles == eager.tiles > 8 and on.tiles % 8 != 0  # a padded last batch
+    assert on.tiles == eager.tiles > 6 and on.tiles % 6 != 0  # a padded last batch
     a, meta_a = _embeddings(tmp_path / "eager")
     b, meta_b = _embeddings(tmp_path / "on")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -200,7 +201,20 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path, w
     # before the slot is read into again, however many events the batch waits for
     store = tmp_path / "workers"
     featurize_cohort(slide_dir, store=store, **{**FAST, "workers": workers, "batch_size": batch_size})
-    assert snapshot(store) == snapshot(base_store)
+    if batch_size == FAST["batch_size"]:
+        assert snapshot(store) == snapshot(base_store)
+        return
+    # another batch size may change an embedding in its last bit (torch's kernels block by batch): the same tiles,
+    # and the same embeddings to float32 rounding
+    got, want = snapshot(store), snapshot(base_store)
+    assert got.keys() == want.keys()
+    for rel in want:
+        if not rel.startswith("embeddings/"):
+            assert got[rel] == want[rel], rel
+            continue
+        a, b = (pd.DataFrame(x) for x in (got[rel], want[rel]))
+        pd.testing.assert_frame_equal(a.drop(columns="embedding"), b.drop(columns="embedding"))
+        np.testing.assert_allclose(np.stack(a.embedding), np.stack(b.embedding), rtol=1e-6, atol=1e-6)
 
 
 def _open_readers() -> int:
@@ -530,6 +544,16 @@ def test_float16_and_patient_table(slide_dir, tmp_path):
     assert str(pq.read_schema(ep).field("embedding").type.value_type) == "halffloat"
     assert pq.read_table(slide_path(store, "s2")).column("patient_id")[0].as_py() == "P7"
     assert duckdb.connect().execute(f"select count(*) from read_parquet('{ep}')").fetchone()[0] > 0
+
+
+def test_a_folder_scan_skips_a_store_inside_it(slide_dir, tmp_path):
+    import shutil
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(slide_dir / "s2.svs", slides)
+    featurize_cohort(slides, store=slides / "store", **FAST)  # its QC PNG is slides/store/qc/…/s2.png
+    assert [s.slide_id for s in collect_slides(slides)] == ["s2"]
 
 
 def test_slide_list_csv_and_errors(slide_dir, tmp_path):

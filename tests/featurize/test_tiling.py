@@ -67,6 +67,27 @@ def test_tissue_mask_finds_tissue_and_ignores_glass_and_pen():
     assert not tissue_mask(blank, mpp=8.0).any()
 
 
+def test_pale_mucin_is_tissue_and_grey_smudges_are_not():
+    """Colours of the synthetic cohort's thumbnails at 8 µm/px: glass, stroma, and pale blue-grey mucin (saturation
+    ≈ 0.1, below Otsu's split between stain and glass), each with noise; and a grey smudge on the glass."""
+    rng = np.random.default_rng(0)
+    thumb = np.empty((150, 200, 3), np.float64)
+    thumb[:] = (245, 247, 244)
+    yy, xx = np.mgrid[:150, :200]
+    stroma = (yy - 75) ** 2 / 40**2 + (xx - 55) ** 2 / 35**2 < 1
+    mucin = (yy - 75) ** 2 / 40**2 + (xx - 140) ** 2 / 35**2 < 1
+    smudge = (yy < 25) & (xx > 150)
+    thumb[stroma] = (227, 179, 211)
+    thumb[mucin] = (222, 202, 224)
+    thumb[smudge] = (222, 222, 222)
+    thumb += rng.normal(0, 6, thumb.shape) * (stroma | mucin)[..., None] + rng.normal(0, 2, thumb.shape)
+    mask = tissue_mask(np.clip(thumb, 0, 255).astype(np.uint8), mpp=8.0)
+    assert mask[mucin].mean() > 0.95 and mask[stroma].mean() > 0.95
+    assert not mask[smudge].any()
+    glass = ~(stroma | mucin | smudge)
+    assert mask[glass].mean() < 0.03  # a rim a few px wide around the tissue at most
+
+
 def test_qc_image_is_a_png_of_the_thumbnail(tmp_path):
     p = write_svs(tmp_path / "q.svs", size=(1024, 768), mpp=0.5, levels=1)
     with open_slide(p) as s:
