@@ -51,7 +51,8 @@ def tissue_mask(thumb: np.ndarray, *, mpp: float) -> np.ndarray:
     rgb = thumb.astype(np.int16)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     pen = (
-        ((b - r > 40) & (b - g > 15))  # blue pen: H&E is never far bluer than red
+        # blue pen: H&E is never far bluer than red (dense lymphocytes, as in TLS, reach b - r ≈ 60; ink ≈ 100+)
+        ((b - r > 70) & (b - g > 30))
         | ((g - r > 15) & (g - b > 10))  # green pen
         | (np.maximum(np.maximum(r, g), b) < 60)  # black pen, dark debris
     )

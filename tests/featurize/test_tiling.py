@@ -88,6 +88,24 @@ def test_pale_mucin_is_tissue_and_grey_smudges_are_not():
     assert mask[glass].mean() < 0.03  # a rim a few px wide around the tissue at most
 
 
+def test_dense_lymphocytes_are_tissue_not_blue_pen():
+    """A lymphoid aggregate is H&E's bluest tissue (b - r ≈ 50 on the synthetic cohort's TLS); blue ink is far bluer."""
+    rng = np.random.default_rng(1)
+    thumb = np.empty((150, 200, 3), np.float64)
+    thumb[:] = (245, 247, 244)
+    yy, xx = np.mgrid[:150, :200]
+    stroma = (yy - 75) ** 2 / 50**2 + (xx - 100) ** 2 / 80**2 < 1
+    tls = (yy - 75) ** 2 / 20**2 + (xx - 100) ** 2 / 25**2 < 1
+    thumb[stroma] = (227, 179, 211)
+    thumb[tls] = (100, 78, 150)
+    thumb += rng.normal(0, 4, thumb.shape)
+    img = np.clip(thumb, 0, 255).astype(np.uint8)
+    img[140:146, 5:60] = (40, 60, 200)  # a blue pen stroke on the glass
+    mask = tissue_mask(img, mpp=8.0)
+    assert mask[tls].all() and mask[stroma].mean() > 0.99
+    assert not mask[140:146, 5:60].any()
+
+
 def test_qc_image_is_a_png_of_the_thumbnail(tmp_path):
     p = write_svs(tmp_path / "q.svs", size=(1024, 768), mpp=0.5, levels=1)
     with open_slide(p) as s:
