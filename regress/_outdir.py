@@ -8,24 +8,18 @@ import os
 import shutil
 from pathlib import Path
 
+from regress._compare import RUN_FILES
+
 #: What slide2expr writes into a run directory (compare; explain's ``explain/`` and ``localisation.parquet``; the
 #: demo's ``truth_tiles.parquet``) or a model directory (train). ``overwrite=True`` deletes these and nothing else.
-KNOWN_OUTPUTS = frozenset(
-    {
-        "config.json",
-        "folds.parquet",
-        "predictions.parquet",
-        "metrics.parquet",
-        "comparisons.parquet",
-        "attention.parquet",
-        "models",
-        "plots",
-        "explain",
-        "localisation.parquet",
-        "truth_tiles.parquet",
-        "model.joblib",
-    }
-)
+KNOWN_OUTPUTS = frozenset(RUN_FILES) | {
+    "models",
+    "plots",
+    "explain",
+    "localisation.parquet",
+    "truth_tiles.parquet",
+    "model.joblib",
+}
 
 
 class OutputExistsError(ValueError):
