@@ -67,21 +67,40 @@ def test_tissue_mask_finds_tissue_and_ignores_glass_and_pen():
     assert not tissue_mask(blank, mpp=8.0).any()
 
 
-def test_pale_mucin_is_tissue_and_grey_smudges_are_not():
-    """Colours of the synthetic cohort's thumbnails at 8 µm/px: glass, stroma, and pale blue-grey mucin (saturation
-    ≈ 0.1, below Otsu's split between stain and glass), each with noise; and a grey smudge on the glass."""
-    rng = np.random.default_rng(0)
+GLASS = (245, 247, 244)
+
+
+def _ellipse(cy: float, cx: float, ry: float, rx: float, shape=(150, 200)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 / ry**2 + (xx - cx) ** 2 / rx**2 < 1
+
+
+def _thumbnail(
+    regions: list[tuple[np.ndarray, tuple[int, int, int]]], *, seed: int, noise: float
+) -> np.ndarray:
+    """A (150, 200) glass thumbnail with each ``(mask, rgb)`` region painted in turn, plus Gaussian noise."""
     thumb = np.empty((150, 200, 3), np.float64)
-    thumb[:] = (245, 247, 244)
-    yy, xx = np.mgrid[:150, :200]
-    stroma = (yy - 75) ** 2 / 40**2 + (xx - 55) ** 2 / 35**2 < 1
-    mucin = (yy - 75) ** 2 / 40**2 + (xx - 140) ** 2 / 35**2 < 1
-    smudge = (yy < 25) & (xx > 150)
-    thumb[stroma] = (227, 179, 211)
-    thumb[mucin] = (222, 202, 224)
-    thumb[smudge] = (222, 222, 222)
-    thumb += rng.normal(0, 6, thumb.shape) * (stroma | mucin)[..., None] + rng.normal(0, 2, thumb.shape)
-    mask = tissue_mask(np.clip(thumb, 0, 255).astype(np.uint8), mpp=8.0)
+    thumb[:] = GLASS
+    for mask, rgb in regions:
+        thumb[mask] = rgb
+    thumb += np.random.default_rng(seed).normal(0, noise, thumb.shape)
+    return np.clip(thumb, 0, 255).astype(np.uint8)
+
+
+def test_pale_mucin_is_tissue_and_grey_smudges_are_not():
+    """Colours of the synthetic cohort's thumbnails at 8 µm/px: mostly stroma and tumour, whose saturation sets Otsu's
+    split above pale blue-grey mucin's (≈ 0.1), a mucin pool, and a grey smudge on the glass."""
+    stroma = _ellipse(75, 80, 65, 75)
+    tumour = _ellipse(75, 60, 30, 35)
+    mucin = _ellipse(75, 165, 25, 22)
+    smudge = _ellipse(15, 180, 8, 15)
+    paint = [
+        (stroma, (227, 179, 211)),
+        (tumour, (150, 90, 160)),
+        (mucin, (222, 202, 224)),
+        (smudge, (222, 222, 222)),
+    ]
+    mask = tissue_mask(_thumbnail(paint, seed=0, noise=4), mpp=8.0)
     assert mask[mucin].mean() > 0.95 and mask[stroma].mean() > 0.95
     assert not mask[smudge].any()
     glass = ~(stroma | mucin | smudge)
@@ -90,16 +109,9 @@ def test_pale_mucin_is_tissue_and_grey_smudges_are_not():
 
 def test_dense_lymphocytes_are_tissue_not_blue_pen():
     """A lymphoid aggregate is H&E's bluest tissue (b - r ≈ 50 on the synthetic cohort's TLS); blue ink is far bluer."""
-    rng = np.random.default_rng(1)
-    thumb = np.empty((150, 200, 3), np.float64)
-    thumb[:] = (245, 247, 244)
-    yy, xx = np.mgrid[:150, :200]
-    stroma = (yy - 75) ** 2 / 50**2 + (xx - 100) ** 2 / 80**2 < 1
-    tls = (yy - 75) ** 2 / 20**2 + (xx - 100) ** 2 / 25**2 < 1
-    thumb[stroma] = (227, 179, 211)
-    thumb[tls] = (100, 78, 150)
-    thumb += rng.normal(0, 4, thumb.shape)
-    img = np.clip(thumb, 0, 255).astype(np.uint8)
+    stroma = _ellipse(75, 100, 50, 80)
+    tls = _ellipse(75, 100, 20, 25)
+    img = _thumbnail([(stroma, (227, 179, 211)), (tls, (100, 78, 150))], seed=1, noise=4)
     img[140:146, 5:60] = (40, 60, 200)  # a blue pen stroke on the glass
     mask = tissue_mask(img, mpp=8.0)
     assert mask[tls].all() and mask[stroma].mean() > 0.99
