@@ -43,17 +43,19 @@ class SlideInput:
     mpp_fallback: float | None = None
 
 
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+
+
 def _read_table(path: Path) -> list[dict[str, str]]:
-    delim = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh, delimiter=delim))
+        rows = list(csv.DictReader(fh, delimiter=_delimiter(path)))
     return [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
 
 
 def _header(path: Path) -> list[str]:
-    delim = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        first = next(csv.reader(fh, delimiter=delim), [])
+        first = next(csv.reader(fh, delimiter=_delimiter(path)), [])
     return [c.strip().lower() for c in first]
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurize._inputs import SlideInput, file_fingerprint
-from featurize._reader import SlideError, SlideReader, TileCache, open_slide
+from featurize._reader import _LEVEL_TOLERANCE, SlideError, SlideReader, TileCache, open_slide
 from featurize._store import (
     SLIDES_SCHEMA,
     STORE_FORMAT,
@@ -213,10 +213,6 @@ def _close_readers() -> None:
             r.close()
 
 
-#: tiles are "finer than the scan" only beyond rounding in the scanner's metadata
-_LEVEL_TOLERANCE_PIPE = 1.01
-
-
 def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
     """Open ``slide``, detect tissue on a thumbnail and lay out the kept tiles. Never raises for slide problems:
     they end up in ``status``/``error``."""
@@ -243,7 +239,7 @@ def plan_slide(slide: SlideInput, tiling: TilingParams) -> SlidePlan:
             mask_mpp=tmpp,
         )
         finest = min(r.mpp)
-        if tiling.mpp < finest / _LEVEL_TOLERANCE_PIPE:
+        if tiling.mpp < finest / _LEVEL_TOLERANCE:  # beyond the rounding of scanners' metadata
             plan.note = (
                 f"tiles at {tiling.mpp:g} µm/px are finer than the scan's {finest:.3g} µm/px: its pixels are "
                 f"enlarged {finest / tiling.mpp:.2g}×, which adds no detail (--mpp {finest:.3g} or coarser reads "
@@ -810,57 +806,55 @@ def _embedding_column(values: np.ndarray, type_: pa.DataType) -> pa.ChunkedArray
     return pa.chunked_array(chunks, type=type_)
 
 
-def is_done(slide: SlideInput, cfg: RunConfig) -> bool:
-    """Whether ``slide`` has outputs of this exact config and file (resume skips it)."""
+def skip_if_done(slide: SlideInput, cfg: RunConfig) -> bool:
+    """Resume's step for one slide: when its outputs match this config and file, remove the hidden temporaries a killed
+    run left beside them, bring its ``slides/`` row up to date with this run's patient id and path (a new patient
+    table or a moved file changes neither pixels nor embeddings), and return True."""
+    row = _done_row(slide, cfg)
+    if row is None:
+        return False
+    clean_stale_tmp(slide, cfg)
+    want = {"patient_id": slide.patient_id, "path": os.path.abspath(slide.path)}
+    changed = {k: v for k, v in want.items() if row.column(k)[0].as_py() != v}
+    for k, v in changed.items():
+        row = row.set_column(row.schema.get_field_index(k), row.schema.field(k), pa.array([v], pa.string()))
+    if changed:
+        write_table_atomic(row, slide_path(cfg.store, slide.slide_id))  # the schema keeps the file's metadata
+    return True
+
+
+def _done_row(slide: SlideInput, cfg: RunConfig) -> pa.Table | None:
+    """The slide's ``slides/`` row when its outputs match this config and file; None otherwise."""
+    import pyarrow.parquet as pq
+
     sp, tp, ep, _ = _slide_files(cfg, slide.slide_id)
     if not (ep.is_file() and sp.is_file() and tp.is_file()):
-        return False
+        return None
     try:
         meta = read_metadata(ep)
     except (OSError, pa.ArrowInvalid):
-        return False
+        return None
     if meta.get("config_hash") != cfg.config_hash:
-        return False
+        return None
     fp = meta.get("fingerprint") or {}
     now = file_fingerprint(slide.path)
     if (fp.get("size"), fp.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
-        return False
-    tiling = meta.get("tiling_params") or {}
-    return tiling.get("mpp") == cfg.tiling.mpp and _slide_mpp_matches(sp, slide)
+        return None
+    if (meta.get("tiling_params") or {}).get("mpp") != cfg.tiling.mpp:
+        return None
+    row = pq.read_table(sp)
+    return row if row.num_rows == 1 and _slide_mpp_matches(row, slide) else None
 
 
-def _slide_mpp_matches(sp: Path, slide: SlideInput) -> bool:
+def _slide_mpp_matches(row: pa.Table, slide: SlideInput) -> bool:
     """Whether the recorded level-0 resolution came from where this run's would: the CSV's ``mpp`` (same value),
     the slide's metadata, or ``--mpp-override`` standing in for missing metadata (same value)."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(sp, columns=["mpp_x", "mpp_source"])
-    if t.num_rows != 1:
-        return False
-    mpp, source = t.column(0)[0].as_py(), t.column(1)[0].as_py()
+    mpp, source = row.column("mpp_x")[0].as_py(), row.column("mpp_source")[0].as_py()
     if slide.mpp is not None:
         return source == "override" and mpp == slide.mpp
     if source == "metadata":
         return True
     return source == "override" and mpp == slide.mpp_fallback
-
-
-def refresh_slide_row(slide: SlideInput, cfg: RunConfig) -> bool:
-    """Bring a skipped slide's ``slides/`` row up to date with this run's patient id and path (a new patient
-    table or a moved slide file changes neither the pixels nor the embeddings); returns whether it changed."""
-    import pyarrow.parquet as pq
-
-    sp = slide_path(cfg.store, slide.slide_id)
-    t = pq.read_table(sp)
-    if t.num_rows != 1:
-        return False
-    want = {"patient_id": slide.patient_id, "path": os.path.abspath(slide.path)}
-    changed = {k: v for k, v in want.items() if t.column(k)[0].as_py() != v}
-    for k, v in changed.items():
-        t = t.set_column(t.schema.get_field_index(k), t.schema.field(k), pa.array([v], pa.string()))
-    if changed:
-        write_table_atomic(t, sp)  # the schema keeps the file's metadata
-    return bool(changed)
 
 
 class _Writer:

@@ -23,12 +23,10 @@ from featurize._pipeline import (
     TilingParams,
     _stream,
     _Writer,
-    clean_stale_tmp,
     fork_readers,
-    is_done,
     make_executor,
-    refresh_slide_row,
     resolve_device,
+    skip_if_done,
     usable_cores,
 )
 from featurize._store import init_store
@@ -136,6 +134,15 @@ def magnification_to_mpp(magnification: float) -> float:
     return 10.0 / magnification
 
 
+def tile_mpp(mpp: float | None, magnification: float | None) -> float:
+    """The tiles' µm/px from ``--mpp`` or ``--magnification`` (which wins); ValueError when it is not plausible."""
+    if magnification is not None:
+        mpp = magnification_to_mpp(magnification)
+    if mpp is None or not (0.05 <= mpp <= 100):
+        raise ValueError(f"--mpp {mpp}: give the tile resolution in µm/px (e.g. 0.5 for 20x)")
+    return float(mpp)
+
+
 def default_workers(device: str = "cpu") -> int:
     """Reader processes for ``device`` (``"cpu"`` or ``"cuda"``).
 
@@ -241,10 +248,7 @@ def featurize_cohort(
 
     from featurize._inputs import SlideListError
 
-    if magnification is not None:
-        mpp = magnification_to_mpp(magnification)
-    if mpp is None or not (0.05 <= mpp <= 100):
-        raise ValueError(f"--mpp {mpp}: give the tile resolution in µm/px (e.g. 0.5 for 20x)")
+    mpp = tile_mpp(mpp, magnification)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype {dtype!r}: use float32 or float16")
     if precision not in ("auto", "bf16", "fp32"):
@@ -325,9 +329,7 @@ def featurize_cohort(
     summary = FeaturizeSummary(store=root, tiling=tiling.name, encoder=name, device=dev, precision=prec)
     todo: list[SlideInput] = []
     for s in items:
-        if not force and is_done(s, cfg):
-            clean_stale_tmp(s, cfg)
-            refresh_slide_row(s, cfg)
+        if not force and skip_if_done(s, cfg):
             summary.results.append(SlideResult(s.slide_id, "skipped"))
         else:
             todo.append(s)

@@ -111,23 +111,20 @@ def featurize(
         raise fail(str(exc)) from None
 
     if dry_run:
-        from featurize._run import magnification_to_mpp
+        from featurize._run import tile_mpp
         from featurize.encoders import UnknownEncoderError, get_spec
 
         try:
             get_spec(encoder)
-            tile_mpp = magnification_to_mpp(magnification) if magnification is not None else mpp
+            plan_mpp = tile_mpp(mpp, magnification)
         except (UnknownEncoderError, ValueError) as exc:
             raise fail(str(exc)) from None
-        if not 0.05 <= tile_mpp <= 100:
-            raise fail(f"--mpp {tile_mpp}: give the tile resolution in µm/px (e.g. 0.5 for 20x)")
         _print_plan(
             console,
             items,
             store=store,
             encoder=encoder,
-            mpp=mpp,
-            magnification=magnification,
+            mpp=plan_mpp,
             tile=tile,
             overlap=overlap,
             min_tissue=min_tissue,
@@ -201,15 +198,11 @@ def featurize(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _print_plan(
-    console, items, *, store, encoder, mpp, magnification, tile, overlap, min_tissue, shard, force
-):
+def _print_plan(console, items, *, store, encoder, mpp, tile, overlap, min_tissue, shard, force):
     from rich.table import Table
 
-    from featurize._run import magnification_to_mpp
     from featurize._store import embeddings_path, tiling_name
 
-    mpp = magnification_to_mpp(magnification) if magnification is not None else mpp
     tiling = tiling_name(mpp=mpp, tile_px=tile, overlap_px=overlap)
     table = Table(
         title=f"plan: {len(items)} slides → {store} (tiling {tiling}, encoder {encoder}, min tissue {min_tissue}"
