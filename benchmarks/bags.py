@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featurize._store import (  # noqa: E402
+from slide2expr.contract import (  # noqa: E402
     SLIDES_SCHEMA,
     embeddings_path,
     embeddings_schema,
@@ -120,13 +120,13 @@ def _best(fn, repeat: int) -> tuple[float, object]:
 
 
 def _load(store: Path, n_threads: int | None = None):
-    from sql import load_cohort
+    from slide2expr.sql import load_cohort
 
     return load_cohort(store, encoder=ENCODER, n_threads=n_threads)
 
 
 def _load_cached(store: Path):
-    from sql import load_cohort
+    from slide2expr.sql import load_cohort
 
     return load_cohort(store, encoder=ENCODER, cache=True)
 
@@ -135,7 +135,7 @@ _RSS_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy, pyarrow, pyarrow.parquet
-from sql import load_cohort
+from slide2expr.sql import load_cohort
 def status_mb(key):
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the (large) parent
     with open('/proc/self/status') as fh:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         # DuckDB → Arrow → numpy
         def duckdb_bags():
-            from sql import connect
+            from slide2expr.sql import connect
 
             con = connect(store)
             t = con.sql(

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-import featurize  # noqa: E402 - before torch: sets GOMP_SPINCOUNT (see featurize/_tuning.py)
+from slide2expr import featurize  # noqa: E402 - before torch: sets GOMP_SPINCOUNT (see featurize/_tuning.py)
 
 WORK = Path(__file__).resolve().parent / "_work"
 #: Large ellipses: most of the slide is tissue, some glass remains for the tissue detector to find.
@@ -60,7 +60,7 @@ def synthetic_slide(size: int, slide_mpp: float, *, here: bool = False) -> Path:
         cmd = [sys.executable, __file__, "--make-slide", "--size", str(size), "--slide-mpp", str(slide_mpp)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return path
-    from featurize._svs import write_svs
+    from slide2expr.featurize._svs import write_svs
 
     WORK.mkdir(exist_ok=True)
     write_svs(path, size=(size, size), mpp=slide_mpp, levels=3, blobs=BLOBS, seed=7, quality=80)
@@ -75,7 +75,7 @@ def children_cpu_seconds() -> float:
 
 def copies(path: Path, n: int) -> list:
     """``n`` slide ids (``copy000``…, one patient each) for the same file: a cohort made of one slide."""
-    from featurize._inputs import SlideInput
+    from slide2expr.featurize._inputs import SlideInput
 
     return [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(n)]
 
@@ -158,8 +158,8 @@ def read_rate(
 ) -> tuple[float, np.ndarray]:
     import torch
 
-    from featurize._pipeline import make_chunks
-    from featurize._reader import open_slide
+    from slide2expr.featurize._pipeline import make_chunks
+    from slide2expr.featurize._reader import open_slide
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per worker: a reader process runs one thread (the resize is torch's)
@@ -270,10 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from featurize._inputs import collect_slides
-    from featurize._pipeline import TilingParams, plan_slide, resolve_device
-    from featurize._run import DEFAULT_BATCH, default_workers, featurize_cohort
-    from featurize.encoders import create_encoder
+    from slide2expr.featurize._inputs import collect_slides
+    from slide2expr.featurize._pipeline import TilingParams, plan_slide, resolve_device
+    from slide2expr.featurize._run import DEFAULT_BATCH, default_workers, featurize_cohort
+    from slide2expr.featurize.encoders import create_encoder
 
     device = resolve_device(args.device)
     # featurize_cohort does this on the CPU; do it first, so the encoder-only runs get the same allocator
@@ -440,7 +440,7 @@ def memory(args) -> dict:
 
     import psutil
 
-    from featurize._run import featurize_cohort
+    from slide2expr.featurize._run import featurize_cohort
 
     path = args.slide or synthetic_slide(args.size, args.slide_mpp)
     slides = copies(path, args.memory)

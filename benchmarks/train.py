@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from regress import AttentionMILRegressor, lgbm_regressor, ridge_regressor  # noqa: E402
+from slide2expr.regress import AttentionMILRegressor, lgbm_regressor, ridge_regressor  # noqa: E402
 
 
 def make_cohort(n_bags: int, n_tiles: int, dim: int, n_genes: int, seed: int = 0):

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"transformers is needed for this check ({e}); see the module docstring") from None
     import transformers
 
-    from featurize.encoders import create_encoder
+    from slide2expr.featurize.encoders import create_encoder
 
     results, ok = [], True
     for img in args.image_size:

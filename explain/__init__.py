@@ -5,15 +5,26 @@ Reads a run directory written by ``regress.compare`` and the store it was traine
 
 from __future__ import annotations
 
-from explain._figures import model_summary, plot_scatter, save_figure
-from explain._gallery import Gallery, gallery, plot_gallery
-from explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
-from explain._io import ExplainError, Run, load_run
-from explain._localisation import attention_scores, localisation_auroc, plot_localisation, shap_scores
-from explain._maps import ScoreMap, plot_heatmap, plot_slide_maps, tile_score_map
-from explain._report import find_chromium, render_dom, screenshot, write_report
-from explain._run import ExplainResult, explain_run, slide_score_maps, write_maps
-from explain._shap import ShapResult, plot_shap_importance, plot_shap_summary, shap_tree, tree_models
+from slide2expr.explain._figures import model_summary, plot_scatter, save_figure
+from slide2expr.explain._gallery import Gallery, gallery, plot_gallery
+from slide2expr.explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
+from slide2expr.explain._io import ExplainError, Run, load_run
+from slide2expr.explain._localisation import (
+    attention_scores,
+    localisation_auroc,
+    plot_localisation,
+    shap_scores,
+)
+from slide2expr.explain._maps import ScoreMap, plot_heatmap, plot_slide_maps, tile_score_map
+from slide2expr.explain._report import find_chromium, render_dom, screenshot, write_report
+from slide2expr.explain._run import ExplainResult, explain_run, slide_score_maps, write_maps
+from slide2expr.explain._shap import (
+    ShapResult,
+    plot_shap_importance,
+    plot_shap_summary,
+    shap_tree,
+    tree_models,
+)
 
 __all__ = [
     "ExplainError",

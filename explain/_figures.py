@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from featurize._store import write_bytes_atomic
+from slide2expr.contract import write_bytes_atomic
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from explain._io import ExplainError, Run, load_run, read_tiles
-from explain._slides import read_tiles_full_res
+from slide2expr.explain._io import ExplainError, Run, load_run, read_tiles
+from slide2expr.explain._slides import read_tiles_full_res
 
 GALLERY_COLUMNS = (
     "gene",

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from explain._io import ExplainError
-from explain._maps import ScoreMap
+from slide2expr.explain._io import ExplainError
+from slide2expr.explain._maps import ScoreMap
 
 HOTSPOT_COLUMNS = (
     "hotspot_id",
@@ -231,6 +231,6 @@ def hotspots_to_geojson(
 
 def write_geojson(collection: dict, path: str | os.PathLike) -> Path:
     """Write a FeatureCollection to ``path`` atomically (UTF-8 JSON)."""
-    from featurize._store import write_bytes_atomic
+    from slide2expr.contract import write_bytes_atomic
 
     return write_bytes_atomic(Path(path), json.dumps(collection, indent=1).encode())

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from featurize._store import SLIDES_DIR, embeddings_path, slide_path, tiles_path
+from slide2expr.contract import SLIDES_DIR, embeddings_path, slide_path, tiles_path
 
 
 class ExplainError(ValueError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from explain._io import ExplainError
+from slide2expr.explain._io import ExplainError
 
 #: Colour-scale names accepted by :func:`plot_heatmap`.
 SCALES = ("raw", "percentile")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from explain._figures import model_summary
-from explain._io import ExplainError, Run, load_run
-from featurize._store import write_bytes_atomic
+from slide2expr.contract import write_bytes_atomic
+from slide2expr.explain._figures import model_summary
+from slide2expr.explain._io import ExplainError, Run, load_run
 
 #: Section ids of the report, in order (each is an ``<section id=…>`` with an ``<h2>``).
 SECTIONS = {

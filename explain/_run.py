@@ -12,15 +12,26 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from explain._figures import plot_scatter, save_figure
-from explain._gallery import gallery, plot_gallery
-from explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
-from explain._io import ExplainError, Run, load_run, read_tiles, slide_row
-from explain._localisation import attention_scores, localisation_auroc, plot_localisation, shap_scores
-from explain._maps import ScoreMap, plot_slide_maps, tile_score_map
-from explain._shap import ShapResult, plot_shap_importance, plot_shap_summary, shap_tree, tree_models
-from explain._slides import slide_thumbnail
-from featurize._store import write_bytes_atomic, write_table_atomic
+from slide2expr.contract import write_bytes_atomic, write_table_atomic
+from slide2expr.explain._figures import plot_scatter, save_figure
+from slide2expr.explain._gallery import gallery, plot_gallery
+from slide2expr.explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
+from slide2expr.explain._io import ExplainError, Run, load_run, read_tiles, slide_row
+from slide2expr.explain._localisation import (
+    attention_scores,
+    localisation_auroc,
+    plot_localisation,
+    shap_scores,
+)
+from slide2expr.explain._maps import ScoreMap, plot_slide_maps, tile_score_map
+from slide2expr.explain._shap import (
+    ShapResult,
+    plot_shap_importance,
+    plot_shap_summary,
+    shap_tree,
+    tree_models,
+)
+from slide2expr.explain._slides import slide_thumbnail
 
 MANIFEST = "manifest.json"
 
@@ -431,7 +442,7 @@ def explain_run(
     write_bytes_atomic(out / MANIFEST, json.dumps(res.manifest(), indent=1).encode())
     if report:
         say("report")
-        from explain._report import write_report
+        from slide2expr.explain._report import write_report
 
         res.report = write_report(run, explain_dir=out)
     return res

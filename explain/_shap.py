@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from explain._io import ExplainError, Run, load_run, read_embeddings, read_tiles, slide_bag_ids
+from slide2expr.explain._io import ExplainError, Run, load_run, read_embeddings, read_tiles, slide_bag_ids
 
 _TREE_MODULES = ("lightgbm", "xgboost", "catboost", "sklearn.ensemble", "sklearn.tree")
 

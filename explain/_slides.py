@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain._io import ExplainError, slide_row
+from slide2expr.explain._io import ExplainError, slide_row
 
 
 def open_store_slide(store: str | os.PathLike, slide_id: str):
@@ -16,7 +16,7 @@ def open_store_slide(store: str | os.PathLike, slide_id: str):
     The recorded mpp is passed as an override when the store says it came from one, so coordinates agree with the
     tile grid. Raises :class:`ExplainError` naming the slide and its path when the file is gone or unreadable.
     """
-    from featurize import SlideError, open_slide
+    from slide2expr.featurize import SlideError, open_slide
 
     row = slide_row(store, slide_id)
     path = row.get("path")

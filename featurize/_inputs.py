@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurize._reader import SLIDE_EXTENSIONS
-from featurize._store import STORE_JSON, StoreError, check_id, tcga_patient
+from slide2expr.contract import STORE_JSON, StoreError, check_id, tcga_patient
+from slide2expr.featurize._reader import SLIDE_EXTENSIONS
 
 #: Bytes hashed at the head of a slide file for its fingerprint.
 HEAD_BYTES = 1 << 20
@@ -97,7 +97,7 @@ def _float_or_fail(value: str, *, where: str) -> float | None:
 
 
 def _check_mpp(mpp: float, *, where: str) -> float:
-    from featurize._reader import MPP_RANGE
+    from slide2expr.featurize._reader import MPP_RANGE
 
     if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # also catches nan
         raise SlideListError(

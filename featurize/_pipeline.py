@@ -44,14 +44,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from featurize._inputs import SlideInput, file_fingerprint
-from featurize._reader import _LEVEL_TOLERANCE, SlideError, SlideReader, TileCache, open_slide
-from featurize._store import (
+from slide2expr.contract import (
     SLIDES_SCHEMA,
     STORE_FORMAT,
     TILES_SCHEMA,
     embeddings_path,
     embeddings_schema,
+    package_version,
+    qc_path,
     read_metadata,
     slide_path,
     tiles_path,
@@ -59,25 +59,19 @@ from featurize._store import (
     write_bytes_atomic,
     write_table_atomic,
 )
-from featurize._tissue import TISSUE_MPP, TISSUE_VERSION, TileGrid, qc_image, tile_grid, tissue_mask
+from slide2expr.featurize._inputs import SlideInput, file_fingerprint
+from slide2expr.featurize._reader import _LEVEL_TOLERANCE, SlideError, SlideReader, TileCache, open_slide
+from slide2expr.featurize._tissue import (
+    TISSUE_MPP,
+    TISSUE_VERSION,
+    TileGrid,
+    qc_image,
+    tile_grid,
+    tissue_mask,
+)
 
 #: Bumped when the pipeline changes what it writes (part of the config hash, so resume redoes old slides).
 PIPELINE_VERSION = 1
-QC_DIR = "qc"
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("slide2expr")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-        return "0+unknown"
-
-
-def qc_path(store: str | os.PathLike, tiling: str, slide_id: str) -> Path:
-    """``STORE/qc/<tiling>/<slide_id>.png``: the thumbnail with the tissue outline and the kept tiles."""
-    return Path(store) / QC_DIR / tiling / f"{slide_id}.png"
 
 
 # ---- plan: open, tissue, grid (runs in a worker) -------------------------------------------------------------

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from featurize._inputs import SlideInput, collect_slides, select_shard
-from featurize._pipeline import (
+from slide2expr.contract import init_store
+from slide2expr.featurize._inputs import SlideInput, collect_slides, select_shard
+from slide2expr.featurize._pipeline import (
     _RING,
     FeaturizeSummary,
     RunConfig,
@@ -29,8 +30,7 @@ from featurize._pipeline import (
     skip_if_done,
     usable_cores,
 )
-from featurize._store import init_store
-from featurize._tuning import keep_freed_memory
+from slide2expr.featurize._tuning import keep_freed_memory
 
 #: Measured defaults (benchmarks/featurize.py): small CPU batches beat large ones on a 2-core CPU; on an H200,
 #: 256 beat 64 by 8 % (ViT-L/16, 2,912 against 2,695 tiles/s), 64 % (efficientnet-lite0) and 75 % (ResNet50).
@@ -246,7 +246,7 @@ def featurize_cohort(
     """
     import torch
 
-    from featurize._inputs import SlideListError
+    from slide2expr.featurize._inputs import SlideListError
 
     mpp = tile_mpp(mpp, magnification)
     if dtype not in ("float32", "float16"):
@@ -284,7 +284,7 @@ def featurize_cohort(
     items = select_shard(items, shard)
     dev = resolve_device(device)
     if isinstance(encoder, str):
-        from featurize.encoders import create_encoder
+        from slide2expr.featurize.encoders import create_encoder
 
         enc = create_encoder(encoder, weights=weights, device=dev)
     else:
@@ -715,7 +715,7 @@ class _CudaBatches(_Batches):
 
 
 def _describe(plan: SlidePlan, exc: BaseException) -> str:
-    from featurize._reader import SlideError
+    from slide2expr.featurize._reader import SlideError
 
     msg = str(exc)
     if isinstance(exc, SlideError):

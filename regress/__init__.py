@@ -1,13 +1,14 @@
 """regress: attention-MIL and baseline regressors of bag-level targets, one CV harness, statistics.
 
->>> import regress
+>>> from slide2expr import regress
 >>> regress.MODEL_NAMES
 ('mil', 'mil-embedding', 'lgbm', 'ridge', 'he2rna', 'mean')
 """
 
 from __future__ import annotations
 
-from regress._baselines import (
+from slide2expr.contract import OutputExistsError
+from slide2expr.regress._baselines import (
     LGBM_PARAMS,
     BagPooler,
     MeanRegressor,
@@ -15,7 +16,7 @@ from regress._baselines import (
     lgbm_regressor,
     ridge_regressor,
 )
-from regress._compare import (
+from slide2expr.regress._compare import (
     CompareError,
     CompareResult,
     LeftOutBagsWarning,
@@ -23,10 +24,9 @@ from regress._compare import (
     make_folds,
     print_summary,
 )
-from regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
-from regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
-from regress._outdir import OutputExistsError
-from regress._persist import (
+from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
+from slide2expr.regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
+from slide2expr.regress._persist import (
     EncoderMismatchError,
     TransformMismatchError,
     check_encoder,
@@ -36,9 +36,9 @@ from regress._persist import (
     predict,
     train,
 )
-from regress._plots import plot_compare_pearson
-from regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
-from regress._torchbag import BagInputError
+from slide2expr.regress._plots import plot_compare_pearson
+from slide2expr.regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
+from slide2expr.regress._torchbag import BagInputError
 
 __all__ = [
     "GRAZIANI2022",

@@ -10,7 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from regress._torchbag import BagInputError, check_bags, check_targets
+from slide2expr.regress._torchbag import BagInputError, check_bags, check_targets
 
 _STATS = ("mean", "max", "min", "std", "median", "q25", "q75")
 

@@ -15,17 +15,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
-from regress._stats import metrics_table, paired_comparison
-
-RUN_FILES = (
-    "config.json",
-    "folds.parquet",
-    "predictions.parquet",
-    "metrics.parquet",
-    "comparisons.parquet",
-    "attention.parquet",
+from slide2expr.contract import (
+    ATTENTION_SCHEMA,
+    COMPARISONS_SCHEMA,
+    FOLDS_SCHEMA,
+    METRICS_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    RunLayout,
+    check_output_dir,
+    package_version,
+    prepare_output_dir,
+    read_metadata,
+    targets_path,
+    write_bytes_atomic,
+    write_table_atomic,
 )
+from slide2expr.regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
+from slide2expr.regress._stats import metrics_table, paired_comparison
 
 
 class CompareError(ValueError):
@@ -100,15 +106,6 @@ def _jsonable(obj):
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     return str(obj)
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("slide2expr")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _fit(est, bags, y, groups, *, name: str | None = None, params: Mapping | None = None):
@@ -203,8 +200,6 @@ def compare(
     ``attention.parquet`` (MIL models, held-out tiles × genes), ``models/<model>/fold<k>.joblib``,
     ``plots/compare_pearson.png``.
     """
-    from featurize._store import write_bytes_atomic, write_table_atomic
-
     if cohort.y_true is None:
         raise CompareError(
             "the cohort has no targets: load it with sql.load_cohort(store, encoder=…, targets=NAME) "
@@ -234,9 +229,8 @@ def compare(
     model_params = {k: dict(v) for k, v in (model_params or {}).items()}
     genes = _check_genes(cohort.genes)
     run = None if out is None else Path(out)
+    layout = None if run is None else RunLayout(run)
     if run is not None:
-        from regress._outdir import check_output_dir
-
         check_output_dir(run, overwrite=overwrite)
     Y_all = np.asarray(cohort.y_true, dtype=np.float64)
     complete = ~np.isnan(Y_all).any(axis=1)
@@ -250,8 +244,6 @@ def compare(
     folds = make_folds(patients, n_folds=n_folds, seed=seed)
 
     if run is not None:
-        from regress._outdir import prepare_output_dir
-
         # nothing of an earlier run (fold models, explain/, the report) stays beside the new one
         prepare_output_dir(run, overwrite=overwrite)
     pred_parts, att_parts, seconds = [], [], {m: 0.0 for m in models}
@@ -291,7 +283,7 @@ def compare(
                 if run is not None and save_models:
                     import joblib
 
-                    path = run / "models" / name / f"fold{k}.joblib"
+                    path = layout.model(name, k)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     joblib.dump(est, path)
                 bar.advance()
@@ -314,25 +306,23 @@ def compare(
         "seed": int(seed),
         "genes": genes,
         "transform": _target_transform(store, targets),
-        "version": _package_version(),
+        "version": package_version(),
         "encoder_meta": _jsonable(dict(cohort.meta)),
         "dropped_bags": dropped,
     }
     att_table = _concat_attention(att_parts)
     if run is not None:
-        write_bytes_atomic(run / "config.json", json.dumps(config, indent=2).encode())
-        write_table_atomic(_arrow(folds_df, FOLDS_TYPES), run / "folds.parquet")
-        write_table_atomic(
-            _arrow(predictions, PREDICTION_TYPES), run / "predictions.parquet", compression="zstd"
-        )
-        write_table_atomic(_arrow(metrics, METRIC_TYPES), run / "metrics.parquet")
-        write_table_atomic(_arrow(comparisons, COMPARISON_TYPES), run / "comparisons.parquet")
-        write_table_atomic(att_table, run / "attention.parquet", compression="zstd")
-        from regress._plots import plot_compare_pearson
+        write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
+        write_table_atomic(_arrow(folds_df, FOLDS_SCHEMA), layout.folds)
+        write_table_atomic(_arrow(predictions, PREDICTIONS_SCHEMA), layout.predictions, compression="zstd")
+        write_table_atomic(_arrow(metrics, METRICS_SCHEMA), layout.metrics)
+        write_table_atomic(_arrow(comparisons, COMPARISONS_SCHEMA), layout.comparisons)
+        write_table_atomic(att_table, layout.attention, compression="zstd")
+        from slide2expr.regress._plots import plot_compare_pearson
 
         fig = plot_compare_pearson(metrics, models=models)
-        (run / "plots").mkdir(exist_ok=True)
-        fig.savefig(run / "plots" / "compare_pearson.png", dpi=110)
+        layout.plots.mkdir(exist_ok=True)
+        fig.savefig(layout.plots / "compare_pearson.png", dpi=110)
     result = CompareResult(
         run,
         config,
@@ -352,8 +342,6 @@ def compare(
 def _target_transform(store, targets) -> str | None:
     if store is None or targets is None:
         return None
-    from featurize._store import read_metadata, targets_path
-
     try:
         path = targets_path(store, targets) if not str(targets).endswith(".parquet") else Path(targets)
         meta = read_metadata(path)
@@ -411,72 +399,19 @@ def _attention_rows(est, cohort, bag_index, test_bags, *, name: str, fold: int, 
     )
 
 
-ATTENTION_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("fold", pa.int32()),
-        ("bag_id", pa.string()),
-        ("slide_id", pa.string()),
-        ("tile_id", pa.int32()),
-        ("x", pa.int64()),
-        ("y", pa.int64()),
-        ("gene", pa.string()),
-        ("attention", pa.float32()),
-        ("attention_logit", pa.float32()),
-        ("tile_pred", pa.float32()),
-    ]
-)
-FOLDS_TYPES = {"bag_id": pa.string(), "patient_id": pa.string(), "fold": pa.int32()}
-PREDICTION_TYPES = {
-    "model": pa.string(),
-    "fold": pa.int32(),
-    "bag_id": pa.string(),
-    "patient_id": pa.string(),
-    "gene": pa.string(),
-    "y_true": pa.float64(),
-    "y_pred": pa.float64(),
-}
-METRIC_TYPES = {
-    "model": pa.string(),
-    "gene": pa.string(),
-    "fold": pa.int32(),
-    "n": pa.int64(),
-    **{
-        c: pa.float64()
-        for c in (
-            "pearson_r",
-            "pearson_p",
-            "spearman_rho",
-            "spearman_p",
-            "r2",
-            "mae",
-            "rmse",
-            "rmse_baseline",
-            "fdr",
-        )
-    },
-    "well_predicted": pa.bool_(),
-}
-COMPARISON_TYPES = {
-    "model_a": pa.string(),
-    "model_b": pa.string(),
-    "metric": pa.string(),
-    "n_genes": pa.int64(),
-    **{c: pa.float64() for c in ("median_diff", "ci_low", "ci_high", "wilcoxon_stat", "wilcoxon_p")},
-}
-
-
-def _arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType]) -> pa.Table:
+def _arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.table(
         {
-            c: pa.array(
-                df[c].to_numpy(dtype=object if pa.types.is_string(t) or pa.types.is_boolean(t) else None),
-                type=t,
+            f.name: pa.array(
+                df[f.name].to_numpy(
+                    dtype=object if pa.types.is_string(f.type) or pa.types.is_boolean(f.type) else None
+                ),
+                type=f.type,
                 from_pandas=True,
             )
-            for c, t in types.items()
+            for f in schema
         },
-        schema=pa.schema([pa.field(c, t) for c, t in types.items()]),
+        schema=schema,
     )
 
 
@@ -499,7 +434,7 @@ def _comparisons(metrics: pd.DataFrame, *, models: list[str], seed: int) -> pd.D
                     **paired_comparison(pooled[a].to_numpy(), pooled[b].to_numpy(), seed=seed),
                 }
             )
-    return pd.DataFrame(rows, columns=list(COMPARISON_TYPES))
+    return pd.DataFrame(rows, columns=COMPARISONS_SCHEMA.names)
 
 
 def _summary(metrics: pd.DataFrame, *, models: list[str], seconds: Mapping[str, float]) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from regress._torchbag import (
+from slide2expr.regress._torchbag import (
     BagInputError,
     check_bags,
     check_targets,

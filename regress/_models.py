@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from sklearn.base import BaseEstimator
 
-from regress._baselines import MeanRegressor, lgbm_regressor, ridge_regressor
-from regress._mil import AttentionMILRegressor, HE2RNARegressor
+from slide2expr.regress._baselines import MeanRegressor, lgbm_regressor, ridge_regressor
+from slide2expr.regress._mil import AttentionMILRegressor, HE2RNARegressor
 
 #: Model names in a run: attention-MIL (instance mode), attention-MIL (embedding mode), the baselines, the floor.
 MODEL_NAMES = ("mil", "mil-embedding", "lgbm", "ridge", "he2rna", "mean")

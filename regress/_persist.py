@@ -16,12 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from regress._compare import _check_genes, _fit, _jsonable, _left_out, _package_version, _target_transform
-from regress._models import make_model
-from regress._outdir import check_output_dir, describe_output, prepare_output_dir
-
-MODEL_FILE = "model.joblib"
-CONFIG_FILE = "config.json"
+from slide2expr.contract import (
+    ModelLayout,
+    check_output_dir,
+    describe_output,
+    package_version,
+    prepare_output_dir,
+    write_bytes_atomic,
+    write_table_atomic,
+)
+from slide2expr.regress._compare import _check_genes, _fit, _jsonable, _left_out, _target_transform
+from slide2expr.regress._models import make_model
 
 
 class EncoderMismatchError(ValueError):
@@ -77,8 +82,6 @@ def train(
     -------
     The fitted estimator.
     """
-    from featurize._store import write_bytes_atomic
-
     if cohort.y_true is None:
         raise ValueError(
             "the cohort has no targets: load it with sql.load_cohort(store, encoder=…, targets=NAME)"
@@ -113,14 +116,15 @@ def train(
             "transform": _target_transform(store, targets),
             "n_bags": int(len(keep)),
             "fit_seconds": seconds,
-            "version": _package_version(),
+            "version": package_version(),
             **_encoder_identity(cohort),
             "encoder_meta": _jsonable(dict(cohort.meta or {})),
         }
-        tmp = root / f".{MODEL_FILE}.tmp"
+        layout = ModelLayout(root)
+        tmp = layout.model.with_name(f".{layout.model.name}.tmp")
         joblib.dump(est, tmp)
-        os.replace(tmp, root / MODEL_FILE)
-        write_bytes_atomic(root / CONFIG_FILE, json.dumps(config, indent=2).encode())
+        os.replace(tmp, layout.model)
+        write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
     return est
 
 
@@ -133,12 +137,13 @@ def load_model_config(model_dir: str | os.PathLike) -> dict:
         ``model_dir`` is not a model directory; the message says when it is a compare run instead.
     """
     root = Path(model_dir)
-    if (root / MODEL_FILE).is_file() and (root / CONFIG_FILE).is_file():
+    layout = ModelLayout(root)
+    if layout.exists():
         try:
-            config = json.loads((root / CONFIG_FILE).read_text())
+            config = json.loads(layout.config.read_text())
         except ValueError as exc:
             raise FileNotFoundError(
-                f"{root / CONFIG_FILE} is not valid JSON ({exc}): train the model again"
+                f"{layout.config} is not valid JSON ({exc}): train the model again"
             ) from exc
         if isinstance(config, dict):
             return config
@@ -148,7 +153,8 @@ def load_model_config(model_dir: str | os.PathLike) -> dict:
             f"the whole cohort with `slide2expr train … --model NAME --out MODEL` and predict with MODEL"
         )
     raise FileNotFoundError(
-        f"{root} is not a model directory (no {MODEL_FILE} / {CONFIG_FILE}): run `slide2expr train … --out {root}`"
+        f"{root} is not a model directory (no {layout.model.name} / {layout.config.name}): run "
+        f"`slide2expr train … --out {root}`"
     )
 
 
@@ -157,7 +163,7 @@ def load_model(model_dir: str | os.PathLike):
     import joblib
 
     config = load_model_config(model_dir)
-    return joblib.load(Path(model_dir) / MODEL_FILE), config
+    return joblib.load(ModelLayout(model_dir).model), config
 
 
 def check_encoder(config: Mapping, cohort) -> None:
@@ -232,8 +238,6 @@ def predict(
     the cohort has targets for the model's genes, else null).
     """
     import pyarrow as pa
-
-    from featurize._store import write_table_atomic
 
     est, config = load_model(model)
     check_encoder(config, cohort)

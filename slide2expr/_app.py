@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -31,3 +34,30 @@ def fail(message: str, *, code: int = EXIT_BAD_ARGS) -> typer.Exit:
 
     Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def reported(*errors: type[BaseException]):
+    """Turn the library's own errors (its validation, with the library's parameter names, which are the flags'
+    names) into a one-line ``error:`` and exit status 2. Validation lives in the library; commands only map."""
+    try:
+        yield
+    except errors as exc:
+        raise fail(str(exc)) from exc
+
+
+#: ``--dry-run``: every stage that writes checks its arguments as the real run does and shows its plan.
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check every argument as the real run does and show what would be written; write nothing.",
+    ),
+]
+#: ``--overwrite``: replace what slide2expr wrote into a non-empty output folder (``overwrite=True``).
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace the contents of a non-empty --out that slide2expr wrote earlier."
+    ),
+]

@@ -60,7 +60,7 @@ def write_truth_tiles(
     """
     import pyarrow.parquet as pq
 
-    from featurize import write_table_atomic
+    from slide2expr.contract import write_table_atomic
     from slide2expr.synth import tile_truth
 
     parts = []
@@ -115,10 +115,10 @@ def run_demo(
     Writes ``out/cohort`` (slides, expression, truth), ``out/store`` (the Parquet store), ``out/run`` (the
     comparison run, with ``truth_tiles.parquet``, ``localisation.parquet`` and ``explain/report.html``).
     """
-    import explain as ex
-    import regress
-    import sql
-    from featurize import featurize_cohort, tiling_name
+    from slide2expr import explain as ex
+    from slide2expr import regress, sql
+    from slide2expr.contract import tiling_name
+    from slide2expr.featurize import featurize_cohort
     from slide2expr.synth import make_cohort, read_truth
 
     out = Path(out)

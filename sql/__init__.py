@@ -17,18 +17,18 @@ The same ``.sql`` files run in the plain ``duckdb`` shell (``pip install duckdb-
 
 (``set variable run = '/path/to/RUN'`` before ``.read`` adds the run views; a quote in a path is doubled.)
 
->>> import sql
+>>> from slide2expr import sql
 >>> "cohort_summary" in sql.list_queries()
 True
 """
 
 from __future__ import annotations
 
-from sql._bags import MissingTargetsWarning, iter_cohort, load_cohort
-from sql._cohort import Cohort
-from sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
-from sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
-from sql._targets import (
+from slide2expr.contract import Cohort
+from slide2expr.sql._bags import MissingTargetsWarning, iter_cohort, load_cohort
+from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
+from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
+from slide2expr.sql._targets import (
     PANELS,
     SamplesWithoutSlidesWarning,
     TargetsError,

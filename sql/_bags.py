@@ -27,16 +27,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from featurize._store import (
+from slide2expr.contract import (
     EMBEDDINGS_DIR,
     SLIDES_DIR,
     TARGETS_DIR,
+    Cohort,
     StoreError,
     decode_metadata,
     tcga_patient,
 )
-from sql._cohort import Cohort
-from sql._pages import read_plain_float_column
+from slide2expr.sql._pages import read_plain_float_column
 
 BAG_UNITS = ("patient", "slide")
 #: Derived bag caches live here (hidden: no view or glob of the store ever reads them).

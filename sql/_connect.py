@@ -8,39 +8,16 @@ from pathlib import Path
 
 import duckdb
 
-from featurize._store import STORE_JSON, StoreError
+from slide2expr.contract import StoreError, check_store
 
 VIEWS_FILE = "_views.sql"
 STORE_VIEWS = ("slides", "tiles", "embeddings", "embedding_files", "targets")
 RUN_VIEWS = ("folds", "predictions", "metrics", "attention", "comparisons")
-#: Any one of these folders (or ``store.json``) marks a directory as a store.
-STORE_DIRS = ("slides", "tiles", "embeddings")
 
 
 def sql_text(name: str) -> str:
     """The text of ``sql/<name>.sql`` as shipped with the package."""
-    return files("sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
-
-
-def check_store(store: str | os.PathLike) -> Path:
-    """Return ``store`` as a Path if it is a slide2expr store, else raise a :class:`StoreError` saying why.
-
-    A store is a directory holding ``store.json`` or one of ``slides/``, ``tiles/``, ``embeddings/`` (what
-    ``slide2expr featurize`` writes); a run directory, a file or a path that does not exist is refused.
-    """
-    root = Path(store)
-    if not root.exists():
-        raise StoreError(f"store {root} does not exist: run `slide2expr featurize … --store {root}` first")
-    if not root.is_dir():
-        raise StoreError(
-            f"store {root} is not a directory: give the store directory `slide2expr featurize` wrote"
-        )
-    if not (root / STORE_JSON).exists() and not any((root / d).is_dir() for d in STORE_DIRS):
-        raise StoreError(
-            f"{root} is not a slide2expr store (no {STORE_JSON}, no slides/, tiles/ or embeddings/): give the "
-            "store directory `slide2expr featurize` wrote"
-        )
-    return root
+    return files("slide2expr.sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
 def connect(

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from sql._connect import connect
+from slide2expr.sql._connect import connect
 
 _HEADER_KEY = re.compile(r"^--\s*(purpose|grain|params|columns):\s*(.*)$")
 _PARAM = re.compile(r"\$(\w+)\s+([A-Za-z]+(?:\[\])?):\s*(.*)")
@@ -86,7 +86,7 @@ def body_parameters(text: str) -> set[str]:
 def list_queries() -> dict[str, QueryInfo]:
     """Every named query shipped in ``sql/*.sql`` (files starting with ``_`` are setup, not queries), by name."""
     out = {}
-    for entry in sorted(files("sql").iterdir(), key=lambda p: p.name):
+    for entry in sorted(files("slide2expr.sql").iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".sql") and not entry.name.startswith("_"):
             name = entry.name[: -len(".sql")]
             out[name] = parse_header(name, entry.read_text(encoding="utf-8"))

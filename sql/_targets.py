@@ -14,16 +14,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featurize._store import (
+from slide2expr.contract import (
     SLIDES_DIR,
     TARGETS_DIR,
     TARGETS_SCHEMA,
     check_id,
+    check_store,
     targets_path,
     tcga_patient,
     write_table_atomic,
 )
-from sql._connect import check_store
 
 #: The 35 genes of Graziani et al. 2022 (recoverable from their code), in their order.
 GRAZIANI2022 = [

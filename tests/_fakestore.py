@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from featurize._store import (
+from slide2expr.contract import (
     SLIDES_SCHEMA,
     TARGETS_SCHEMA,
     TILES_SCHEMA,

@@ -47,7 +47,7 @@ def test_every_stage_wrote_its_outputs(demo_run):
 
 
 def test_run_reads_back_through_sql(demo_run):
-    import sql
+    from slide2expr import sql
 
     con = sql.connect(demo_run.store, run=demo_run.run)
     cfg = json.loads((demo_run.run / "config.json").read_text())

@@ -4,7 +4,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from featurize import read_metadata
+from slide2expr.contract import read_metadata
 
 
 def test_fake_store_is_readable_by_duckdb(fake_store):

@@ -1,6 +1,6 @@
 """The encoder registry: frozen, timm-shaped specs; one factory; weights from a path, a directory or the hub.
 
->>> from featurize.encoders import create_encoder, get_spec
+>>> from slide2expr.featurize.encoders import create_encoder, get_spec
 >>> get_spec("uni").dim
 1024
 >>> enc = create_encoder("stain-texture")
@@ -11,8 +11,8 @@ True
 
 from __future__ import annotations
 
-from featurize.encoders._catalog import register_builtin
-from featurize.encoders._model import (
+from slide2expr.featurize.encoders._catalog import register_builtin
+from slide2expr.featurize.encoders._model import (
     CompiledEncoder,
     CompileError,
     Encoder,
@@ -20,7 +20,7 @@ from featurize.encoders._model import (
     build_backbone,
     create_encoder,
 )
-from featurize.encoders._spec import (
+from slide2expr.featurize.encoders._spec import (
     OUTPUT_MODES,
     EncoderSpec,
     UnknownEncoderError,
@@ -29,8 +29,8 @@ from featurize.encoders._spec import (
     register_encoder,
     unregister_encoder,
 )
-from featurize.encoders._stain_texture import feature_names as stain_texture_feature_names
-from featurize.encoders._weights import (
+from slide2expr.featurize.encoders._stain_texture import feature_names as stain_texture_feature_names
+from slide2expr.featurize.encoders._weights import (
     WEIGHTS_ENV,
     WeightsMismatchError,
     WeightsNotFoundError,

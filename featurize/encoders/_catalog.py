@@ -12,12 +12,12 @@ import re
 import torch
 from torch import nn
 
-from featurize.encoders._ctranspath import build_ctranspath, convert_ctranspath
-from featurize.encoders._spec import EncoderSpec, register_encoder
-from featurize.encoders._stain_texture import DIM as STAIN_TEXTURE_DIM
-from featurize.encoders._stain_texture import INPUT_SIZE as STAIN_TEXTURE_SIZE
-from featurize.encoders._stain_texture import build_stain_texture
-from featurize.encoders._weights import drop_classifier
+from slide2expr.featurize.encoders._ctranspath import build_ctranspath, convert_ctranspath
+from slide2expr.featurize.encoders._spec import EncoderSpec, register_encoder
+from slide2expr.featurize.encoders._stain_texture import DIM as STAIN_TEXTURE_DIM
+from slide2expr.featurize.encoders._stain_texture import INPUT_SIZE as STAIN_TEXTURE_SIZE
+from slide2expr.featurize.encoders._stain_texture import build_stain_texture
+from slide2expr.featurize.encoders._weights import drop_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -338,7 +338,10 @@ def register_builtin() -> None:
             architecture="swin_tiny_patch4_window7_224",
             dim=768,
             output_mode="pooled",
-            timm_kwargs={"embed_layer": "featurize.encoders._ctranspath.ConvStem", "num_classes": 0},
+            timm_kwargs={
+                "embed_layer": "slide2expr.featurize.encoders._ctranspath.ConvStem",
+                "num_classes": 0,
+            },
             # the authors' feature script: torchvision Resize(224) (bilinear), ImageNet mean/std, no crop
             pretrained_cfg=_cfg(interpolation="bilinear"),
             weights_file="ctranspath.pth",

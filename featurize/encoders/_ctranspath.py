@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from featurize.encoders._spec import EncoderSpec
-from featurize.encoders._weights import drop_classifier
+from slide2expr.featurize.encoders._spec import EncoderSpec
+from slide2expr.featurize.encoders._weights import drop_classifier
 
 
 class ConvStem(nn.Module):

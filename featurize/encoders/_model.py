@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from featurize.encoders._spec import EncoderSpec, _entry, _jsonable
-from featurize.encoders._weights import (
+from slide2expr.featurize.encoders._spec import EncoderSpec, _entry, _jsonable
+from slide2expr.featurize.encoders._weights import (
     drop_classifier,
     file_sha256,
     load_into,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from featurize.encoders._spec import EncoderSpec
+from slide2expr.featurize.encoders._spec import EncoderSpec
 
 #: Environment variable naming the directory of local weights files.
 WEIGHTS_ENV = "SLIDE2EXPR_WEIGHTS"
@@ -90,7 +90,7 @@ def weights_available(spec: EncoderSpec | str) -> str | None:
     Looks in ``$SLIDE2EXPR_WEIGHTS/<weights_file>``, ``$SLIDE2EXPR_WEIGHTS/<name>/<hub_filename>``, the Python
     package that ships them, and the Hugging Face cache. Weight-free encoders return ``"(none needed)"``.
     """
-    from featurize.encoders._spec import get_spec
+    from slide2expr.featurize.encoders._spec import get_spec
 
     spec = get_spec(spec)
     if not spec.needs_weights:
@@ -217,7 +217,7 @@ def file_sha256(path: str | os.PathLike) -> str:
         disk = _read_sha_cache()
         disk[skey] = value
         try:
-            from featurize._store import write_bytes_atomic
+            from slide2expr.contract import write_bytes_atomic
 
             write_bytes_atomic(_sha_cache_file(), json.dumps(disk, indent=1, sort_keys=True).encode())
         except OSError:

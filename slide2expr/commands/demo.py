@@ -34,8 +34,8 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from regress import OutputExistsError
     from slide2expr._demo import run_demo
+    from slide2expr.regress import OutputExistsError
     from slide2expr.synth import CohortError
 
     console = Console()

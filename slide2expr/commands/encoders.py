@@ -9,8 +9,8 @@ from slide2expr._app import app
 
 def encoder_rows() -> list[dict]:
     """One JSON-able row per registered encoder, with where its weights are found on this machine."""
-    from featurize.encoders import list_encoders
-    from featurize.encoders._weights import find_local_weights
+    from slide2expr.featurize.encoders import list_encoders
+    from slide2expr.featurize.encoders._weights import find_local_weights
 
     rows = []
     for spec in list_encoders():
@@ -57,7 +57,7 @@ def encoders(
     from rich.console import Console
     from rich.table import Table
 
-    from featurize.encoders import WEIGHTS_ENV
+    from slide2expr.featurize.encoders import WEIGHTS_ENV
 
     table = Table(
         title="slide2expr encoders", caption=f"weights directory: ${WEIGHTS_ENV} (--json for paths)"

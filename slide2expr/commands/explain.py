@@ -51,7 +51,7 @@ def explain(
     """Explain a run: heatmaps, hotspots (Parquet + QuPath GeoJSON), gallery, SHAP, localisation, report.html."""
     from rich.console import Console
 
-    from explain import ExplainError, explain_run
+    from slide2expr.explain import ExplainError, explain_run
 
     console = Console(stderr=True)
     if not (run / "config.json").exists():
@@ -107,8 +107,8 @@ def report(
     height: Annotated[int, typer.Option(help="Screenshot height in px.", min=240)] = 2400,
 ) -> None:
     """(Re)write the self-contained HTML report of a run; optionally screenshot it."""
-    from explain import ExplainError, write_report
-    from explain import screenshot as take_screenshot
+    from slide2expr.explain import ExplainError, write_report
+    from slide2expr.explain import screenshot as take_screenshot
 
     if not (run / "config.json").exists():
         raise fail(f"{run} is not a run directory (no config.json): run `slide2expr compare` first")

@@ -82,7 +82,7 @@ def featurize(
     from rich.markup import escape
     from rich.table import Table
 
-    from featurize._inputs import SlideListError, collect_slides, select_shard
+    from slide2expr.featurize._inputs import SlideListError, collect_slides, select_shard
 
     console = Console(stderr=True)
     if mpp is not None and magnification is not None:
@@ -111,8 +111,8 @@ def featurize(
         raise fail(str(exc)) from None
 
     if dry_run:
-        from featurize._run import tile_mpp
-        from featurize.encoders import UnknownEncoderError, get_spec
+        from slide2expr.featurize._run import tile_mpp
+        from slide2expr.featurize.encoders import UnknownEncoderError, get_spec
 
         try:
             get_spec(encoder)
@@ -133,8 +133,8 @@ def featurize(
         )
         return
 
-    from featurize._run import DeviceMemoryError, featurize_cohort
-    from featurize.encoders import CompileError, UnknownEncoderError, WeightsNotFoundError
+    from slide2expr.featurize._run import DeviceMemoryError, featurize_cohort
+    from slide2expr.featurize.encoders import CompileError, UnknownEncoderError, WeightsNotFoundError
 
     try:
         summary = featurize_cohort(
@@ -201,7 +201,7 @@ def featurize(
 def _print_plan(console, items, *, store, encoder, mpp, tile, overlap, min_tissue, shard, force):
     from rich.table import Table
 
-    from featurize._store import embeddings_path, tiling_name
+    from slide2expr.contract import embeddings_path, tiling_name
 
     tiling = tiling_name(mpp=mpp, tile_px=tile, overlap_px=overlap)
     table = Table(

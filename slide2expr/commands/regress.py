@@ -54,11 +54,11 @@ def _reported(*categories: type[Warning]):
 
 
 def _check_out(out: Path, *, force: bool) -> None:
-    import regress
-    from regress._outdir import check_output_dir
+    from slide2expr import regress
+    from slide2expr.contract import check_output_dir
 
     try:
-        check_output_dir(out, overwrite=force, option="--out", flag="--force")
+        check_output_dir(out, overwrite=force, option="--out")
     except regress.OutputExistsError as exc:
         raise fail(str(exc)) from exc
 
@@ -87,8 +87,8 @@ def _load(
 ):
     """The cohort, or a one-line error. ``report_missing=False`` leaves bags without targets to the command
     (compare and train report them as left out)."""
-    import sql
-    from featurize import StoreError
+    from slide2expr import sql
+    from slide2expr.contract import StoreError
 
     if not store.is_dir():
         raise fail(f"--store {store} is not a directory: run `slide2expr featurize … --store {store}` first")
@@ -144,12 +144,12 @@ def compare(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="Replace the contents of a non-empty --out (an earlier run and its explain/)."
+            "--overwrite", help="Replace the contents of a non-empty --out (an earlier run and its explain/)."
         ),
     ] = False,
 ) -> None:
     """Cross-validate models on the same patient-grouped folds; write a run directory (metrics, attention, plots)."""
-    import regress
+    from slide2expr import regress
 
     names = _split(models)
     unknown = [m for m in names if m not in regress.MODEL_NAMES]
@@ -223,13 +223,13 @@ def train(
     ] = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Replace the contents of a non-empty --out (an earlier model or run)."),
+        typer.Option("--overwrite", help="Replace the contents of a non-empty --out (an earlier model or run)."),
     ] = False,
 ) -> None:
     """Fit one model on the whole cohort; save it with its config and the encoder identity."""
     import numpy as np
 
-    import regress
+    from slide2expr import regress
 
     if model not in regress.MODEL_NAMES:
         raise fail(f"--model {model!r} is unknown; choose from {', '.join(regress.MODEL_NAMES)}")
@@ -280,7 +280,7 @@ def predict(
     ] = None,
 ) -> None:
     """Apply a trained model to another store (refuses features from another encoder, weights, dimension or tiling)."""
-    import regress
+    from slide2expr import regress
 
     try:
         config = regress.load_model_config(model_dir)
@@ -302,7 +302,7 @@ def _model_tiling(
     store: Path, *, model_dir: Path, config: dict, encoder: str, tiling: str | None
 ) -> str | None:
     """The tiling to predict at: --tiling, else the model's; a one-line error when the store lacks the model's."""
-    from featurize import EMBEDDINGS_DIR
+    from slide2expr.contract import EMBEDDINGS_DIR
 
     want = config.get("tiling")
     if want is None:  # a model saved without its tiling: --tiling, or the store's only one

@@ -116,7 +116,7 @@ def _list(as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from sql import list_queries
+    from slide2expr.sql import list_queries
 
     queries = list_queries()
     if as_json:
@@ -181,8 +181,8 @@ def sql_command(
     """
     import duckdb
 
-    from featurize._store import StoreError
-    from sql import QueryError, connect, get_query, list_queries, run_query, run_sql
+    from slide2expr.contract import StoreError
+    from slide2expr.sql import QueryError, connect, get_query, list_queries, run_query, run_sql
 
     if list_:
         _list(as_json=fmt == "json")

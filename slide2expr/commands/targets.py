@@ -44,8 +44,8 @@ def import_command(
     Nothing is written when a check fails. Samples whose patient has no slide in the store are listed (an
     error with --strict).
     """
-    from featurize._store import StoreError
-    from sql import SamplesWithoutSlidesWarning, TargetsError, import_star_counts, import_targets
+    from slide2expr.contract import StoreError
+    from slide2expr.sql import SamplesWithoutSlidesWarning, TargetsError, import_star_counts, import_targets
 
     try:
         with warnings.catch_warnings():
@@ -92,9 +92,8 @@ def list_command(store: Path = typer.Option(..., "--store", help="The store dire
     from rich.table import Table
     from rich.text import Text
 
-    from featurize._store import StoreError
-    from sql import list_targets
-    from sql._connect import check_store
+    from slide2expr.contract import StoreError, check_store
+    from slide2expr.sql import list_targets
 
     try:
         check_store(store)

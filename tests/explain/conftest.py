@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from featurize._store import (
+from slide2expr.contract import (
     SLIDES_SCHEMA,
     TILES_SCHEMA,
     embeddings_path,
@@ -82,7 +82,7 @@ def make_toy_run(root: Path, *, seed: int = 0) -> ToyRun:
     from sklearn.multioutput import MultiOutputRegressor
     from sklearn.pipeline import Pipeline
 
-    from featurize._svs import write_svs
+    from slide2expr.featurize._svs import write_svs
     from tests.explain._pooler import MeanMaxPooler
 
     rng = np.random.default_rng(seed)

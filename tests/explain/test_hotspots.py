@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explain import ExplainError, find_hotspots, gene_colors, hotspots_to_geojson, tile_score_map
+from slide2expr.explain import ExplainError, find_hotspots, gene_colors, hotspots_to_geojson, tile_score_map
 
 CELL = 256
 MPP = 0.5

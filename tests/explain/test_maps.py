@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explain import ExplainError, ScoreMap, plot_heatmap, tile_score_map
+from slide2expr.explain import ExplainError, ScoreMap, plot_heatmap, tile_score_map
 
 
 def _grid(n_cols: int, n_rows: int, *, stride: int, size: int) -> pd.DataFrame:

@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import explain
-from explain import ExplainError, explain_run, gallery, load_run, localisation_auroc
+from slide2expr import explain
+from slide2expr.explain import ExplainError, explain_run, gallery, load_run, localisation_auroc
 from tests.explain.conftest import GENES, TILE0
 from tests.explain.test_hotspots import check_polygon
 

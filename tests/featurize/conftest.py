@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurize._svs import write_svs
+from slide2expr.featurize._svs import write_svs
 
 #: A fast, deterministic configuration: 112 px tiles at 1 µm/px, fed to the weight-free encoder at 112 px.
 FAST = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from featurize._svs import write_svs
+from slide2expr.featurize._svs import write_svs
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "featurize.py"
 

@@ -12,11 +12,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from featurize import featurize_cohort
-from featurize._run import COMPILE_MIN_EAGER_SECONDS, COMPILE_PROBE_BATCHES, _AutoCompile, wants_compile
-from featurize.encoders import CompiledEncoder, CompileError, Encoder, EncoderSpec, build_backbone
-from featurize.encoders._model import Encoder as _Encoder
 from slide2expr.cli import app
+from slide2expr.featurize import featurize_cohort
+from slide2expr.featurize._run import (
+    COMPILE_MIN_EAGER_SECONDS,
+    COMPILE_PROBE_BATCHES,
+    _AutoCompile,
+    wants_compile,
+)
+from slide2expr.featurize.encoders import CompiledEncoder, CompileError, Encoder, EncoderSpec, build_backbone
+from slide2expr.featurize.encoders._model import Encoder as _Encoder
 
 from .conftest import FAST
 
@@ -119,7 +124,7 @@ class _FakeEncoder:
 def test_auto_compiles_when_the_timed_eager_work_left_pays_for_it(
     monkeypatch: pytest.MonkeyPatch, tiles: int, compiles: bool
 ) -> None:
-    import featurize._run as run
+    import slide2expr.featurize._run as run
 
     clock = _Clock()
     monkeypatch.setattr(run.time, "perf_counter", clock)
@@ -239,7 +244,7 @@ def test_featurize_compiled_matches_eager_and_records_it(
 def test_featurize_auto_compiles_large_runs_and_falls_back(
     monkeypatch: pytest.MonkeyPatch, slide_dir: Path, tmp_path: Path
 ) -> None:
-    import featurize._run as run
+    import slide2expr.featurize._run as run
 
     monkeypatch.setattr(run, "COMPILE_MIN_EAGER_SECONDS", 0.0)  # every run counts as large
     monkeypatch.setattr(run, "COMPILE_PROBE_BATCHES", 1)  # decide at the second batch
@@ -269,7 +274,7 @@ def test_compile_arguments(slide_dir: Path, tmp_path: Path, monkeypatch: pytest.
     assert res.exit_code == 2 and "--compile 'yes': use auto, on or off" in res.output
     # --compile on where compiling fails: exit 2 with the reason, and no embeddings written
     _broken_compile(monkeypatch)
-    monkeypatch.setattr("featurize.encoders.create_encoder", lambda *a, **k: _tiny_cnn())
+    monkeypatch.setattr("slide2expr.featurize.encoders.create_encoder", lambda *a, **k: _tiny_cnn())
     res = CliRunner().invoke(
         app,
         ["featurize", str(slide_dir / "s2.svs"), "--store", str(tmp_path / "c"), "--compile", "on", "--mpp", "1",

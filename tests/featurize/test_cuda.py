@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from featurize import embeddings_path, featurize_cohort, read_metadata, tiles_path
-from featurize.encoders import create_encoder
+from slide2expr.contract import embeddings_path, read_metadata, tiles_path
+from slide2expr.featurize import featurize_cohort
+from slide2expr.featurize.encoders import create_encoder
 from tests.featurize.conftest import FAST
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -156,7 +157,7 @@ def test_cuda_batches_keep_order_across_slides_and_reuse_buffers_only_once_colle
     last batch is collected; a failed slide's rows are dropped."""
     import contextlib
 
-    from featurize._run import _CudaBatches
+    from slide2expr.featurize._run import _CudaBatches
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from featurize.encoders import (
+from slide2expr.featurize.encoders import (
     Encoder,
     EncoderSpec,
     UnknownEncoderError,
@@ -28,7 +28,7 @@ from featurize.encoders import (
     unregister_encoder,
     weights_available,
 )
-from featurize.encoders import _spec as spec_module
+from slide2expr.featurize.encoders import _spec as spec_module
 
 ALL = [s.name for s in list_encoders()]
 #: Above this many parameters an architecture is checked on the meta device and run at reduced depth.
@@ -494,8 +494,8 @@ def test_efficientnet_lite0_packaged_weights_are_imagenet(lite0: Encoder) -> Non
     import skimage.data
     import timm
 
-    from featurize.encoders._catalog import _efficientnet_pytorch_convert
-    from featurize.encoders._weights import read_state_dict
+    from slide2expr.featurize.encoders._catalog import _efficientnet_pytorch_convert
+    from slide2expr.featurize.encoders._weights import read_state_dict
 
     assert lite0.weights_source == "package"
     assert lite0.weights_sha256.startswith(LITE0_SHA_PREFIX)

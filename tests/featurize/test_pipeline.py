@@ -20,18 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from featurize import (
-    collect_slides,
-    embeddings_path,
-    featurize_cohort,
-    open_slide,
-    qc_path,
-    read_metadata,
-    slide_path,
-    tile_grid,
-    tiles_path,
-)
-from featurize._pipeline import (
+from slide2expr.contract import embeddings_path, qc_path, read_metadata, slide_path, tiles_path
+from slide2expr.featurize import collect_slides, featurize_cohort, open_slide, tile_grid
+from slide2expr.featurize._pipeline import (
     _RING,
     TileRing,
     TilingParams,
@@ -139,7 +130,7 @@ def test_tile_count_matches_the_grid_and_pixels_match_the_reader(base_store, sli
     tiles = pq.read_table(tiles_path(base_store, TILING, sid))
     with open_slide(slide_dir / "s2.svs") as s:
         thumb, tmpp = s.thumbnail(mpp=8.0)
-        from featurize import tissue_mask
+        from slide2expr.featurize import tissue_mask
 
         g = tile_grid(
             s.dimensions,
@@ -218,7 +209,7 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path, w
 
 
 def _open_readers() -> int:
-    from featurize import _pipeline
+    from slide2expr.featurize import _pipeline
 
     return len(_pipeline._READERS)
 
@@ -314,7 +305,7 @@ class _Recorder(_InlineExecutor):
 
 
 def test_blocks_cover_the_kept_tiles_once_a_few_rows_at_a_time():
-    from featurize._tissue import TileGrid
+    from slide2expr.featurize._tissue import TileGrid
 
     rng = np.random.default_rng(3)
     n_rows, n_cols = 11, 23
@@ -380,7 +371,7 @@ def test_burst_stream_reads_whole_bursts_before_the_encoder_gets_a_chunk(slide_d
 
 
 def test_in_process_reading_frees_a_slides_decoded_tiles_once_it_is_read(slide_dir, tmp_path, monkeypatch):
-    from featurize import _pipeline
+    from slide2expr.featurize import _pipeline
 
     held = []
     real = _pipeline._clear_tile_cache
@@ -418,7 +409,7 @@ def test_each_thread_reads_with_its_own_slide_handle(slide_dir):
 def test_embeddings_handed_to_parquet_in_chunks_write_the_same_file(slide_dir, tmp_path, monkeypatch, dtype):
     """The embedding column goes to Parquet in chunks (the writer's levels then take a chunk's worth of memory,
     not the slide's); the file is byte for byte the one a single chunk gives: one row group, the same pages."""
-    import featurize._pipeline as pipeline
+    import slide2expr.featurize._pipeline as pipeline
 
     files = {}
     for label, chunk_bytes in (
@@ -524,7 +515,7 @@ def test_resume_brings_a_skipped_slides_patient_and_path_up_to_date(slide_dir, t
 def test_bad_slide_lists_and_resolutions_are_refused_before_anything_runs(
     slide_dir, tmp_path, monkeypatch, inputs, kwargs, match
 ):
-    from featurize import SlideListError
+    from slide2expr.featurize import SlideListError
 
     (tmp_path / "list.csv").write_text(f"path,mpp\n{slide_dir / 's2.svs'},0\n")
     monkeypatch.chdir(tmp_path)
@@ -565,7 +556,7 @@ def test_slide_list_csv_and_errors(slide_dir, tmp_path):
     assert [(s.slide_id, s.patient_id, s.mpp) for s in items] == [("s3", "s3", None), ("two", "PX", 0.5)]
     dup = tmp_path / "dup.csv"
     dup.write_text(f"path\n{slide_dir / 's2.svs'}\n{slide_dir / 's2.svs'}\n")
-    from featurize import SlideListError
+    from slide2expr.featurize import SlideListError
 
     with pytest.raises(SlideListError, match="used twice"):
         collect_slides(dup)
@@ -660,7 +651,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    from featurize import featurize_cohort
+    from slide2expr.featurize import featurize_cohort
     from tests.featurize.conftest import FAST
     torch.set_num_threads(1)
     for _ in range(50):  # keep writing (force) so the kill lands mid-run, wherever it lands
@@ -718,7 +709,7 @@ def test_real_cmu_slide_featurizes(cmu_slide, tmp_path):
 def test_corrupt_tile_fails_its_slide_and_the_run_goes_on(slide_dir, tmp_path):
     import tifffile
 
-    from featurize._svs import write_svs
+    from slide2expr.featurize._svs import write_svs
 
     bad = write_svs(tmp_path / "corrupt.svs", size=(1536, 1024), mpp=0.5, levels=2, seed=5)
     with tifffile.TiffFile(bad) as tf:
@@ -747,9 +738,9 @@ def test_running_out_of_device_memory_says_which_batch_size_to_try(
 ):
     import torch
 
-    from featurize import DeviceMemoryError
-    from featurize.encoders import create_encoder
     from slide2expr.cli import app
+    from slide2expr.featurize import DeviceMemoryError
+    from slide2expr.featurize.encoders import create_encoder
 
     enc = create_encoder("stain-texture")
     first = pq.read_metadata(tiles_path(base_store, TILING, "TCGA-AA-0001-01Z-00-DX1")).num_rows
@@ -768,14 +759,14 @@ def test_running_out_of_device_memory_says_which_batch_size_to_try(
     done = [p.stem for p in store.glob("embeddings/*/*/*.parquet")]
     assert done == ["TCGA-AA-0001-01Z-00-DX1"] and not hidden_files(store)
     # the CLI turns it into a one-line error and exit status 2
-    import featurize._run
+    import slide2expr.featurize._run as featurize_run
 
     def oom(*args, **kwargs):
         raise DeviceMemoryError(
             "encoder 'uni' ran out of cuda memory at batch size 256: rerun with --batch-size 128"
         )
 
-    monkeypatch.setattr(featurize._run, "featurize_cohort", oom)
+    monkeypatch.setattr(featurize_run, "featurize_cohort", oom)
     res = CliRunner().invoke(
         app, ["featurize", str(slide_dir), "--store", str(tmp_path / "s2"), "--no-progress"]
     )

@@ -10,9 +10,9 @@ import openslide
 import pytest
 from PIL import Image
 
-from featurize import MissingMPPError, SlideOpenError, _reader, open_slide
-from featurize._reader import TileCache, resize_rgb
-from featurize._svs import write_svs
+from slide2expr.featurize import MissingMPPError, SlideOpenError, _reader, open_slide
+from slide2expr.featurize._reader import TileCache, resize_rgb
+from slide2expr.featurize._svs import write_svs
 
 
 def test_real_cmu_slide_dimensions_and_mpp(cmu_slide):

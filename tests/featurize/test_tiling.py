@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurize import open_slide, tile_grid, tissue_mask
-from featurize._svs import he_tile, write_svs
-from featurize._tissue import qc_image
+from slide2expr.featurize import open_slide, tile_grid, tissue_mask
+from slide2expr.featurize._svs import he_tile, write_svs
+from slide2expr.featurize._tissue import qc_image
 
 
 def test_grid_counts_coordinates_and_overlap():
@@ -134,7 +134,7 @@ def test_qc_image_is_a_png_of_the_thumbnail(tmp_path):
 
 
 def test_default_workers_reads_in_process_on_small_cpus(monkeypatch):
-    from featurize._run import default_workers
+    from slide2expr.featurize._run import default_workers
 
     for cores, cpu, cuda in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 1, 8)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
@@ -145,7 +145,7 @@ def test_tissue_channels_are_skimages_without_its_float_images():
     """The lookup-table saturation, value and haematoxylin equal skimage's rgb2hsv / rgb2hed (to 1 ulp)."""
     from skimage.color import rgb2hed, rgb2hsv
 
-    from featurize._tissue import _haematoxylin, _saturation_value
+    from slide2expr.featurize._tissue import _haematoxylin, _saturation_value
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)

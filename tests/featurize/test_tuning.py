@@ -34,7 +34,7 @@ def test_the_cli_sets_it_before_any_command_loads_torch():
 
 FAULTS = """
 import resource, torch
-from featurize._tuning import keep_freed_memory
+from slide2expr.featurize._tuning import keep_freed_memory
 
 net = torch.nn.Sequential(
     torch.nn.Conv2d(3, 64, 7, 2, 3), torch.nn.BatchNorm2d(64), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, 1, 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from regress import AttentionMILRegressor, HE2RNARegressor, MeanRegressor
+from slide2expr.regress import AttentionMILRegressor, HE2RNARegressor, MeanRegressor
 
 
 def as_bags(X):

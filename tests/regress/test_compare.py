@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import regress
-import sql
-from featurize._store import read_metadata
+from slide2expr import regress, sql
+from slide2expr.contract import RUN_FILES, read_metadata
 
 FAST_PARAMS = {"mil": {"max_epochs": 8, "device": "cpu"}, "lgbm": {"n_estimators": 30}}
 
@@ -44,7 +43,7 @@ def run(fake_store, tmp_path_factory):
 
 def test_run_directory_is_complete(run):
     res, cohort, out = run
-    for name in regress._compare.RUN_FILES:
+    for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert (out / "plots" / "compare_pearson.png").stat().st_size > 10_000
     for model in ("mil", "lgbm", "ridge", "mean"):

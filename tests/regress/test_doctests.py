@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["regress", "regress._baselines", "regress._mil", "regress._models", "regress._stats"]
+MODULES = [
+    "regress",
+    "slide2expr.regress._baselines",
+    "slide2expr.regress._mil",
+    "slide2expr.regress._models",
+    "slide2expr.regress._stats",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.datasets import load_digits
 
-from regress import (
+from slide2expr.regress import (
     GRAZIANI2022,
     AttentionMILRegressor,
     BagInputError,

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from regress import AttentionMILRegressor, BagInputError
+from slide2expr.regress import AttentionMILRegressor, BagInputError
 from tests.regress._data import planted_bags
 
 FAST = {"max_epochs": 3, "hidden_dim": 16, "attention_dim": 8, "device": "cpu"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from regress import AttentionMILRegressor, BagInputError
+from slide2expr.regress import AttentionMILRegressor, BagInputError
 from tests.regress._data import planted_bags
 
 

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import regress
-import sql
+from slide2expr import regress, sql
 from tests._fakestore import ENCODER, TILING, make_fake_store
 
 OTHER_TILING = "mpp2.00_px224_ov0"
@@ -121,14 +120,14 @@ def test_cli_train_and_compare_refuse_a_non_empty_out_without_force(store, tmp_p
     (run / "explain" / "report.html").write_text("old")
     config = (run / "config.json").read_text()
     r, text = _train(store, run)  # another command's output: refused, untouched
-    assert r.exit_code == 2 and "--out" in text and "is not empty" in text and "--force" in text, text
+    assert r.exit_code == 2 and "--out" in text and "is not empty" in text and "--overwrite" in text, text
     assert (run / "config.json").read_text() == config and not (run / "model.joblib").exists()
     r, text = _run(store, run)  # the same command: refused too
     assert r.exit_code == 2 and "a compare run with explain output" in text, text
-    r, text = _run(store, run, "--force")
+    r, text = _run(store, run, "--overwrite")
     assert r.exit_code == 0, r.output
     assert not (run / "explain").exists() and (run / "metrics.parquet").exists()
-    r, text = _train(store, run, "--force")  # replaced cleanly: a model directory and nothing else
+    r, text = _train(store, run, "--overwrite")  # replaced cleanly: a model directory and nothing else
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "model.joblib"]
 

@@ -11,7 +11,7 @@ from sklearn.model_selection import GroupKFold, cross_validate
 from sklearn.utils import get_tags
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from regress import MODEL_NAMES, AttentionMILRegressor, BagPooler, make_model
+from slide2expr.regress import MODEL_NAMES, AttentionMILRegressor, BagPooler, make_model
 from tests.regress._onetile import OneTileHE2RNA, OneTileMean, OneTileMIL
 
 FAST = {

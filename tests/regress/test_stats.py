@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from regress import bh_fdr, metrics_table, paired_comparison, regression_metrics
+from slide2expr.regress import bh_fdr, metrics_table, paired_comparison, regression_metrics
 
 
 def test_regression_metrics_match_scipy_and_sklearn():

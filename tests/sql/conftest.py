@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from featurize._store import write_table_atomic
-from regress._compare import ATTENTION_SCHEMA  # the writer's own schema, not a copy
+from slide2expr.contract import write_table_atomic
+from slide2expr.regress._compare import ATTENTION_SCHEMA  # the writer's own schema, not a copy
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurize._store import (
+from slide2expr.contract import (
     TARGETS_SCHEMA,
     StoreError,
     embeddings_path,
@@ -13,7 +13,7 @@ from featurize._store import (
     targets_path,
     write_table_atomic,
 )
-from sql import Cohort, MissingTargetsWarning, iter_cohort, load_cohort
+from slide2expr.sql import Cohort, MissingTargetsWarning, iter_cohort, load_cohort
 from tests._fakestore import make_fake_store
 
 
@@ -157,7 +157,7 @@ def test_derived_cache_is_rebuilt_when_the_store_changes(tmp_path):
         assert list(c.slide_ids) == list(plain.slide_ids)
     assert isinstance(mapped.features, np.memmap) and not mapped.features.flags.writeable
     # the views never see the cache
-    con = __import__("sql").connect(fs.root)
+    con = __import__("slide2expr.sql", fromlist=["connect"]).connect(fs.root)
     assert con.execute("select count(*) from embeddings").fetchall()[0][0] == len(plain.features)
     # re-featurizing one slide changes the fingerprint: the cache is rebuilt from the new file, the old one removed
     sid = fs.slides[0][0]

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from featurize._store import StoreError, embeddings_path, embeddings_schema, init_store, write_table_atomic
-from sql import connect, list_queries, run_query
+from slide2expr.contract import StoreError, embeddings_path, embeddings_schema, init_store, write_table_atomic
+from slide2expr.sql import connect, list_queries, run_query
 from tests._fakestore import make_fake_store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import sql._bags
-from featurize._store import StoreError, embeddings_path, embeddings_schema, write_table_atomic
-from sql import load_cohort
-from sql._pages import read_plain_float_column
+import slide2expr.sql._bags as sql_bags
+from slide2expr.contract import StoreError, embeddings_path, embeddings_schema, write_table_atomic
+from slide2expr.sql import load_cohort
+from slide2expr.sql._pages import read_plain_float_column
 
 
 def _table(emb: np.ndarray, *, nullable: bool = False, dtype: str = "float32", null_at: int | None = None):
@@ -142,13 +142,13 @@ def test_pages_come_from_the_open_file_even_if_the_path_is_replaced(tmp_path):
 def test_load_cohort_same_with_and_without_fast_path(fake_store, monkeypatch):
     fast = load_cohort(fake_store.root, encoder=fake_store.encoder, targets="expr")
     calls = []
-    real = sql._bags.read_plain_float_column
+    real = sql_bags.read_plain_float_column
 
     def refuse(*a, **k):
         calls.append(real(*a, **k))  # the fast path would have been taken ...
         return False  # ... but pyarrow reads it this time
 
-    monkeypatch.setattr(sql._bags, "read_plain_float_column", refuse)
+    monkeypatch.setattr(sql_bags, "read_plain_float_column", refuse)
     slow = load_cohort(fake_store.root, encoder=fake_store.encoder, targets="expr")
     assert calls and all(calls)
     np.testing.assert_array_equal(fast.features, slow.features)

@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import sql
-from sql import QueryError, connect, list_queries, run_query
-from sql._queries import _strip_sql_comments_and_strings, body_parameters
+from slide2expr import sql
+from slide2expr.sql import QueryError, connect, list_queries, run_query
+from slide2expr.sql._queries import _strip_sql_comments_and_strings, body_parameters
 
 
 @pytest.fixture(scope="module")

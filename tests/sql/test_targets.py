@@ -5,9 +5,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from featurize._store import TARGETS_SCHEMA, StoreError, read_metadata
-from sql import import_star_counts, import_targets, list_targets, load_cohort
-from sql._targets import GRAZIANI2022, SamplesWithoutSlidesWarning, TargetsError
+from slide2expr.contract import TARGETS_SCHEMA, StoreError, read_metadata
+from slide2expr.sql import import_star_counts, import_targets, list_targets, load_cohort
+from slide2expr.sql._targets import GRAZIANI2022, SamplesWithoutSlidesWarning, TargetsError
 from tests._fakestore import make_fake_store
 
 

@@ -1,4 +1,4 @@
-"""The in-memory cohort that training reads: bags as views into one flat feature array."""
+"""``Cohort``: what sql produces and regress consumes — bags as views into one flat feature array, with targets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Cohort:
-    """Bags, targets and groups for training, built by :func:`sql.load_cohort`.
+    """Bags, targets and groups for training, built by :func:`slide2expr.sql.load_cohort`.
 
     Attributes
     ----------

@@ -7,6 +7,7 @@ A store is a directory of Parquet files, one per slide and stage::
       slides/<slide_id>.parquet
       tiles/<tiling>/<slide_id>.parquet
       embeddings/<tiling>/<encoder>/<slide_id>.parquet
+      qc/<tiling>/<slide_id>.png
       targets/<name>.parquet
 
 Every file is written to a hidden temporary name in its own directory and renamed into place, so a reader that
@@ -24,12 +25,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slide2expr.contract._tiling import Tiling
+
 STORE_FORMAT = 1
 STORE_JSON = "store.json"
 SLIDES_DIR = "slides"
 TILES_DIR = "tiles"
 EMBEDDINGS_DIR = "embeddings"
 TARGETS_DIR = "targets"
+QC_DIR = "qc"
+#: Any one of these folders (or ``store.json``) marks a directory as a store.
+STORE_DIRS = (SLIDES_DIR, TILES_DIR, EMBEDDINGS_DIR)
 
 #: Parquet key-value metadata keys (bytes keys in the file; values are JSON strings).
 META_PREFIX = "slide2expr."
@@ -56,23 +62,6 @@ class StoreError(ValueError):
     """A store path or file does not follow the layout."""
 
 
-def tiling_name(*, mpp: float, tile_px: int, overlap_px: int = 0) -> str:
-    """Name a tiling by its parameters, e.g. ``mpp0.50_px224_ov0``.
-
-    Two decimals where they say the whole resolution, more where they would not (two tilings must never share a
-    folder).
-
-    >>> tiling_name(mpp=1.0, tile_px=224)
-    'mpp1.00_px224_ov0'
-    >>> tiling_name(mpp=0.2525, tile_px=224)
-    'mpp0.2525_px224_ov0'
-    """
-    text = f"{mpp:.2f}"
-    if abs(float(text) - mpp) > 1e-9:
-        text = f"{mpp:.6f}".rstrip("0")
-    return f"mpp{text}_px{int(tile_px)}_ov{int(overlap_px)}"
-
-
 def check_id(value: str, *, what: str = "slide_id") -> str:
     """Return ``value`` if it is a safe file stem, else raise a :class:`StoreError` naming it."""
     if not _SAFE_ID.match(value or ""):
@@ -96,16 +85,49 @@ def init_store(store: str | os.PathLike) -> Path:
     return root
 
 
+def check_store(store: str | os.PathLike) -> Path:
+    """Return ``store`` as a Path if it is a slide2expr store, else raise a :class:`StoreError` saying why.
+
+    A store is a directory holding ``store.json`` or one of ``slides/``, ``tiles/``, ``embeddings/`` (what
+    ``slide2expr featurize`` writes); a run directory, a file or a path that does not exist is refused.
+    """
+    root = Path(store)
+    if not root.exists():
+        raise StoreError(f"store {root} does not exist: run `slide2expr featurize … --store {root}` first")
+    if not root.is_dir():
+        raise StoreError(
+            f"store {root} is not a directory: give the store directory `slide2expr featurize` wrote"
+        )
+    if not (root / STORE_JSON).exists() and not any((root / d).is_dir() for d in STORE_DIRS):
+        raise StoreError(
+            f"{root} is not a slide2expr store (no {STORE_JSON}, no slides/, tiles/ or embeddings/): give the "
+            "store directory `slide2expr featurize` wrote"
+        )
+    return root
+
+
+def package_version() -> str:
+    """The installed slide2expr version, recorded in every file it writes."""
+    from slide2expr import __version__
+
+    return __version__
+
+
 def slide_path(store: str | os.PathLike, slide_id: str) -> Path:
     return Path(store) / SLIDES_DIR / f"{check_id(slide_id)}.parquet"
 
 
-def tiles_path(store: str | os.PathLike, tiling: str, slide_id: str) -> Path:
-    return Path(store) / TILES_DIR / tiling / f"{check_id(slide_id)}.parquet"
+def tiles_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Path:
+    return Path(store) / TILES_DIR / str(tiling) / f"{check_id(slide_id)}.parquet"
 
 
-def embeddings_path(store: str | os.PathLike, tiling: str, encoder: str, slide_id: str) -> Path:
-    return Path(store) / EMBEDDINGS_DIR / tiling / encoder / f"{check_id(slide_id)}.parquet"
+def embeddings_path(store: str | os.PathLike, tiling: str | Tiling, encoder: str, slide_id: str) -> Path:
+    return Path(store) / EMBEDDINGS_DIR / str(tiling) / encoder / f"{check_id(slide_id)}.parquet"
+
+
+def qc_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Path:
+    """``STORE/qc/<tiling>/<slide_id>.png``: the thumbnail with the tissue outline and the kept tiles."""
+    return Path(store) / QC_DIR / str(tiling) / f"{check_id(slide_id)}.png"
 
 
 def targets_path(store: str | os.PathLike, name: str) -> Path:
@@ -267,32 +289,3 @@ TARGETS_SCHEMA = pa.schema(
         pa.field("raw_value", pa.float64()),
     ]
 )
-
-
-# ---- ids -----------------------------------------------------------------------------------------------------
-
-_TCGA = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(-\d{2}[A-Z]?)?", re.IGNORECASE)
-
-
-def tcga_patient(barcode: str) -> str | None:
-    """The patient part of a TCGA barcode, or None when ``barcode`` is not one.
-
-    >>> tcga_patient("TCGA-AA-3511-01A-01-TS1")
-    'TCGA-AA-3511'
-    >>> tcga_patient("slide_7") is None
-    True
-    """
-    m = _TCGA.match(barcode or "")
-    return m.group(1).upper() if m else None
-
-
-def tcga_sample(barcode: str) -> str | None:
-    """The sample part of a TCGA barcode (patient + sample type + vial), e.g. ``TCGA-AA-3511-01A``.
-
-    >>> tcga_sample("TCGA-AA-3511-01A-01-TS1")
-    'TCGA-AA-3511-01A'
-    """
-    m = _TCGA.match(barcode or "")
-    if not m or not m.group(2):
-        return None
-    return (m.group(1) + m.group(2)).upper()

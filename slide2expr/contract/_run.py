@@ -1,0 +1,295 @@
+"""The output folders: a run directory (``compare``), a model directory (``train``), and the rule that replaces
+one only when told, and then cleanly.
+
+A run directory::
+
+    RUN/
+      config.json                  what was compared: store, targets, encoder, tiling, models, folds, genes, …
+      folds.parquet                one row per bag: bag_id, patient_id, fold
+      predictions.parquet          model × held-out bag × gene
+      metrics.parquet              model × gene × fold (fold -1: pooled over the held-out predictions)
+      comparisons.parquet          model pairs, paired over genes
+      attention.parquet            attention models: held-out tiles × genes
+      models/<model>/fold<k>.joblib
+      plots/                       figures of the comparison
+      explain/                     what ``explain`` wrote (maps, hotspots, report)
+      localisation.parquet         explain's localisation AUROCs (synthetic cohorts)
+      truth_tiles.parquet          tile-level ground truth (synthetic cohorts)
+
+A model directory holds ``model.joblib`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+CONFIG_JSON = "config.json"
+FOLDS_FILE = "folds.parquet"
+PREDICTIONS_FILE = "predictions.parquet"
+METRICS_FILE = "metrics.parquet"
+COMPARISONS_FILE = "comparisons.parquet"
+ATTENTION_FILE = "attention.parquet"
+MODELS_DIR = "models"
+PLOTS_DIR = "plots"
+EXPLAIN_DIR = "explain"
+LOCALISATION_FILE = "localisation.parquet"
+TRUTH_TILES_FILE = "truth_tiles.parquet"
+#: The fitted estimator of a model directory (``train``).
+MODEL_FILE = "model.joblib"
+
+#: The files ``compare`` writes into every run directory.
+RUN_FILES = (CONFIG_JSON, FOLDS_FILE, PREDICTIONS_FILE, METRICS_FILE, COMPARISONS_FILE, ATTENTION_FILE)
+
+#: What slide2expr writes into a run or model directory. Replacing one (``overwrite=True``) deletes these and
+#: nothing else.
+KNOWN_OUTPUTS = frozenset(RUN_FILES) | {
+    MODELS_DIR,
+    PLOTS_DIR,
+    EXPLAIN_DIR,
+    LOCALISATION_FILE,
+    TRUTH_TILES_FILE,
+    MODEL_FILE,
+}
+
+_FOLD_MODEL = re.compile(r"fold(\d+)\.joblib")
+
+# ---- schemas -------------------------------------------------------------------------------------------------
+
+FOLDS_SCHEMA = pa.schema([("bag_id", pa.string()), ("patient_id", pa.string()), ("fold", pa.int32())])
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("fold", pa.int32()),
+        ("bag_id", pa.string()),
+        ("patient_id", pa.string()),
+        ("gene", pa.string()),
+        ("y_true", pa.float64()),
+        ("y_pred", pa.float64()),
+    ]
+)
+METRICS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("gene", pa.string()),
+        ("fold", pa.int32()),
+        ("n", pa.int64()),
+        *(
+            (c, pa.float64())
+            for c in (
+                "pearson_r",
+                "pearson_p",
+                "spearman_rho",
+                "spearman_p",
+                "r2",
+                "mae",
+                "rmse",
+                "rmse_baseline",
+                "fdr",
+            )
+        ),
+        ("well_predicted", pa.bool_()),
+    ]
+)
+COMPARISONS_SCHEMA = pa.schema(
+    [
+        ("model_a", pa.string()),
+        ("model_b", pa.string()),
+        ("metric", pa.string()),
+        ("n_genes", pa.int64()),
+        *((c, pa.float64()) for c in ("median_diff", "ci_low", "ci_high", "wilcoxon_stat", "wilcoxon_p")),
+    ]
+)
+ATTENTION_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("fold", pa.int32()),
+        ("bag_id", pa.string()),
+        ("slide_id", pa.string()),
+        ("tile_id", pa.int32()),
+        ("x", pa.int64()),
+        ("y", pa.int64()),
+        ("gene", pa.string()),
+        ("attention", pa.float32()),
+        ("attention_logit", pa.float32()),
+        ("tile_pred", pa.float32()),
+    ]
+)
+
+
+# ---- layouts -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of a run directory lives.
+
+    Examples
+    --------
+    >>> run = RunLayout("RUN")
+    >>> run.metrics.as_posix(), run.model("mil", 2).as_posix()
+    ('RUN/metrics.parquet', 'RUN/models/mil/fold2.joblib')
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_JSON
+
+    @property
+    def folds(self) -> Path:
+        return self.root / FOLDS_FILE
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def comparisons(self) -> Path:
+        return self.root / COMPARISONS_FILE
+
+    @property
+    def attention(self) -> Path:
+        return self.root / ATTENTION_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
+
+    @property
+    def explain(self) -> Path:
+        return self.root / EXPLAIN_DIR
+
+    @property
+    def localisation(self) -> Path:
+        return self.root / LOCALISATION_FILE
+
+    @property
+    def truth_tiles(self) -> Path:
+        return self.root / TRUTH_TILES_FILE
+
+    def table(self, name: str) -> Path:
+        """``RUN/<name>.parquet``, e.g. ``table("metrics")``."""
+        return self.root / f"{name}.parquet"
+
+    def model(self, model: str, fold: int) -> Path:
+        """``models/<model>/fold<k>.joblib``: the estimator of ``model`` fitted without fold ``fold``."""
+        return self.root / MODELS_DIR / model / f"fold{int(fold)}.joblib"
+
+    def fold_models(self, model: str) -> dict[int, Path]:
+        """The saved fold models of ``model``, by fold (empty when none were saved)."""
+        folder = self.root / MODELS_DIR / model
+        found = {}
+        for p in sorted(folder.glob("fold*.joblib")):
+            m = _FOLD_MODEL.fullmatch(p.name)
+            if m is not None:
+                found[int(m.group(1))] = p
+        return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Where each file of a model directory (``train``'s output) lives."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_JSON
+
+    def exists(self) -> bool:
+        return self.model.is_file() and self.config.is_file()
+
+
+# ---- replacing an output folder ------------------------------------------------------------------------------
+
+
+class OutputExistsError(ValueError):
+    """An output folder that is not empty: pass ``overwrite=True`` (``--overwrite``) or choose another folder."""
+
+
+def _is_temporary(name: str) -> bool:
+    # the atomic writers' hidden temporary files (`.<name>.<hex>.tmp`) left by an interrupted run
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def describe_output(root: str | os.PathLike) -> str:
+    """What ``root`` holds, in words: ``"a compare run"`` (…), ``"a model written by train"`` or ``"files"``."""
+    root = Path(root)
+    if ModelLayout(root).model.exists():
+        return "a model written by train"
+    try:
+        config = json.loads(RunLayout(root).config.read_text())
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and "n_folds" in config:
+        return "a compare run" + (" with explain output" if RunLayout(root).explain.exists() else "")
+    return "files"
+
+
+def check_output_dir(out: str | os.PathLike, *, overwrite: bool, option: str = "out") -> Path:
+    """Raise :class:`OutputExistsError` unless ``out`` may be written: absent, empty, or replaceable.
+
+    A non-empty folder is refused unless ``overwrite``; with ``overwrite``, one that holds anything slide2expr did
+    not write (see :data:`KNOWN_OUTPUTS`) is refused too, naming those entries, so nothing of the user's is deleted.
+    ``option`` names the argument in the messages.
+    """
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise OutputExistsError(f"{option} {root} is a file, not a folder: choose another {option}")
+    if not root.is_dir():
+        return root
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return root
+    if not overwrite:
+        raise OutputExistsError(
+            f"{option} {root} is not empty (it holds {describe_output(root)}): choose another {option}, or replace "
+            "its contents with overwrite (--overwrite)"
+        )
+    foreign = [n for n in entries if n not in KNOWN_OUTPUTS and not _is_temporary(n)]
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (" …" if len(foreign) > 10 else "")
+        raise OutputExistsError(
+            f"{option} {root} holds entries that slide2expr did not write ({shown}): not replacing it even with "
+            f"overwrite (--overwrite); choose another {option}, or move those away"
+        )
+    return root
+
+
+def prepare_output_dir(out: str | os.PathLike, *, overwrite: bool, option: str = "out") -> Path:
+    """Check ``out`` (:func:`check_output_dir`), delete its previous slide2expr outputs, and create it.
+
+    Returns the folder, empty. With ``overwrite``, everything of an earlier run or model directory goes (fold
+    models, ``explain/``, the report), so nothing stale is left beside the new outputs.
+    """
+    root = check_output_dir(out, overwrite=overwrite, option=option)
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
