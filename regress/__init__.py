@@ -13,7 +13,9 @@ from slide2expr.regress._baselines import (
     BagPooler,
     MeanRegressor,
     PerGeneRegressor,
+    PooledParts,
     lgbm_regressor,
+    pooled_parts,
     ridge_regressor,
 )
 from slide2expr.regress._compare import (
@@ -24,13 +26,14 @@ from slide2expr.regress._compare import (
     make_folds,
     print_summary,
 )
-from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
+from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor, TileScores
 from slide2expr.regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
 from slide2expr.regress._persist import (
     EncoderMismatchError,
     TransformMismatchError,
     check_encoder,
     check_transform,
+    load_fold_models,
     load_model,
     load_model_config,
     predict,
@@ -56,6 +59,8 @@ __all__ = [
     "MeanRegressor",
     "OutputExistsError",
     "PerGeneRegressor",
+    "PooledParts",
+    "TileScores",
     "TransformMismatchError",
     "UnknownModelError",
     "bh_fdr",
@@ -63,6 +68,7 @@ __all__ = [
     "check_transform",
     "compare",
     "lgbm_regressor",
+    "load_fold_models",
     "load_model",
     "load_model_config",
     "make_folds",
@@ -70,6 +76,7 @@ __all__ = [
     "metrics_table",
     "paired_comparison",
     "plot_compare_pearson",
+    "pooled_parts",
     "predict",
     "print_summary",
     "regression_metrics",

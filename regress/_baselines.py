@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.linear_model import RidgeCV
@@ -188,3 +191,48 @@ def ridge_regressor(*, stats: tuple[str, ...] = ("mean",), alphas=None) -> Pipel
             ("ridge", RidgeCV(alphas=alphas, alpha_per_target=True)),
         ]
     )
+
+
+class PooledParts(NamedTuple):
+    """The parts of a fitted pooled-feature model (``BagPooler → … → one regressor per gene``).
+
+    Attributes
+    ----------
+    features
+        ``bags → (n_bags, n_features)``: what the regressors see (pooled statistics, then any scaling); a single
+        tile as a bag (``[tile[None]]``) gives that tile's row, for tile-level explanations.
+    feature_names
+        The ``n_features`` column names, e.g. ``("mean_0", …, "max_0", …)``.
+    regressors
+        One fitted regressor per gene, in the column order of ``y``.
+    """
+
+    features: Callable[[Sequence[np.ndarray]], np.ndarray]
+    feature_names: tuple[str, ...]
+    regressors: tuple
+
+
+def pooled_parts(model) -> PooledParts:
+    """Split a fitted pooled-feature pipeline (``lgbm``, ``ridge``) into its features and per-gene regressors.
+
+    Raises :class:`TypeError` naming the model when it is not such a pipeline (an attention model, say).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bags = [np.full((3, 2), i, dtype=np.float32) for i in range(6)]
+    >>> parts = pooled_parts(ridge_regressor().fit(bags, np.arange(6.0)))
+    >>> parts.feature_names, len(parts.regressors), parts.features(bags[:2]).shape
+    (('mean_0', 'mean_1'), 1, (2, 2))
+    """
+    steps = getattr(model, "steps", None)
+    if not isinstance(model, Pipeline) or not steps or not isinstance(steps[0][1], BagPooler):
+        raise TypeError(
+            f"{type(model).__name__} is not a pooled-feature pipeline (BagPooler → regressor); only the "
+            "pooled baselines (lgbm, ridge) have per-gene regressors on pooled features"
+        )
+    check_is_fitted(model[-1])
+    pre, last = model[:-1], model[-1]
+    regressors = tuple(last.estimators_) if isinstance(last, MultiOutputRegressor) else (last,)
+    names = tuple(str(n) for n in model[0].get_feature_names_out())
+    return PooledParts(lambda bags: np.asarray(pre.transform(bags), dtype=np.float64), names, regressors)

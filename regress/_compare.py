@@ -352,7 +352,7 @@ def _target_transform(store, targets) -> str | None:
 
 def _attention_rows(est, cohort, bag_index, test_bags, *, name: str, fold: int, genes: list[str]) -> pa.Table:
     """Held-out attention as an Arrow table (gene-major within a bag; tiles in cohort order = tile_id order)."""
-    outs = est._tile_outputs(test_bags)
+    outs = [(t.attention, t.attention_logit, t.tile_pred) for t in est.predict_tiles(test_bags)]
     G = len(genes)
     cols = {
         k: [] for k in ("bag_id", "slide_id", "tile_id", "x", "y", "gene", "attention", "logit", "tile_pred")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +34,15 @@ from slide2expr.regress._torchbag import (
     tile_sample,
     train_batches,
 )
+
+
+class TileScores(NamedTuple):
+    """What an attention model says about each tile of one bag, each ``(n_tiles, n_genes)`` float32."""
+
+    attention: np.ndarray
+    tile_pred: np.ndarray | None
+    attention_logit: np.ndarray | None
+
 
 # ---- modules -------------------------------------------------------------------------------------------------
 
@@ -413,16 +423,17 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
             self.module_ = module.cpu()
         return out
 
-    def predict_tiles(self, bags) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def predict_tiles(self, bags) -> list[TileScores]:
         """Per-tile attention and per-tile predictions of each bag.
 
         Returns
         -------
-        list of ``(attention, tile_pred)``, one per bag: ``attention`` is ``(n_tiles, n_genes)`` float32, softmax-
-        normalised over the bag's tiles per gene (columns sum to 1); ``tile_pred`` is ``(n_tiles, n_genes)`` float32
-        on ``y``'s scale, or None for a mode without per-tile predictions (``mode="embedding"``).
+        list of :class:`TileScores`, one per bag: ``attention`` is ``(n_tiles, n_genes)`` float32, softmax-normalised
+        over the bag's tiles per gene (columns sum to 1); ``tile_pred`` is ``(n_tiles, n_genes)`` float32 on ``y``'s
+        scale, or None for a mode without per-tile predictions (``mode="embedding"``); ``attention_logit`` is the
+        attention before the softmax, or None for a model without one.
         """
-        return [(att, tile) for att, _, tile in self._tile_outputs(bags)]
+        return [TileScores(att, tile, logits) for att, logits, tile in self._tile_outputs(bags)]
 
 
 @contextlib.contextmanager
@@ -535,8 +546,8 @@ class AttentionMILRegressor(_TorchBagRegressor):
     >>> mil = AttentionMILRegressor(max_epochs=5, random_state=0).fit(bags, y)
     >>> mil.predict(bags).shape
     (30,)
-    >>> attention, tile_pred = mil.predict_tiles(bags[:1])[0]
-    >>> attention.shape == (len(bags[0]), 1), bool(np.isclose(attention.sum(), 1.0))
+    >>> scores = mil.predict_tiles(bags[:1])[0]
+    >>> scores.attention.shape == (len(bags[0]), 1), bool(np.isclose(scores.attention.sum(), 1.0))
     (True, True)
     """
 

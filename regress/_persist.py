@@ -18,6 +18,7 @@ import pandas as pd
 
 from slide2expr.contract import (
     ModelLayout,
+    RunLayout,
     check_output_dir,
     describe_output,
     package_version,
@@ -164,6 +165,26 @@ def load_model(model_dir: str | os.PathLike):
 
     config = load_model_config(model_dir)
     return joblib.load(ModelLayout(model_dir).model), config
+
+
+def load_fold_models(run: str | os.PathLike, model: str) -> dict:
+    """The estimators ``compare`` saved for ``model`` in the run directory ``run``, by fold (each fitted without
+    that fold's patients).
+
+    Raises
+    ------
+    FileNotFoundError
+        The run has no saved models of ``model``; the message says how to get them.
+    """
+    import joblib
+
+    paths = RunLayout(run).fold_models(model)
+    if not paths:
+        raise FileNotFoundError(
+            f"no fitted models of {model!r} in {RunLayout(run).root}/models/{model}/ (fold<k>.joblib): run "
+            f"`slide2expr compare` with model {model!r} and without --no-save-models"
+        )
+    return {fold: joblib.load(path) for fold, path in paths.items()}
 
 
 def check_encoder(config: Mapping, cohort) -> None:

@@ -28,7 +28,7 @@ def test_members_are_distinct_seeds_and_predictions_are_their_mean(data):
     pred = ens.predict(bags[:5])
     assert pred.shape == (5, 2)
     np.testing.assert_allclose(pred, np.mean([m.predict(bags[:5]) for m in ens.members_], axis=0))
-    att, tile = ens.predict_tiles(bags[:1])[0]
+    att, tile, _ = ens.predict_tiles(bags[:1])[0]
     assert att.shape == tile.shape == (len(bags[0]), 2) and att.dtype == np.float32
     np.testing.assert_allclose(att.sum(axis=0), 1.0, rtol=1e-5)
     again = AttentionMILRegressor(n_members=3, random_state=0, **FAST).fit(bags, Y)

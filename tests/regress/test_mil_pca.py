@@ -43,7 +43,7 @@ def test_pca_projection_is_fitted_on_training_tiles_and_learns(planted):
     assert r >= 0.9, r
     # predicting other bags leaves the fitted projection alone; a pickled model predicts the same
     before = mil.x_projection_.copy()
-    att, _ = mil.predict_tiles(test_bags[:1])[0]
+    att = mil.predict_tiles(test_bags[:1])[0].attention
     assert att.shape == (len(test_bags[0]), 1)
     np.testing.assert_array_equal(mil.x_projection_, before)
     again = pickle.loads(pickle.dumps(mil))
