@@ -1,38 +1,57 @@
-"""``slide2expr synth``: write the synthetic demo cohort."""
+"""``slide2expr synth``: write a synthetic cohort with ground truth."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from slide2expr._app import app, fail
+from slide2expr._app import DryRunOpt, OverwriteOpt, app, fail, reported
+
+
+def parse_size(text: str | None) -> int | tuple[int, int] | None:
+    """``--size``: ``MAX`` draws each side from [0.75·MAX, MAX]; ``MIN-MAX`` from [MIN, MAX]; None the default."""
+    if not text:
+        return None
+    lo, sep, hi = text.replace(",", "-").replace(":", "-").partition("-")
+    try:
+        if sep:
+            return int(lo.replace("_", "")), int(hi.replace("_", ""))
+        side = int(lo.replace("_", ""))
+    except ValueError:
+        raise fail(
+            f"--size {text!r}: give the largest side in px (e.g. 12000) or a range MIN-MAX (e.g. 9000-13000)"
+        ) from None
+    return int(0.75 * side), side
 
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to create (must be missing or empty)."),
-    patients: int = typer.Option(
-        40, "--patients", min=1, help="Number of patients (about a third get 2 slides)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes identical files."),
-    size: int = typer.Option(
-        0,
-        "--size",
-        min=0,
-        help="Largest level-0 side in px; each slide's sides are drawn from [0.75*SIZE, SIZE]. "
-        "0 (default) draws them from 10,000–16,000.",
-    ),
-    svs_fraction: float = typer.Option(
-        0.5,
-        "--svs-fraction",
-        min=0.0,
-        max=1.0,
-        help="Share of slides written as Aperio .svs at 40x (rest: .tiff 20x).",
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an earlier synthetic cohort in --out."
-    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (must be missing or empty).")],
+    n_patients: Annotated[
+        int,
+        typer.Option("--n-patients", "--patients", help="Number of patients (about a third get 2 slides)."),
+    ] = 40,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed writes identical files.")
+    ] = 0,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size",
+            help="Level-0 side lengths in px: MAX draws each side from [0.75*MAX, MAX], MIN-MAX from [MIN, MAX] "
+            "(default 10000-16000; the demo uses 9000-13000).",
+        ),
+    ] = None,
+    svs_fraction: Annotated[
+        float,
+        typer.Option(
+            "--svs-fraction", help="Share of slides written as Aperio .svs at 40x (rest: .tiff 20x)."
+        ),
+    ] = 0.5,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Write a synthetic cohort: H&E-like pyramidal slides, patients, expression of the paper's 35 genes, truth.
 
@@ -41,22 +60,22 @@ def synth(
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from slide2expr.synth import CohortError, make_cohort
+    from slide2expr.synth import CohortError, check_cohort, make_cohort
 
-    if size and size < 344:
-        raise fail(
-            f"--size {size} is too small: use at least 344 px (a slide needs room for 3 pyramid levels)"
-        )
-    size_range = (int(0.75 * size), size) if size else (10_000, 16_000)
-    from slide2expr.synth._cohort import _check_out
-
-    try:
-        _check_out(out, overwrite)  # before the progress bar starts, so a refusal prints alone
-    except CohortError as err:
-        raise fail(str(err)) from None
+    kwargs = {"n_patients": n_patients, "svs_fraction": svs_fraction, "overwrite": overwrite}
+    if (parsed := parse_size(size)) is not None:
+        kwargs["size"] = parsed
+    with reported(CohortError):
+        params = check_cohort(out, **kwargs)  # before the progress bar starts, so a refusal prints alone
     console = Console()
+    if dry_run:
+        lo, hi = params.size
+        console.print(
+            f"would write a synthetic cohort of {params.n_patients} patients (seed {seed}) into {out}: slides with "
+            f"sides of {lo:,}–{hi:,} px, {params.svs_fraction:.0%} as .svs; nothing written (--dry-run)"
+        )
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("rendering textures", total=None)
@@ -66,18 +85,13 @@ def synth(
                 task, total=total, completed=done, description=f"slide {row['slide_id']}" if row else "slides"
             )
 
-        try:
-            info = make_cohort(
-                out,
-                n_patients=patients,
-                seed=seed,
-                size=size_range,
-                svs_fraction=svs_fraction,
-                overwrite=overwrite,
-                progress=progress,
-            )
-        except CohortError as err:
-            raise fail(str(err)) from None
+        with reported(CohortError):
+            info = make_cohort(out, seed=seed, progress=progress, **kwargs)
+    _print_cohort(console, info)
+
+
+def _print_cohort(console, info) -> None:
+    from rich.table import Table
 
     slides = info.slides
     table = Table(title=f"synthetic cohort in {info.root}", title_justify="left")

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from slide2expr.synth._cohort import SLIDE_KINDS, CohortInfo, make_cohort, patient_id
+from slide2expr.synth._cohort import SLIDE_KINDS, CohortInfo, CohortParams, check_cohort, make_cohort, patient_id
 from slide2expr.synth._compartments import (
     COMPARTMENTS,
     HOTSPOT_COMPARTMENTS,
@@ -28,7 +28,9 @@ __all__ = [
     "TISSUE_COMPARTMENTS",
     "CohortError",
     "CohortInfo",
+    "CohortParams",
     "SlideWriteError",
+    "check_cohort",
     "gene_kind",
     "load_label_map",
     "make_cohort",

@@ -48,5 +48,15 @@ def test_synth_command(tmp_path):
 def test_synth_rejects_tiny_size(tmp_path):
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "c"), "--size", "100"])
     assert res.exit_code == 2
-    assert "--size" in _flat(res.output)
+    assert "size must be" in _flat(res.output) and "(75, 100)" in _flat(res.output)
     assert not (tmp_path / "c").exists()
+
+
+def test_synth_size_range_and_dry_run(tmp_path):
+    out = tmp_path / "c"
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--size", "9000-13000", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "9,000–13,000" in _flat(res.output) and "nothing written" in _flat(res.output)
+    assert not out.exists()
+    bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--size", "big"])
+    assert bad.exit_code == 2 and "--size 'big'" in _flat(bad.output)
