@@ -7,6 +7,8 @@
   :func:`run_sql` for ad-hoc SQL.
 - :func:`import_targets` / :func:`import_star_counts` — expression targets into ``targets/<name>.parquet``.
 - :func:`load_cohort` / :func:`iter_cohort` — bags for training as views into one flat ``(N, d)`` array.
+- :func:`read_slides` — the slides table; :func:`read_slide`, :func:`read_tiles`, :func:`read_embeddings` — one
+  slide's row, tile grid and embeddings; :func:`open_run` — a run directory's config and tables (:class:`Run`).
 
 The same ``.sql`` files run in the plain ``duckdb`` shell (``pip install duckdb-cli``), from the repository root::
 
@@ -28,6 +30,7 @@ from slide2expr.contract import Cohort
 from slide2expr.sql._bags import MissingTargetsWarning, iter_cohort, load_cohort
 from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
 from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
+from slide2expr.sql._read import Run, open_run, read_embeddings, read_slide, read_slides, read_tiles
 from slide2expr.sql._targets import (
     PANELS,
     SamplesWithoutSlidesWarning,
@@ -46,6 +49,7 @@ __all__ = [
     "MissingTargetsWarning",
     "QueryError",
     "QueryInfo",
+    "Run",
     "SamplesWithoutSlidesWarning",
     "TargetsError",
     "TargetsReport",
@@ -57,6 +61,11 @@ __all__ = [
     "list_queries",
     "list_targets",
     "load_cohort",
+    "open_run",
+    "read_embeddings",
+    "read_slide",
+    "read_slides",
+    "read_tiles",
     "run_query",
     "run_sql",
     "sql_text",

@@ -4,7 +4,7 @@ The plan (which files, in which order, how many rows each, which patient) comes 
 scan then copies each slide's ``embedding`` values straight into its slot of the flat array. Bags are views into
 that array. For the files featurize writes (uncompressed, plain-encoded float32) the values are read from the data
 pages directly (:mod:`sql._pages`, near ``numpy.fromfile`` speed); any other layout goes through pyarrow. Nothing
-here goes through DuckDB, which is several times slower for this (see ``benchmarks/bags.py``).
+here goes through DuckDB, whose Arrow export is the slower path for this (``benchmarks/bags.py`` measures it).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from slide2expr.contract import (
 from slide2expr.sql._pages import read_plain_float_column
 
 BAG_UNITS = ("patient", "slide")
+#: Default reader threads: page reads release the GIL, and a few threads keep one disk or page cache busy.
+MAX_READER_THREADS = 4
+#: Ids listed in an error message before "…".
+SHOWN_IDS = 10
 #: Derived bag caches live here (hidden: no view or glob of the store ever reads them).
 CACHE_DIR = ".cache/bags"
 CACHE_MODES = (False, True, "mmap")
@@ -157,7 +161,7 @@ def _plan(store: str | os.PathLike, *, encoder: str, tiling: str | None, by: str
             continue
         files.append(_SlideFile(slide_id, patient, path, md.num_rows, meta))
     if unknown:
-        shown = ", ".join(unknown[:10]) + (" …" if len(unknown) > 10 else "")
+        shown = ", ".join(unknown[:SHOWN_IDS]) + (" …" if len(unknown) > SHOWN_IDS else "")
         raise StoreError(
             f"{len(unknown)} slide(s) have no patient id (not a TCGA barcode and no patient_id in slides/): "
             f"{shown}; featurize them with a slide→patient CSV"
@@ -205,8 +209,11 @@ def _embedding_leaf(pf: pq.ParquetFile) -> int:
     raise StoreError(f"{pf} has no 'embedding' column")  # unreachable after _dim_of
 
 
-def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-    """Read one slide file; copy its embeddings into ``out`` (its ``(n_rows, d)`` slot) and its ids/coords.
+def read_slide_file(
+    path: Path, n_rows: int, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> None:
+    """Read one slide's embeddings file of ``n_rows`` rows; copy its embeddings into ``out`` (its ``(n_rows, d)``
+    slot) and its ids/coords.
 
     Plain uncompressed float32 pages (what featurize writes) are read straight into ``out`` (:mod:`sql._pages`);
     anything else (float16, compressed, dictionary-coded, with nulls) goes through pyarrow.
@@ -214,16 +221,16 @@ def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarr
     # one open file for the footer, the pages and pyarrow's reads (ids, coordinates, other layouts' embeddings):
     # featurize may replace the path by rename meanwhile. Memory-mapped: one copy fewer for pyarrow. Everything is
     # copied out before the map closes.
-    with pa.memory_map(str(f.path)) as src:
+    with pa.memory_map(str(path)) as src:
         pf = pq.ParquetFile(src)
-        if pf.metadata.num_rows != f.n_rows:
+        if pf.metadata.num_rows != n_rows:
             raise StoreError(
-                f"{f.path} changed while it was read ({f.n_rows} rows planned, {pf.metadata.num_rows} found)"
+                f"{path} changed while it was read ({n_rows} rows planned, {pf.metadata.num_rows} found)"
             )
         try:
             fast = read_plain_float_column(src.fileno(), pf, _embedding_leaf(pf), out.shape[1], out)
         except ValueError as e:
-            raise StoreError(f"{f.path}: {e}; the file is damaged, re-featurize this slide") from None
+            raise StoreError(f"{path}: {e}; the file is damaged, re-featurize this slide") from None
         cols = ["tile_id", "x", "y"] if fast else ["tile_id", "x", "y", "embedding"]
         table = pf.read(columns=cols, use_threads=False)
         if not fast:
@@ -231,7 +238,7 @@ def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarr
             for chunk in table.column("embedding").chunks:
                 if chunk.null_count:
                     raise StoreError(
-                        f"{f.path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
+                        f"{path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
                     )
                 flat = chunk.flatten().to_numpy(zero_copy_only=False)
                 n = len(chunk)
@@ -242,7 +249,7 @@ def _read_into(f: _SlideFile, out: np.ndarray, tile_ids: np.ndarray, x: np.ndarr
         y[:] = table.column("y").to_numpy()
         if len(tile_ids) > 1 and not np.all(tile_ids[1:] > tile_ids[:-1]):
             raise StoreError(
-                f"{f.path}: rows are not in increasing tile_id order; the file was not written by featurize"
+                f"{path}: rows are not in increasing tile_id order; the file was not written by featurize"
             )
 
 
@@ -257,9 +264,9 @@ def _scan(files: Sequence[_SlideFile], dim: int, *, n_threads: int | None) -> tu
 
     def work(i: int) -> None:
         s = slice(int(starts[i]), int(starts[i + 1]))
-        _read_into(files[i], features[s], tile_ids[s], x[s], y[s])
+        read_slide_file(files[i].path, files[i].n_rows, features[s], tile_ids[s], x[s], y[s])
 
-    threads = n_threads if n_threads is not None else min(4, os.cpu_count() or 1)
+    threads = n_threads if n_threads is not None else min(MAX_READER_THREADS, os.cpu_count() or 1)
     if threads <= 1 or len(files) <= 1:
         for i in range(len(files)):
             work(i)
@@ -430,7 +437,7 @@ def _targets_for_plan(
 def _warn_missing(missing: Sequence[str], *, drop_missing: bool, stacklevel: int) -> None:
     if not missing:
         return
-    shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+    shown = ", ".join(missing[:SHOWN_IDS]) + (" …" if len(missing) > SHOWN_IDS else "")
     action = "dropped (drop_missing=True)" if drop_missing else "kept with NaN targets"
     warnings.warn(
         f"{len(missing)} bag(s) have tiles but no targets, {action}: {shown}",
@@ -524,7 +531,7 @@ def load_cohort(
         Bags with tiles but no target values are kept with NaN rows of ``y_true`` (default) or dropped. Either way
         they are listed in ``Cohort.missing_targets`` and a :class:`MissingTargetsWarning` is issued.
     n_threads
-        Reader threads (default: up to 4).
+        Reader threads (default: up to :data:`MAX_READER_THREADS`).
     cache
         ``False`` reads the Parquet files. ``True`` keeps a derived copy of the flat arrays under
         ``STORE/.cache/bags/<tiling>/<encoder>/<fingerprint>/`` (``features.npy``, ``tiles.npz``; written on first

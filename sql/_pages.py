@@ -3,8 +3,8 @@
 featurize writes each slide's ``embedding`` column uncompressed, plain-encoded and non-nullable. In such a column
 chunk every data page is a small header, the repetition and definition levels (a few hundred bytes), and then the
 float32 values as raw little-endian bytes, row after row. pyarrow decodes the levels and assembles a list array
-first, at about 1.4 GB/s per core; here the values are read straight from the file into their slot of the bag
-array (``os.preadv``, one copy, the GIL released), which runs near ``numpy.fromfile`` speed.
+first; here the values are read straight from the file into their slot of the bag array (``os.preadv``, one copy,
+the GIL released), near ``numpy.fromfile`` speed (``benchmarks/bags.py`` measures both).
 
 Only the page headers are parsed (Thrift compact protocol, the Parquet format's own encoding). The fast path is
 taken only when every check below holds; otherwise :func:`read_plain_float_column` returns ``False`` and the caller
@@ -31,6 +31,8 @@ _BOOL_TRUE, _BOOL_FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET,
 # parquet.thrift
 _DATA_PAGE, _DATA_PAGE_V2 = 0, 3
 _PLAIN, _RLE = 0, 3
+#: Bytes read for a page header at first (headers of plain float pages are a few dozen); grown 4× until it parses.
+_HEADER_READ = 256
 
 
 class _NeedMore(Exception):
@@ -115,7 +117,7 @@ class _Compact:
 
 def _page_header(fd: int, pos: int, end: int) -> tuple[dict[int, object], int]:
     """The ``PageHeader`` at ``pos`` and its length in bytes."""
-    size = 256
+    size = _HEADER_READ
     while True:
         buf = os.pread(fd, min(size, end - pos), pos)
         try:

@@ -4,8 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from slide2expr.contract import write_table_atomic
-from slide2expr.regress._compare import ATTENTION_SCHEMA  # the writer's own schema, not a copy
+from slide2expr.contract import ATTENTION_SCHEMA, METRICS_SCHEMA, write_table_atomic
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +74,5 @@ def fake_run(fake_store, tmp_path_factory):
                         "well_predicted": (r > 0 and fdr < 0.05 and rmse < base) if fold == -1 else None,
                     }
                 )  # fmt: skip
-    metrics_schema = pa.schema(
-        [("model", pa.string()), ("gene", pa.string()), ("fold", pa.int32()), ("n", pa.int64())]
-        + [
-            (c, pa.float64())
-            for c in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "r2", "mae", "rmse")
-        ]
-        + [("rmse_baseline", pa.float64()), ("fdr", pa.float64()), ("well_predicted", pa.bool_())]
-    )
-    write_table_atomic(pa.Table.from_pylist(metrics, schema=metrics_schema), run / "metrics.parquet")
+    write_table_atomic(pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA), run / "metrics.parquet")
     return run
