@@ -1,6 +1,16 @@
 """explain: where expression comes from — heatmaps, hotspots (GeoJSON), gallery, SHAP, localisation, HTML report.
 
-Reads a run directory written by ``regress.compare`` and the store it was trained on; never imports slide2expr.
+Reads a run directory written by ``regress.compare`` and the store it was trained on through ``slide2expr.sql``,
+and the run's fitted models through ``slide2expr.regress``'s public functions.
+
+- :func:`explain_run` — every output of a run; :func:`plan_explain` — its checks and the files it would
+  write, :func:`run_plan` — writing them.
+- :func:`tile_score_map`, :func:`find_hotspots`, :func:`gallery`, :func:`shap_tree`, :func:`localisation_auroc`,
+  :func:`write_report` — the steps, each usable alone.
+
+>>> from slide2expr import explain
+>>> explain.ExplainLayout("RUN/explain").report.as_posix()
+'RUN/explain/report.html'
 """
 
 from __future__ import annotations
@@ -8,7 +18,8 @@ from __future__ import annotations
 from slide2expr.explain._figures import model_summary, plot_scatter, save_figure
 from slide2expr.explain._gallery import Gallery, gallery, plot_gallery
 from slide2expr.explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
-from slide2expr.explain._io import ExplainError, Run, load_run
+from slide2expr.explain._inputs import ExplainError, Run, load_run
+from slide2expr.explain._layout import ExplainLayout
 from slide2expr.explain._localisation import (
     attention_scores,
     localisation_auroc,
@@ -16,8 +27,16 @@ from slide2expr.explain._localisation import (
     shap_scores,
 )
 from slide2expr.explain._maps import ScoreMap, plot_heatmap, plot_slide_maps, tile_score_map
-from slide2expr.explain._report import find_chromium, render_dom, screenshot, write_report
-from slide2expr.explain._run import ExplainResult, explain_run, slide_score_maps, write_maps
+from slide2expr.explain._plan import ExplainPlan, plan_explain
+from slide2expr.explain._report import (
+    check_screenshot_size,
+    find_chromium,
+    render_dom,
+    report_path,
+    screenshot,
+    write_report,
+)
+from slide2expr.explain._run import ExplainResult, explain_run, run_plan, slide_score_maps, write_maps
 from slide2expr.explain._shap import (
     ShapResult,
     plot_shap_importance,
@@ -28,12 +47,15 @@ from slide2expr.explain._shap import (
 
 __all__ = [
     "ExplainError",
+    "ExplainLayout",
+    "ExplainPlan",
     "ExplainResult",
     "Gallery",
     "Run",
     "ScoreMap",
     "ShapResult",
     "attention_scores",
+    "check_screenshot_size",
     "explain_run",
     "find_chromium",
     "find_hotspots",
@@ -50,7 +72,10 @@ __all__ = [
     "plot_shap_importance",
     "plot_shap_summary",
     "plot_slide_maps",
+    "plan_explain",
     "render_dom",
+    "report_path",
+    "run_plan",
     "save_figure",
     "screenshot",
     "shap_scores",

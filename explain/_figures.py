@@ -20,13 +20,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path
     return write_bytes_atomic(Path(path), buf.getvalue())
 
 
-def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
-    """``fig`` as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
 def plot_scatter(
     predictions: pd.DataFrame, *, genes=None, models=None, metrics: pd.DataFrame | None = None
 ) -> Figure:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from slide2expr.explain._io import ExplainError, Run, load_run, read_tiles
+from slide2expr.explain._inputs import ExplainError, Run, load_run, read_tiles
 from slide2expr.explain._slides import read_tiles_full_res
 
 GALLERY_COLUMNS = (
@@ -66,6 +66,12 @@ def _bin_edges(values: np.ndarray, n_bins: int, binning: str) -> np.ndarray:
     return edges
 
 
+def check_gallery_args(n_bins: int, top_k: int) -> None:
+    """Raise :class:`ExplainError` unless ``n_bins`` and ``top_k`` are at least 1."""
+    if n_bins < 1 or top_k < 1:
+        raise ExplainError(f"n_bins and top_k must be at least 1, got n_bins={n_bins}, top_k={top_k}")
+
+
 def gallery(
     run: str | os.PathLike | Run,
     *,
@@ -98,18 +104,29 @@ def gallery(
     Gallery
     """
     run = load_run(run)
-    if n_bins < 1 or top_k < 1:
-        raise ExplainError(f"n_bins and top_k must be at least 1, got n_bins={n_bins}, top_k={top_k}")
+    check_gallery_args(n_bins, top_k)
     att = run.table("attention")
     att = att[(att["model"] == model) & (att["gene"] == gene)]
     if att.empty:
         have = sorted(run.table("attention")["model"].unique())
         raise ExplainError(
-            f"no attention rows for model {model!r} and gene {gene!r} in {run.path}/attention.parquet "
+            f"no attention rows for model {model!r} and gene {gene!r} in {run.layout.attention} "
             f"(models with attention: {have}; genes: {list(run.genes)})"
         )
     preds = run.table("predictions")
     truth = preds[preds["gene"] == gene].groupby("bag_id")["y_true"].first()
+    table = _top_tiles(att, truth, n_bins=n_bins, top_k=top_k, binning=binning)
+    if table is None:
+        raise ExplainError(f"no bag has both attention and a true value of {gene!r} in {run.path}")
+    table = _with_boxes(table.assign(gene=gene, model=model), store=store, tiling=run.tiling)
+    table = table[list(GALLERY_COLUMNS)]
+    images = _tile_images(table, store=store) if read_images else []
+    return Gallery(gene, model, n_bins, top_k, table.reset_index(drop=True), images)
+
+
+def _top_tiles(att: pd.DataFrame, truth: pd.Series, *, n_bins: int, top_k: int, binning: str):
+    """The ``top_k`` tiles of each expression bin by relative attention (None when no bag has both attention and a
+    true value)."""
     att = att.assign(
         relative_attention=att["attention"] * att.groupby("bag_id")["attention"].transform("size")
     )
@@ -118,7 +135,7 @@ def gallery(
     ok = np.isfinite(y)
     bags, y = bags[ok], y[ok]
     if bags.size == 0:
-        raise ExplainError(f"no bag has both attention and a true value of {gene!r} in {run.path}")
+        return None
     edges = _bin_edges(y, n_bins, binning)
     bin_of = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, n_bins - 1)
     rows = []
@@ -132,8 +149,6 @@ def gallery(
         for rank, r in enumerate(cand.head(top_k).itertuples(index=False), start=1):
             rows.append(
                 {
-                    "gene": gene,
-                    "model": model,
                     "bin": b,
                     "bin_lo": float(edges[b]),
                     "bin_hi": float(edges[b + 1]),
@@ -147,10 +162,14 @@ def gallery(
                     "y_true": float(truth.loc[r.bag_id]),
                 }
             )
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def _with_boxes(table: pd.DataFrame, *, store, tiling: str) -> pd.DataFrame:
+    """``table`` with each tile's level-0 box ``x, y, w, h`` from its slide's tile grid."""
     boxes = []
     for sid, grp in table.groupby("slide_id", sort=False):
-        tiles = read_tiles(store, run.tiling, sid).set_index("tile_id")
+        tiles = read_tiles(store, tiling, sid).set_index("tile_id")
         missing = set(grp["tile_id"]) - set(tiles.index)
         if missing:
             raise ExplainError(
@@ -158,16 +177,16 @@ def gallery(
                 "the store was re-featurized after the run — re-run `slide2expr compare`"
             )
         boxes.append(tiles.loc[grp["tile_id"], ["x", "y", "w", "h"]].set_axis(grp.index))
-    table = table.join(pd.concat(boxes))
-    table = table[list(GALLERY_COLUMNS)]
-    images: list[np.ndarray] = []
-    if read_images:
-        by_index = {}
-        for sid, grp in table.groupby("slide_id", sort=False):
-            pix = read_tiles_full_res(store, sid, grp[["x", "y", "w", "h"]].to_numpy())
-            by_index.update(dict(zip(grp.index, pix, strict=True)))
-        images = [by_index[i] for i in table.index]
-    return Gallery(gene, model, n_bins, top_k, table.reset_index(drop=True), images)
+    return table.join(pd.concat(boxes))
+
+
+def _tile_images(table: pd.DataFrame, *, store) -> list[np.ndarray]:
+    """Full-resolution pixels of each row's tile, in row order."""
+    by_index = {}
+    for sid, grp in table.groupby("slide_id", sort=False):
+        pix = read_tiles_full_res(store, sid, grp[["x", "y", "w", "h"]].to_numpy())
+        by_index.update(dict(zip(grp.index, pix, strict=True)))
+    return [by_index[i] for i in table.index]
 
 
 def plot_gallery(g: Gallery, *, tile_inches: float = 1.3) -> Figure:

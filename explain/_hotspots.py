@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slide2expr.explain._io import ExplainError
+from slide2expr.explain._inputs import ExplainError
 from slide2expr.explain._maps import ScoreMap
 
 HOTSPOT_COLUMNS = (
@@ -76,6 +76,23 @@ def _region_rings(mask: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def check_hotspot_args(percentile: float | None, min_cells: int, *, threshold: float | None = None) -> None:
+    """Raise :class:`ExplainError` unless the hotspot threshold and smallest size are usable.
+
+    Examples
+    --------
+    >>> try:
+    ...     check_hotspot_args(101, 2)
+    ... except ExplainError as exc:
+    ...     print(exc)
+    percentile must be within [0, 100] (or give threshold=), got 101
+    """
+    if threshold is None and (percentile is None or not 0 <= percentile <= 100):
+        raise ExplainError(f"percentile must be within [0, 100] (or give threshold=), got {percentile!r}")
+    if min_cells < 1:
+        raise ExplainError(f"min_cells must be at least 1, got {min_cells}")
+
+
 def find_hotspots(
     score_map: ScoreMap,
     *,
@@ -110,17 +127,14 @@ def find_hotspots(
     """
     from skimage.measure import label, regionprops
 
+    check_hotspot_args(percentile, min_cells, threshold=threshold)
     vals = score_map.values
     finite = np.isfinite(vals)
     if threshold is None:
-        if percentile is None or not 0 <= percentile <= 100:
-            raise ExplainError(f"percentile must be within [0, 100] (or give threshold=), got {percentile!r}")
         ref = score_map.tile_values[np.isfinite(score_map.tile_values)]
         if ref.size == 0:
             return pd.DataFrame({c: [] for c in HOTSPOT_COLUMNS})
         threshold = float(np.percentile(ref, percentile))
-    if min_cells < 1:
-        raise ExplainError(f"min_cells must be at least 1, got {min_cells}")
     mask = finite & (np.where(finite, vals, -np.inf) >= threshold)
     labels = label(mask, connectivity=1)
     cell, (ox, oy) = score_map.cell_px, score_map.origin
@@ -162,7 +176,11 @@ def find_hotspots(
 
 
 def gene_colors(genes) -> dict[str, list[int]]:
-    """A stable RGB colour (0–255) per gene, in the given order (matplotlib's tab10, then tab20b)."""
+    """A stable RGB colour (0–255) per gene, in the given order (matplotlib's tab10, then tab20b).
+
+    >>> gene_colors(["GNLY", "FBN1"])
+    {'GNLY': [31, 119, 180], 'FBN1': [255, 127, 14]}
+    """
     from matplotlib import colormaps
 
     palette = list(colormaps["tab10"].colors) + list(colormaps["tab20b"].colors)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from slide2expr.explain._io import ExplainError, Run, load_run
+from slide2expr.explain._inputs import ExplainError, Run, load_run
 
 LOCALISATION_COLUMNS = ("model", "gene", "score", "auroc", "n_pos", "n_neg", "auroc_slide_mean", "n_slides")
 SCORE_COLUMNS = ("model", "score", "gene", "slide_id", "tile_id", "value")

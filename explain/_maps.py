@@ -8,10 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from slide2expr.explain._io import ExplainError
+from slide2expr.explain._inputs import ExplainError
 
 #: Colour-scale names accepted by :func:`plot_heatmap`.
 SCALES = ("raw", "percentile")
+#: Overlapping tiles: cells stay at least 1/this of the tile stride, so large slides stay small grids.
+MAX_CELLS_PER_STRIDE = 4
+#: Smoothing divides by the smoothed tissue coverage; this floor keeps cells far from tissue from dividing by zero.
+_COVERAGE_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,15 @@ def _grid_step(starts: np.ndarray, sizes: np.ndarray) -> float:
     stride = float(diffs.min()) if diffs.size else size
     stride = min(stride, size)
     g = math.gcd(int(round(stride)), int(round(size)))
-    # overlap-aware: a cell no larger than gcd(stride, size) makes every tile cover whole cells; keep cells >= 1/4
-    # of the stride so large slides stay small grids (tiles then cover the cells whose centre they contain)
-    return float(max(g, stride / 4.0)) if g > 0 else stride
+    # overlap-aware: a cell no larger than gcd(stride, size) makes every tile cover whole cells; cells stay at least
+    # 1/MAX_CELLS_PER_STRIDE of the stride (tiles then cover the cells whose centre they contain)
+    return float(max(g, stride / float(MAX_CELLS_PER_STRIDE))) if g > 0 else stride
+
+
+def check_sigma(sigma: float) -> None:
+    """Raise :class:`ExplainError` unless ``sigma`` (smoothing in cells) is at least 0."""
+    if not sigma >= 0:
+        raise ExplainError(f"sigma must be at least 0 (0: no smoothing), got {sigma}")
 
 
 def tile_score_map(
@@ -121,7 +131,17 @@ def tile_score_map(
     -------
     ScoreMap
         ``values`` holds, per cell, the mean score of all tiles covering it (overlapping tiles are averaged).
+
+    Examples
+    --------
+    Two 100 px tiles side by side, overlapping by half: the shared cell holds the mean of both scores.
+
+    >>> tiles = {"x": [0, 50], "y": [0, 0], "w": [100, 100], "h": [100, 100]}
+    >>> m = tile_score_map(tiles, [1.0, 3.0], slide_size=(150, 100), mpp=(0.5, 0.5))
+    >>> m.cell_px, m.values.tolist()
+    (50.0, [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
     """
+    check_sigma(sigma)
     x = np.asarray(tiles["x"], dtype=np.float64)
     y = np.asarray(tiles["y"], dtype=np.float64)
     w = np.asarray(tiles["w"], dtype=np.float64)
@@ -167,7 +187,7 @@ def tile_score_map(
 
         num = gaussian_filter(np.where(has, values, 0.0), sigma, mode="constant")
         den = gaussian_filter(has.astype(np.float64), sigma, mode="constant")
-        values = np.where(has, num / np.maximum(den, 1e-12), np.nan)
+        values = np.where(has, num / np.maximum(den, _COVERAGE_FLOOR), np.nan)
     return ScoreMap(
         values=values,
         counts=counts,

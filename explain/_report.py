@@ -18,7 +18,8 @@ import pandas as pd
 
 from slide2expr.contract import write_bytes_atomic
 from slide2expr.explain._figures import model_summary
-from slide2expr.explain._io import ExplainError, Run, load_run
+from slide2expr.explain._inputs import ExplainError, Run, load_run
+from slide2expr.explain._layout import HOTSPOTS_FILE, MANIFEST, REPORT_HTML
 
 #: Section ids of the report, in order (each is an ``<section id=…>`` with an ``<h2>``).
 SECTIONS = {
@@ -60,9 +61,15 @@ window.addEventListener('load', function () {
 """
 
 
-#: PNGs larger than this are embedded as JPEG: slide thumbnails and tile galleries are photographs, and as PNG
-#: they made a demo report of ~27 MB; as JPEG (quality 85) it is a few MB and looks the same.
+#: PNGs larger than this are embedded as JPEG: slide thumbnails and tile galleries are photographs, which JPEG
+#: stores in a fraction of the bytes at no visible loss (a smaller PNG is kept: plots stay sharp).
 _JPEG_ABOVE_BYTES = 150_000
+#: JPEG quality of those embedded photographs.
+_JPEG_QUALITY = 85
+#: Smallest screenshot (width, height) in px: a page narrower than a phone's is not a view anyone reads.
+MIN_SCREENSHOT_PX = (320, 240)
+#: Characters of Chromium's stderr quoted in an error (its last lines say why it failed).
+_STDERR_TAIL = 800
 
 
 def _img(path: Path, alt: str) -> str:
@@ -72,7 +79,9 @@ def _img(path: Path, alt: str) -> str:
         from PIL import Image
 
         buf = io.BytesIO()
-        Image.open(io.BytesIO(raw)).convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
+        Image.open(io.BytesIO(raw)).convert("RGB").save(
+            buf, format="JPEG", quality=_JPEG_QUALITY, optimize=True
+        )
         if buf.tell() < len(raw):
             raw, mime = buf.getvalue(), "image/jpeg"
     data = base64.b64encode(raw).decode()
@@ -111,6 +120,22 @@ def _figures(manifest: dict, section: str, base: Path) -> str:
     return "\n".join(_figure(base / rel, cap) for cap, rel in items)
 
 
+def report_path(
+    run: str | os.PathLike | Run,
+    *,
+    explain_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+) -> Path:
+    """Where :func:`write_report` writes, after the checks it makes first (a run directory with ``metrics.parquet``).
+
+    Raises :class:`ExplainError` naming what is missing.
+    """
+    run = load_run(run)
+    run.table("metrics")
+    base = Path(explain_dir) if explain_dir is not None else run.layout.explain
+    return Path(out) if out is not None else base / REPORT_HTML
+
+
 def write_report(
     run: str | os.PathLike | Run,
     *,
@@ -135,18 +160,37 @@ def write_report(
     pathlib.Path
         The report. Every image is embedded as a base64 PNG; the file references no URL.
     """
-    run = load_run(run)
-    base = Path(explain_dir) if explain_dir is not None else run.path / "explain"
-    manifest_path = base / "manifest.json"
+    run = load_run(run.path if isinstance(run, Run) else run)  # the tables as they are on disk now
+    base = Path(explain_dir) if explain_dir is not None else run.layout.explain
+    out = report_path(run, explain_dir=base, out=out)
+    manifest_path = base / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    out = Path(out) if out is not None else base / "report.html"
-    cfg = run.config
-    metrics = run.table("metrics")
-    comps = run.table("comparisons", required=False)
-    folds = run.table("folds", required=False)
-    parts = []
+    parts = [
+        _section("summary", _summary(run, manifest)),
+        _section("comparison", _comparison(run)),
+        _section("scatter", _figures(manifest, "scatter", base)),
+        _section("heatmaps", _heatmaps(manifest, base)),
+        _section("gallery", _figures(manifest, "gallery", base)),
+        _section("shap", _figures(manifest, "shap", base)),
+        _section("localisation", _localisation(run, manifest, base)),
+    ]
+    nav = " ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS.items())
+    title = title or f"slide2expr report — {run.path.name}"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>"
+        f'<header><h1>{html.escape(title)}</h1><p class="muted">run {html.escape(str(run.path))} · written '
+        f"{stamp}</p><nav>{nav}</nav></header>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+    return write_bytes_atomic(out, doc.encode("utf-8"))
 
-    # summary
+
+def _summary(run: Run, manifest: dict) -> str:
+    """The run's settings as a table, then the notes of what explain left out."""
+    cfg = run.config
+    folds = run.table("folds", required=False)
     rows = [
         ("encoder", cfg.get("encoder")),
         ("tiling", cfg.get("tiling")),
@@ -165,9 +209,13 @@ def write_report(
     )
     for n in manifest.get("notes", []):
         body += f'<p class="note">{html.escape(n)}</p>'
-    parts.append(_section("summary", body))
+    return body
 
-    # comparison
+
+def _comparison(run: Run) -> str:
+    """Per-model summary, Pearson r per gene with well-predicted stars, paired comparisons, the run's plots."""
+    metrics = run.table("metrics")
+    comps = run.table("comparisons", required=False)
     body = "<h3>Per model, over genes (pooled held-out predictions)</h3>" + _table(model_summary(metrics))
     pooled = metrics[metrics["fold"] == -1]
     wide = pooled.pivot(index="gene", columns="model", values="pearson_r").reindex(list(run.genes))
@@ -187,19 +235,20 @@ def write_report(
             "<h3>Paired model comparisons (per-gene differences, Wilcoxon, bootstrap 95 % CI)</h3>"
             + _table(comps)
         )
-    for p in sorted((run.path / "plots").glob("*.png")):
+    for p in sorted(run.layout.plots.glob("*.png")):
         body += _figure(p, p.stem.replace("_", " "))
-    parts.append(_section("comparison", body))
+    return body
 
-    parts.append(_section("scatter", _figures(manifest, "scatter", base)))
 
+def _heatmaps(manifest: dict, base: Path) -> str:
+    """How to read the maps, the heatmap figures, and the hotspots per gene (from ``hotspots.parquet``)."""
     body = (
         "<p>Attention is shown as attention × tiles in the bag (1 = uniform weight) and every map as the "
         "percentile of its tile's score within the slide (0–100 %, colour bar on each panel). Outlines: hotspots "
         "(connected tiles above the slide's threshold), also exported as QuPath GeoJSON in level-0 pixels.</p>"
     )
     body += _figures(manifest, "heatmaps", base)
-    hs_path = base / "hotspots.parquet"
+    hs_path = base / HOTSPOTS_FILE
     if hs_path.exists():
         hs = pd.read_parquet(hs_path)
         summ = hs.groupby(["model", "gene"], as_index=False).agg(
@@ -211,15 +260,14 @@ def write_report(
         body += "<h3>Hotspots per gene</h3>" + _table(summ)
         if manifest.get("geojson"):
             body += f'<p class="muted">GeoJSON: {len(manifest["geojson"])} files under geojson/ (one per slide).</p>'
-    parts.append(_section("heatmaps", body))
+    return body
 
-    parts.append(_section("gallery", _figures(manifest, "gallery", base)))
-    parts.append(_section("shap", _figures(manifest, "shap", base)))
 
+def _localisation(run: Run, manifest: dict, base: Path) -> str:
+    """The localisation table (``RUN/localisation.parquet``) and figure, or why there is none."""
     body = ""
-    loc_path = run.path / "localisation.parquet"
-    if loc_path.exists():
-        loc = pd.read_parquet(loc_path)
+    loc = run.table("localisation", required=False)
+    if loc is not None:
         body += (
             "<p>AUROC of each tile score against the planted driver tiles (driver_frac ≥ 0.5), pooled over slides; "
             "genes without driver tiles are negative controls (no AUROC).</p>"
@@ -230,19 +278,7 @@ def write_report(
     )
     if not body:
         body = '<p class="muted">(no ground truth for this cohort: localisation is measured on synthetic cohorts)</p>'
-    parts.append(_section("localisation", body))
-
-    nav = " ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS.items())
-    title = title or f"slide2expr report — {run.path.name}"
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>"
-        f'<header><h1>{html.escape(title)}</h1><p class="muted">run {html.escape(str(run.path))} · written '
-        f"{stamp}</p><nav>{nav}</nav></header>\n" + "\n".join(parts) + "\n</body></html>\n"
-    )
-    return write_bytes_atomic(out, doc.encode("utf-8"))
+    return body
 
 
 def find_chromium() -> str | None:
@@ -289,8 +325,29 @@ def render_dom(path: str | os.PathLike, *, timeout: float = 120.0) -> str:
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
-        raise ExplainError(f"chromium failed on {path} (exit {proc.returncode}): {proc.stderr[-800:]}")
+        raise ExplainError(
+            f"chromium failed on {path} (exit {proc.returncode}): {proc.stderr[-_STDERR_TAIL:]}"
+        )
     return proc.stdout
+
+
+def check_screenshot_size(width: int, height: int) -> None:
+    """Raise :class:`ExplainError` unless a screenshot of ``width`` × ``height`` px is at least
+    :data:`MIN_SCREENSHOT_PX`.
+
+    Examples
+    --------
+    >>> try:
+    ...     check_screenshot_size(100, 2400)
+    ... except ExplainError as exc:
+    ...     print(exc)
+    width and height must be at least 320 and 240 px, got width=100, height=2400
+    """
+    if width < MIN_SCREENSHOT_PX[0] or height < MIN_SCREENSHOT_PX[1]:
+        raise ExplainError(
+            f"width and height must be at least {MIN_SCREENSHOT_PX[0]} and {MIN_SCREENSHOT_PX[1]} px, got "
+            f"width={width}, height={height}"
+        )
 
 
 def screenshot(
@@ -302,6 +359,7 @@ def screenshot(
     timeout: float = 120.0,
 ) -> Path:
     """A PNG screenshot of an HTML file (e.g. the report) by headless Chromium; returns ``out``."""
+    check_screenshot_size(width, height)
     exe = find_chromium()
     if exe is None:
         raise ExplainError(
@@ -319,6 +377,6 @@ def screenshot(
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0 or not out.exists():
         raise ExplainError(
-            f"chromium could not screenshot {path} (exit {proc.returncode}): {proc.stderr[-800:]}"
+            f"chromium could not screenshot {path} (exit {proc.returncode}): {proc.stderr[-_STDERR_TAIL:]}"
         )
     return out

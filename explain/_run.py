@@ -16,7 +16,8 @@ from slide2expr.contract import write_bytes_atomic, write_table_atomic
 from slide2expr.explain._figures import plot_scatter, save_figure
 from slide2expr.explain._gallery import gallery, plot_gallery
 from slide2expr.explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
-from slide2expr.explain._io import ExplainError, Run, load_run, read_tiles, slide_row
+from slide2expr.explain._inputs import ExplainError, Run, load_run, read_tiles, slide_row
+from slide2expr.explain._layout import heatmap_path
 from slide2expr.explain._localisation import (
     attention_scores,
     localisation_auroc,
@@ -24,16 +25,10 @@ from slide2expr.explain._localisation import (
     shap_scores,
 )
 from slide2expr.explain._maps import ScoreMap, plot_slide_maps, tile_score_map
-from slide2expr.explain._shap import (
-    ShapResult,
-    plot_shap_importance,
-    plot_shap_summary,
-    shap_tree,
-    tree_models,
-)
+from slide2expr.explain._plan import ExplainPlan, plan_explain
+from slide2expr.explain._report import write_report
+from slide2expr.explain._shap import ShapResult, explain_folds, plot_shap_importance, plot_shap_summary
 from slide2expr.explain._slides import slide_thumbnail
-
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -147,21 +142,6 @@ def slide_score_maps(
     return maps
 
 
-def _choose_slides(run: Run, *, genes, model: str, top_slides: int) -> dict[str, list[str]]:
-    """gene → the slides (with attention) of the ``top_slides`` bags with the highest true expression."""
-    att = run.table("attention")
-    att = att[att["model"] == model]
-    slides_of_bag = att.groupby("bag_id")["slide_id"].unique()
-    preds = run.table("predictions")
-    out = {}
-    for g in genes:
-        truth = preds[preds["gene"] == g].groupby("bag_id")["y_true"].first()
-        truth = truth[truth.index.isin(slides_of_bag.index)].dropna()
-        top = truth.sort_values(ascending=False, kind="stable").head(top_slides).index
-        out[g] = [sorted(slides_of_bag[b])[0] for b in top]
-    return out
-
-
 def write_maps(
     run: str | os.PathLike | Run,
     *,
@@ -233,7 +213,7 @@ def write_maps(
                     hotspots=hs,
                     hotspots_on=f"{model} attention",
                 )
-                p = save_figure(fig, out / model / g / f"{sid}_{scale}.png")
+                p = save_figure(fig, heatmap_path(out, model, g, sid, scale))
                 written.append((f"{g} on {sid} ({scale} colour scale): {n_hs} hotspot(s)", p))
     return written
 
@@ -257,6 +237,8 @@ def explain_run(
 ) -> ExplainResult:
     """Explain a run: maps, hotspots + GeoJSON, gallery, SHAP, localisation and the HTML report.
 
+    Everything is checked first (:func:`plan_explain`, the checks of ``--dry-run``), then written.
+
     Parameters
     ----------
     run
@@ -279,170 +261,179 @@ def explain_run(
     progress
         Called with a short message before each stage.
 
-    Writes under ``out``: ``maps/<model>/<gene>/<slide_id>.png``, ``hotspots.parquet``,
-    ``geojson/<slide_id>.geojson``, ``gallery/<model>_<gene>.png`` + ``gallery.parquet``, ``shap/global.parquet``,
-    ``shap/tiles.parquet`` and figures, ``figures/*.png``, ``manifest.json``, ``report.html``; and
-    ``RUN/localisation.parquet`` when ``RUN/truth_tiles.parquet`` exists.
+    Writes under ``out``: ``maps/<model>/<gene>/<slide_id>_percentile.png``, ``hotspots.parquet``,
+    ``geojson/<slide_id>.geojson``, ``gallery/<model>_<gene>.png`` + ``gallery.parquet``,
+    ``shap/global_<model>.parquet``, ``shap/tiles_<model>.parquet`` and figures, ``figures/*.png``,
+    ``manifest.json``, ``report.html``; and ``RUN/localisation.parquet`` when ``RUN/truth_tiles.parquet`` exists
+    (:meth:`ExplainPlan.outputs` lists them).
 
     Returns
     -------
     ExplainResult
     """
-    say = progress or (lambda msg: None)
-    run = load_run(run)
-    out = Path(out) if out is not None else run.path / "explain"
-    out.mkdir(parents=True, exist_ok=True)
-    res = ExplainResult(out=out)
-    genes = list(run.genes if genes is None else genes)
-    bad = [g for g in genes if g not in run.genes]
-    if bad:
-        raise ExplainError(f"genes {bad} are not in the run (it has {list(run.genes)})")
-    models = list(run.models if models is None else models)
-    bad = [m for m in models if m not in run.models]
-    if bad:
-        raise ExplainError(f"models {bad} are not in the run (it has {list(run.models)})")
-    att = run.table("attention", required=False)
-    att_models = [m for m in dict.fromkeys(att["model"]) if m in models] if att is not None else []
-    map_model = "mil" if "mil" in att_models else (att_models[0] if att_models else None)
-    colors = gene_colors(run.genes)
-
-    # per-gene scatter
-    say("scatter plots")
-    preds = run.table("predictions")
-    fig = plot_scatter(
-        preds[preds["gene"].isin(genes) & preds["model"].isin(models)],
+    plan = plan_explain(
+        run,
+        store=store,
+        out=out,
+        slides=slides,
         genes=genes,
-        metrics=run.table("metrics"),
+        models=models,
+        top_slides=top_slides,
+        percentile=percentile,
+        min_cells=min_cells,
+        sigma=sigma,
+        n_bins=n_bins,
+        top_k=top_k,
+        report=report,
     )
-    res.add_figure(
-        "scatter",
-        "Held-out predictions vs true expression",
-        save_figure(fig, out / "figures" / "scatter.png"),
-    )
+    return run_plan(plan, progress=progress)
 
-    # SHAP for tree baselines
-    trees = [m for m in tree_models(run) if m in models]
-    all_shap_tiles = []
-    for m in trees:
-        say(f"SHAP for {m}")
-        sr = shap_tree(run, store=store, model=m, genes=genes)
-        res.shap[m] = sr
-        write_table_atomic(
-            pa.Table.from_pandas(sr.global_importance, preserve_index=False),
-            out / "shap" / f"global_{m}.parquet",
-        )
-        if not sr.tiles.empty:
-            write_table_atomic(
-                pa.Table.from_pandas(sr.tiles, preserve_index=False), out / "shap" / f"tiles_{m}.parquet"
-            )
-            all_shap_tiles.append(sr.tiles)
-        res.add_figure(
-            "shap",
-            f"{m}: global importance of pooled features",
-            save_figure(plot_shap_importance(sr), out / "shap" / f"importance_{m}.png"),
-        )
-        for g in genes:
-            res.add_figure(
-                "shap",
-                f"{m}: SHAP summary for {g}",
-                save_figure(plot_shap_summary(sr, gene=g), out / "shap" / f"summary_{m}_{g}.png"),
-            )
-    shap_tiles = pd.concat(all_shap_tiles, ignore_index=True) if all_shap_tiles else None
 
-    if map_model is None:
+def run_plan(plan: ExplainPlan, *, progress: Callable[[str], None] | None = None) -> ExplainResult:
+    """Write what ``plan`` (from :func:`plan_explain`) lists; see :func:`explain_run`."""
+    say = progress or (lambda msg: None)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    res = ExplainResult(out=plan.out)
+    say("scatter plots")
+    _write_scatter(plan, res)
+    shap_tiles = _write_shap(plan, res, say)
+    if plan.map_model is None:
         res.notes.append(
             "no MIL model with attention in the run: maps, hotspots and the gallery are left out"
         )
     else:
-        # hotspots + GeoJSON for every slide with attention
-        say(f"hotspots ({map_model} attention)")
-        hs_rows = []
-        att_slides = sorted(att.loc[att["model"] == map_model, "slide_id"].unique())
-        for sid in att_slides:
-            for g in genes:
-                maps = slide_score_maps(run, store=store, slide_id=sid, gene=g, model=map_model, sigma=sigma)
-                key = f"{map_model} attention"
-                if key not in maps:
-                    continue
-                h = find_hotspots(maps[key], percentile=percentile, min_cells=min_cells)
-                if not h.empty:
-                    hs_rows.append(h.assign(model=map_model, score="attention", gene=g, slide_id=sid))
-        cols = ["model", "score", "gene", "slide_id"]
-        hotspots = pd.concat(hs_rows, ignore_index=True) if hs_rows else pd.DataFrame(columns=cols)
-        if hs_rows:
-            hotspots = hotspots[cols + [c for c in hotspots.columns if c not in cols]]
-            write_table_atomic(pa.Table.from_pandas(hotspots, preserve_index=False), out / "hotspots.parquet")
-            for sid, d in hotspots.groupby("slide_id", sort=True):
-                res.geojson.append(
-                    write_geojson(hotspots_to_geojson(d, colors=colors), out / "geojson" / f"{sid}.geojson")
-                )
-        res.hotspots = hotspots
-
-        # maps for the chosen slides
+        say(f"hotspots ({plan.map_model} attention)")
+        res.hotspots = _write_hotspots(plan, res)
         say("heatmaps")
-        chosen = (
-            {g: list(slides) for g in genes}
-            if slides is not None
-            else _choose_slides(run, genes=genes, model=map_model, top_slides=top_slides)
-        )
-        for caption, p in write_maps(
-            run,
-            store=store,
-            out=out / "maps",
-            slides=chosen,
-            genes=genes,
-            model=map_model,
-            sigma=sigma,
-            hotspots=hotspots,
-            shap_tiles=shap_tiles,
-            notes=res.notes,
-            scales=("percentile",),
-            raw_first=True,
-        ):
-            res.add_figure("heatmaps", caption, p)
-
-        # gallery
+        _write_heatmaps(plan, res, shap_tiles)
         say("gallery")
-        g_tables = []
-        for g in genes:
-            try:
-                gal = gallery(run, store=store, gene=g, model=map_model, n_bins=n_bins, top_k=top_k)
-            except ExplainError as exc:
-                res.notes.append(f"gallery of {g} left out: {exc}")
-                continue
-            g_tables.append(gal.table)
-            p = save_figure(plot_gallery(gal), out / "gallery" / f"{map_model}_{g}.png")
-            res.add_figure("gallery", f"{g}: top-1 / top-{top_k} attention tiles per expression bin", p)
-        if g_tables:
-            write_table_atomic(
-                pa.Table.from_pandas(pd.concat(g_tables, ignore_index=True), preserve_index=False),
-                out / "gallery.parquet",
-            )
-
-    # localisation against truth
-    truth_path = run.path / "truth_tiles.parquet"
-    if truth_path.exists():
+        _write_gallery(plan, res)
+    if plan.localisation:
         say("localisation")
-        truth = run.table("truth_tiles")
-        scores = pd.concat(
-            [attention_scores(run, models=att_models), shap_scores(shap_tiles)], ignore_index=True
-        )
-        scores = scores[scores["gene"].isin(genes)]
-        loc = localisation_auroc(scores, truth=truth)
-        write_table_atomic(pa.Table.from_pandas(loc, preserve_index=False), run.path / "localisation.parquet")
-        res.localisation = loc
-        res.add_figure(
-            "localisation",
-            "Localisation AUROC per gene",
-            save_figure(plot_localisation(loc), out / "figures" / "localisation.png"),
-        )
+        _write_localisation(plan, res, shap_tiles)
     else:
-        res.notes.append(f"no {truth_path.name} in the run: localisation against truth is left out")
-
-    write_bytes_atomic(out / MANIFEST, json.dumps(res.manifest(), indent=1).encode())
-    if report:
+        res.notes.append(
+            f"no {plan.run.layout.truth_tiles.name} in the run: localisation against truth is left out"
+        )
+    write_bytes_atomic(plan.layout.manifest, json.dumps(res.manifest(), indent=1).encode())
+    if plan.report:
         say("report")
-        from slide2expr.explain._report import write_report
-
-        res.report = write_report(run, explain_dir=out)
+        res.report = write_report(plan.run, explain_dir=plan.out)
     return res
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> Path:
+    return write_table_atomic(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def _write_scatter(plan: ExplainPlan, res: ExplainResult) -> None:
+    """``figures/scatter.png``: held-out predictions against truth, per gene."""
+    preds = plan.run.table("predictions")
+    fig = plot_scatter(
+        preds[preds["gene"].isin(plan.genes) & preds["model"].isin(plan.models)],
+        genes=plan.genes,
+        metrics=plan.run.table("metrics"),
+    )
+    res.add_figure(
+        "scatter", "Held-out predictions vs true expression", save_figure(fig, plan.layout.scatter)
+    )
+
+
+def _write_shap(plan: ExplainPlan, res: ExplainResult, say) -> pd.DataFrame | None:
+    """SHAP tables and figures of each tree model; returns the tile SHAP rows of all of them (None if none)."""
+    lay, all_tiles = plan.layout, []
+    for m in plan.trees:
+        say(f"SHAP for {m}")
+        sr = explain_folds(plan.run, store=plan.store, model=m, fitted=plan.fitted[m], genes=list(plan.genes))
+        res.shap[m] = sr
+        _write_table(sr.global_importance, lay.shap_global(m))
+        if not sr.tiles.empty:
+            _write_table(sr.tiles, lay.shap_tiles(m))
+            all_tiles.append(sr.tiles)
+        res.add_figure(
+            "shap",
+            f"{m}: global importance of pooled features",
+            save_figure(plot_shap_importance(sr), lay.shap_importance(m)),
+        )
+        for g in plan.genes:
+            fig = plot_shap_summary(sr, gene=g)
+            res.add_figure("shap", f"{m}: SHAP summary for {g}", save_figure(fig, lay.shap_summary(m, g)))
+    return pd.concat(all_tiles, ignore_index=True) if all_tiles else None
+
+
+def _write_hotspots(plan: ExplainPlan, res: ExplainResult) -> pd.DataFrame:
+    """Hotspots of ``map_model`` attention on every slide with attention: ``hotspots.parquet`` and GeoJSON."""
+    model, key, rows = plan.map_model, f"{plan.map_model} attention", []
+    for sid in plan.hotspot_slides:
+        for g in plan.genes:
+            maps = slide_score_maps(
+                plan.run, store=plan.store, slide_id=sid, gene=g, model=model, sigma=plan.sigma
+            )
+            if key not in maps:
+                continue
+            h = find_hotspots(maps[key], percentile=plan.percentile, min_cells=plan.min_cells)
+            if not h.empty:
+                rows.append(h.assign(model=model, score="attention", gene=g, slide_id=sid))
+    cols = ["model", "score", "gene", "slide_id"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    hotspots = pd.concat(rows, ignore_index=True)
+    hotspots = hotspots[cols + [c for c in hotspots.columns if c not in cols]]
+    _write_table(hotspots, plan.layout.hotspots)
+    colors = gene_colors(plan.run.genes)
+    for sid, d in hotspots.groupby("slide_id", sort=True):
+        res.geojson.append(write_geojson(hotspots_to_geojson(d, colors=colors), plan.layout.geojson(sid)))
+    return hotspots
+
+
+def _write_heatmaps(plan: ExplainPlan, res: ExplainResult, shap_tiles: pd.DataFrame | None) -> None:
+    """Heatmaps of the chosen slides (percentile scale, attention also raw), hotspots outlined."""
+    for caption, p in write_maps(
+        plan.run,
+        store=plan.store,
+        out=plan.layout.maps,
+        slides=plan.map_slides,
+        genes=list(plan.genes),
+        model=plan.map_model,
+        sigma=plan.sigma,
+        hotspots=res.hotspots,
+        shap_tiles=shap_tiles,
+        notes=res.notes,
+        scales=("percentile",),
+        raw_first=True,
+    ):
+        res.add_figure("heatmaps", caption, p)
+
+
+def _write_gallery(plan: ExplainPlan, res: ExplainResult) -> None:
+    """The gallery of each gene (a figure each) and ``gallery.parquet``; a gene without one gets a note."""
+    tables = []
+    for g in plan.genes:
+        try:
+            gal = gallery(
+                plan.run, store=plan.store, gene=g, model=plan.map_model, n_bins=plan.n_bins, top_k=plan.top_k
+            )
+        except ExplainError as exc:
+            res.notes.append(f"gallery of {g} left out: {exc}")
+            continue
+        tables.append(gal.table)
+        p = save_figure(plot_gallery(gal), plan.layout.gallery_figure(plan.map_model, g))
+        res.add_figure("gallery", f"{g}: top-1 / top-{plan.top_k} attention tiles per expression bin", p)
+    if tables:
+        _write_table(pd.concat(tables, ignore_index=True), plan.layout.gallery)
+
+
+def _write_localisation(plan: ExplainPlan, res: ExplainResult, shap_tiles: pd.DataFrame | None) -> None:
+    """AUROC of attention, tile predictions and tile SHAP against the truth tiles: ``RUN/localisation.parquet``."""
+    truth = plan.run.table("truth_tiles")
+    scores = pd.concat(
+        [attention_scores(plan.run, models=plan.attention_models), shap_scores(shap_tiles)], ignore_index=True
+    )
+    scores = scores[scores["gene"].isin(plan.genes)]
+    loc = localisation_auroc(scores, truth=truth)
+    _write_table(loc, plan.run.layout.localisation)
+    res.localisation = loc
+    fig = plot_localisation(loc)
+    res.add_figure(
+        "localisation", "Localisation AUROC per gene", save_figure(fig, plan.layout.localisation_figure)
+    )

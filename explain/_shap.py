@@ -4,14 +4,42 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from slide2expr.explain._io import ExplainError, Run, load_run, read_embeddings, read_tiles, slide_bag_ids
+from slide2expr.explain._inputs import (
+    ExplainError,
+    Run,
+    fold_models,
+    load_run,
+    read_embeddings,
+    read_tiles,
+    slide_bag_ids,
+)
 
+if TYPE_CHECKING:
+    from slide2expr.regress import PooledParts
+
+#: Where the regressors that ``shap.TreeExplainer`` explains are defined (a model is a tree model when all of its
+#: per-gene regressors come from one of these).
 _TREE_MODULES = ("lightgbm", "xgboost", "catboost", "sklearn.ensemble", "sklearn.tree")
+#: Columns of :attr:`ShapResult.tiles`, in order.
+TILE_COLUMNS = (
+    "model",
+    "gene",
+    "fold",
+    "slide_id",
+    "tile_id",
+    "x",
+    "y",
+    "shap_value",
+    "pred",
+    "top_feature",
+    "top_feature_shap",
+)
 
 
 @dataclass
@@ -43,63 +71,57 @@ class ShapResult:
     feature_names: tuple[str, ...] = ()
 
 
-def _load_fold_models(run: Run, model: str) -> dict[int, object]:
-    import joblib
+def _tree_parts(est, *, path: str, n_genes: int) -> PooledParts:
+    """The pooled features and per-gene tree regressors of a fitted ``BagPooler → … → per-gene regressor`` model."""
+    from slide2expr import regress
 
-    folder = run.path / "models" / model
-    files = sorted(folder.glob("fold*.joblib"))
-    if not files:
-        raise ExplainError(
-            f"no fitted models in {folder} (models/{model}/fold<k>.joblib): "
-            f"run `slide2expr compare` with model {model!r}"
-        )
-    out = {}
-    for f in files:
-        try:
-            out[int(f.stem[4:])] = joblib.load(f)
-        except ValueError as exc:
-            raise ExplainError(f"{f}: expected fold<k>.joblib with an integer k") from exc
-    return out
-
-
-def _split_pipeline(est, *, path: str, n_genes: int):
-    """(pooler, per-gene tree regressors) of a ``Pipeline(BagPooler → per-gene regressor)``."""
-    steps = getattr(est, "steps", None)
-    if not steps or len(steps) < 2:
+    try:
+        parts = regress.pooled_parts(est)
+    except TypeError as exc:
         raise ExplainError(
             f"{path}: expected a scikit-learn Pipeline (pooler → regressor), got {type(est).__name__}"
-        )
-    pre, last = est[:-1], est[-1]
-    regs = list(getattr(last, "estimators_", None) or [last])
-    if len(regs) != n_genes:
+        ) from exc
+    if len(parts.regressors) != n_genes:
         raise ExplainError(
-            f"{path}: the last step has {len(regs)} fitted regressors but the run has {n_genes} genes"
+            f"{path}: the last step has {len(parts.regressors)} fitted regressors but the run has {n_genes} genes"
         )
-    for r in regs:
+    for r in parts.regressors:
         if not type(r).__module__.startswith(_TREE_MODULES):
             raise ExplainError(
                 f"{path}: {type(r).__name__} is not a tree model; SHAP's TreeExplainer explains LightGBM, XGBoost "
                 "and scikit-learn tree ensembles (use it on the 'lgbm' model)"
             )
-    return pre, regs
+    return parts
+
+
+def tree_fits(run: Run, *, models=None) -> dict[str, dict[int, object]]:
+    """Model → its fitted fold estimators, for the models (default all of the run's) that end in tree regressors."""
+    out = {}
+    for m in run.models:
+        if models is not None and m not in models:
+            continue
+        try:
+            fitted = fold_models(run, m)
+            first = min(fitted)
+            _tree_parts(fitted[first], path=str(run.layout.model(m, first)), n_genes=len(run.genes))
+        except ExplainError:
+            continue
+        out[m] = fitted
+    return out
 
 
 def tree_models(run: str | os.PathLike | Run) -> list[str]:
     """Models of the run whose fitted pipelines end in tree regressors (explainable with TreeExplainer)."""
-    import joblib
+    return list(tree_fits(load_run(run)))
 
-    run = load_run(run)
-    out = []
-    for m in run.models:
-        files = sorted((run.path / "models" / m).glob("fold*.joblib"))
-        if not files:
-            continue
-        try:
-            _split_pipeline(joblib.load(files[0]), path=str(files[0]), n_genes=len(run.genes))
-        except ExplainError:
-            continue
-        out.append(m)
-    return out
+
+def check_genes(run: Run, genes) -> list[str]:
+    """``genes`` (default all of the run's) as a list; :class:`ExplainError` for a gene the run does not have."""
+    genes = list(run.genes if genes is None else genes)
+    unknown = [g for g in genes if g not in run.genes]
+    if unknown:
+        raise ExplainError(f"genes {unknown} are not in the run (it has {list(run.genes)})")
+    return genes
 
 
 def shap_tree(
@@ -131,16 +153,15 @@ def shap_tree(
     -------
     ShapResult
     """
-    import shap
-
     run = load_run(run)
-    genes = list(run.genes if genes is None else genes)
-    unknown = [g for g in genes if g not in run.genes]
-    if unknown:
-        raise ExplainError(f"genes {unknown} are not in the run (it has {list(run.genes)})")
-    gi = {g: run.genes.index(g) for g in genes}
-    fitted = _load_fold_models(run, model)
-    folds = run.table("folds")
+    genes = check_genes(run, genes)
+    return explain_folds(
+        run, store=store, model=model, fitted=fold_models(run, model), genes=genes, slides=slides
+    )
+
+
+def _held_out_slides(run: Run, store, slides) -> tuple[dict[str, list[str]], set[str] | None]:
+    """(bag id → its ok slides, the slides to explain per tile or None for all)."""
     bag_of = slide_bag_ids(run, store)
     slides_of: dict[str, list[str]] = {}
     for sid, bag in sorted(bag_of.items()):
@@ -150,7 +171,45 @@ def shap_tree(
         missing = wanted - set(bag_of)
         if missing:
             raise ExplainError(f"slides {sorted(missing)} are not ok slides of the store {store}")
+    return slides_of, wanted
 
+
+def _tile_frames(svt, base, meta, *, model: str, gene: str, fold: int, names) -> list[pd.DataFrame]:
+    """Rows of :attr:`ShapResult.tiles` from single-tile SHAP values ``svt`` (tiles of ``meta``'s slides in order)."""
+    total = svt.sum(axis=1)
+    pred = base + total
+    top = np.abs(svt).argmax(axis=1)
+    frames, k = [], 0
+    for s, tid in meta:
+        n = len(tid)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "gene": gene,
+                    "fold": np.int32(fold),
+                    "slide_id": s,
+                    "tile_id": tid,
+                    "shap_value": total[k : k + n],
+                    "pred": pred[k : k + n],
+                    "top_feature": np.asarray(names, dtype=object)[top[k : k + n]],
+                    "top_feature_shap": svt[np.arange(k, k + n), top[k : k + n]],
+                }
+            )
+        )
+        k += n
+    return frames
+
+
+def explain_folds(
+    run: Run, *, store, model: str, fitted: dict[int, object], genes: list[str], slides=None
+) -> ShapResult:
+    """:func:`shap_tree` on the already loaded fold estimators ``fitted`` of ``model``."""
+    import shap
+
+    gi = {g: run.genes.index(g) for g in genes}
+    folds = run.table("folds")
+    slides_of, wanted = _held_out_slides(run, store, slides)
     vals: dict[str, list] = {g: [] for g in genes}
     feats: dict[str, list] = {g: [] for g in genes}
     bases: dict[str, list] = {g: [] for g in genes}
@@ -164,99 +223,68 @@ def shap_tree(
         return emb_cache[sid]
 
     for fold, est in sorted(fitted.items()):
-        path = f"{run.path}/models/{model}/fold{fold}.joblib"
-        pre, regs = _split_pipeline(est, path=path, n_genes=len(run.genes))
-        names = tuple(str(n) for n in pre.get_feature_names_out())
+        parts = _tree_parts(est, path=str(run.layout.model(model, fold)), n_genes=len(run.genes))
+        names = parts.feature_names
         held = [b for b in folds.loc[folds["fold"] == fold, "bag_id"] if b in slides_of]
         if not held:
             continue
-        bags = [np.concatenate([emb(s)[1] for s in slides_of[b]]) for b in held]
-        X = np.asarray(pre.transform(bags), dtype=np.float64)
+        X = parts.features([np.concatenate([emb(s)[1] for s in slides_of[b]]) for b in held])
         tile_slides = [s for b in held for s in slides_of[b] if wanted is None or s in wanted]
-        single, meta = [], []
-        for s in tile_slides:
-            tid, e = emb(s)
-            single.extend(e[i : i + 1] for i in range(len(e)))
-            meta.append((s, tid))
-        Xt = np.asarray(pre.transform(single), dtype=np.float64) if single else None
+        single = [tile[None] for s in tile_slides for tile in emb(s)[1]]
+        meta = [(s, emb(s)[0]) for s in tile_slides]
+        Xt = parts.features(single) if single else None
         for g in genes:
-            explainer = shap.TreeExplainer(regs[gi[g]])
-            sv = np.asarray(explainer.shap_values(X))
-            vals[g].append(sv)
+            explainer = shap.TreeExplainer(parts.regressors[gi[g]])
+            vals[g].append(np.asarray(explainer.shap_values(X)))
             feats[g].append(X)
+            # shap_values sets expected_value: read it after each call, for the rows of that call
             bases[g].append(np.broadcast_to(np.ravel(explainer.expected_value)[0], (len(X),)))
-            if Xt is None:
-                continue
-            svt = np.asarray(explainer.shap_values(Xt))
-            total = svt.sum(axis=1)
-            pred = np.ravel(explainer.expected_value)[0] + total
-            top = np.abs(svt).argmax(axis=1)
-            k = 0
-            for s, tid in meta:
-                n = len(tid)
-                tile_rows.append(
-                    pd.DataFrame(
-                        {
-                            "model": model,
-                            "gene": g,
-                            "fold": np.int32(fold),
-                            "slide_id": s,
-                            "tile_id": tid,
-                            "shap_value": total[k : k + n],
-                            "pred": pred[k : k + n],
-                            "top_feature": np.asarray(names, dtype=object)[top[k : k + n]],
-                            "top_feature_shap": svt[np.arange(k, k + n), top[k : k + n]],
-                        }
-                    )
-                )
-                k += n
+            if Xt is not None:
+                svt = np.asarray(explainer.shap_values(Xt))
+                base = np.ravel(explainer.expected_value)[0]
+                tile_rows += _tile_frames(svt, base, meta, model=model, gene=g, fold=fold, names=names)
     if not any(vals[g] for g in genes):
-        raise ExplainError(f"no held-out bag of {run.path}/folds.parquet has embeddings in the store {store}")
-    glob_rows = []
+        raise ExplainError(f"no held-out bag of {run.layout.folds} has embeddings in the store {store}")
     values = {g: np.concatenate(vals[g]) for g in genes}
-    features = {g: np.concatenate(feats[g]) for g in genes}
-    base_values = {g: np.concatenate(bases[g]) for g in genes}
-    for g in genes:
-        imp = np.abs(values[g]).mean(axis=0)
+    tiles = pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame()
+    return ShapResult(
+        model=model,
+        global_importance=_global_importance(values, names, model=model),
+        tiles=_with_xy(tiles, store=store, tiling=run.tiling),
+        values=values,
+        features={g: np.concatenate(feats[g]) for g in genes},
+        base_values={g: np.concatenate(bases[g]) for g in genes},
+        feature_names=names,
+    )
+
+
+def _global_importance(values: dict[str, np.ndarray], names, *, model: str) -> pd.DataFrame:
+    """Mean |SHAP| per gene and feature over the held-out bags, ranked (1 = most important)."""
+    rows = []
+    for g, v in values.items():
+        imp = np.abs(v).mean(axis=0)
         order = np.argsort(-imp, kind="stable")
         rank = np.empty_like(order)
         rank[order] = np.arange(1, len(order) + 1)
-        glob_rows.append(
+        rows.append(
             pd.DataFrame(
                 {"model": model, "gene": g, "feature": list(names), "mean_abs_shap": imp, "rank": rank}
             )
         )
-    tiles = pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame()
-    if not tiles.empty:
-        xy = []
-        for sid in tiles["slide_id"].unique():
-            t = read_tiles(store, run.tiling, sid)
-            xy.append(t[["slide_id", "tile_id", "x", "y"]])
-        tiles = tiles.merge(pd.concat(xy), on=["slide_id", "tile_id"], how="left")
-        tiles = tiles[
-            [
-                "model",
-                "gene",
-                "fold",
-                "slide_id",
-                "tile_id",
-                "x",
-                "y",
-                "shap_value",
-                "pred",
-                "top_feature",
-                "top_feature_shap",
-            ]
-        ]
-    return ShapResult(
-        model=model,
-        global_importance=pd.concat(glob_rows, ignore_index=True),
-        tiles=tiles,
-        values=values,
-        features=features,
-        base_values=base_values,
-        feature_names=names,
-    )
+    return pd.concat(rows, ignore_index=True)
+
+
+def _with_xy(tiles: pd.DataFrame, *, store, tiling: str) -> pd.DataFrame:
+    """The tile SHAP rows with each tile's level-0 ``x, y`` from the store's tile grids, in :attr:`ShapResult.tiles`
+    column order."""
+    if tiles.empty:
+        return tiles
+    xy = [
+        read_tiles(store, tiling, sid)[["slide_id", "tile_id", "x", "y"]]
+        for sid in tiles["slide_id"].unique()
+    ]
+    tiles = tiles.merge(pd.concat(xy), on=["slide_id", "tile_id"], how="left")
+    return tiles[list(TILE_COLUMNS)]
 
 
 def plot_shap_summary(result: ShapResult, *, gene: str, max_display: int = 12) -> Figure:

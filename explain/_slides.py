@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slide2expr.explain._io import ExplainError, slide_row
+from slide2expr.explain._inputs import ExplainError, slide_row
 
 
 def open_store_slide(store: str | os.PathLike, slide_id: str):

@@ -83,7 +83,7 @@ def make_toy_run(root: Path, *, seed: int = 0) -> ToyRun:
     from sklearn.pipeline import Pipeline
 
     from slide2expr.featurize._svs import write_svs
-    from tests.explain._pooler import MeanMaxPooler
+    from slide2expr.regress import BagPooler
 
     rng = np.random.default_rng(seed)
     store = init_store(root / "store")
@@ -187,7 +187,7 @@ def make_toy_run(root: Path, *, seed: int = 0) -> ToyRun:
         test = [i for i, p in enumerate(patients) if fold_of[p] == k]
         lgbm = Pipeline(
             [
-                ("pool", MeanMaxPooler()),
+                ("pool", BagPooler(stats=("mean", "max"))),
                 (
                     "reg",
                     MultiOutputRegressor(

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from slide2expr import explain
+from slide2expr import explain, sql
 from slide2expr.explain import ExplainError, explain_run, gallery, load_run, localisation_auroc
 from tests.explain.conftest import GENES, TILE0
 from tests.explain.test_hotspots import check_polygon
@@ -111,12 +111,12 @@ def test_shap_global_importance_finds_the_planted_dimensions(explained):
 
 
 def test_shap_tile_values_add_up_to_the_model_output(toy):
-    import joblib
+    from slide2expr import regress
 
     sr = explain.shap_tree(toy.run, store=toy.store, model="lgbm", genes=["HOTA"], slides=[toy.slides[0]])
     fold = int(sr.tiles["fold"].iloc[0])
-    est = joblib.load(toy.run / "models" / "lgbm" / f"fold{fold}.joblib")
-    tid, emb = explain._io.read_embeddings(toy.store, "mpp1.00_px64_ov0", "toy-encoder", toy.slides[0])
+    est = regress.load_fold_models(toy.run, "lgbm")[fold]
+    tid, emb = sql.read_embeddings(toy.store, "mpp1.00_px64_ov0", "toy-encoder", toy.slides[0])
     direct = est.predict([emb[i : i + 1] for i in range(len(emb))])[:, 0]
     np.testing.assert_allclose(sr.tiles["pred"].to_numpy(), direct, rtol=1e-6, atol=1e-6)
     with pytest.raises(ExplainError, match="no fitted models"):
@@ -125,14 +125,14 @@ def test_shap_tile_values_add_up_to_the_model_output(toy):
     from sklearn.multioutput import MultiOutputRegressor
     from sklearn.pipeline import Pipeline
 
-    from tests.explain._pooler import MeanMaxPooler
+    from slide2expr.regress import BagPooler
 
-    ridge = Pipeline([("pool", MeanMaxPooler()), ("reg", MultiOutputRegressor(Ridge()))])
+    ridge = Pipeline([("pool", BagPooler(stats=("mean", "max"))), ("reg", MultiOutputRegressor(Ridge()))])
     ridge.fit([emb[:5], emb[5:20], emb[20:]], np.arange(9.0).reshape(3, 3))
     with pytest.raises(ExplainError, match="not a tree model"):
-        explain._shap._split_pipeline(ridge, path="ridge/fold0.joblib", n_genes=3)
+        explain._shap._tree_parts(ridge, path="ridge/fold0.joblib", n_genes=3)
     with pytest.raises(ExplainError, match="3 fitted regressors but the run has 2 genes"):
-        explain._shap._split_pipeline(ridge, path="ridge/fold0.joblib", n_genes=2)
+        explain._shap._tree_parts(ridge, path="ridge/fold0.joblib", n_genes=2)
     with pytest.raises(ExplainError, match="not in the run"):
         explain.shap_tree(toy.run, store=toy.store, genes=["NOPE"])
 
@@ -163,6 +163,17 @@ def test_gallery_bins_patients_and_reads_full_resolution_tiles(toy):
     assert len([ax for ax in fig.axes if ax.get_images()]) == len(t)
     with pytest.raises(ExplainError, match="no attention rows"):
         gallery(toy.run, store=toy.store, gene="HOTA", model="lgbm")
+
+
+def test_the_plan_lists_what_the_run_writes(explained, toy):
+    plan = explain.plan_explain(toy.run, store=toy.store, out=explained.out, top_slides=1)
+    assert plan.trees == ("lgbm",) and plan.map_model == "mil" and plan.localisation
+    written = {p for p in explained.out.rglob("*") if p.is_file()} | {toy.run / "localisation.parquet"}
+    listed = set(plan.outputs())
+    assert written <= listed
+    assert {explained.out / "geojson" / f"{s}.geojson" for s in plan.hotspot_slides} - written == (
+        listed - written
+    )  # only slides without hotspots have no GeoJSON
 
 
 def test_report_is_self_contained_with_every_section(explained):
