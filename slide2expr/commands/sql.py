@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from slide2expr._app import app, fail
-
-FORMATS = ("table", "csv", "json", "parquet")
+from slide2expr._app import app, fail, reported
 
 
-def _cell(value, *, width: int = 60) -> str:
+class Format(str, enum.Enum):
+    """How a result is shown or written."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+#: Characters of a text cell shown in ``--format table``.
+CELL_WIDTH = 60
+#: Values of a list cell (an embedding) shown in ``--format table``.
+LIST_SHOWN = 4
+
+
+def _cell(value, *, width: int = CELL_WIDTH) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:4])
-        return f"[{shown}{', …' if len(value) > 4 else ''}] ({len(value)} values)"
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:LIST_SHOWN])
+        return f"[{shown}{', …' if len(value) > LIST_SHOWN else ''}] ({len(value)} values)"
     if isinstance(value, float):
         return f"{value:.6g}"
     text = str(value)
@@ -29,8 +44,6 @@ def _print_table(table, *, title: str, limit: int) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    if limit < 0:
-        raise ValueError(f"limit={limit}: give 0 (every row) or a positive number of rows")
     shown = table.num_rows if limit == 0 else min(limit, table.num_rows)
     out = Table(
         title=Text(title),
@@ -75,7 +88,7 @@ def _flat_for_csv(table):
     return pa.table(cols)
 
 
-def write_result(table, *, fmt: str, out: Path | None, title: str, limit: int) -> None:
+def write_result(table, *, fmt: Format, out: Path | None, title: str, limit: int) -> None:
     """Print or write an Arrow table as a rich table (first ``limit`` rows, ``0``: all), CSV, JSON or Parquet."""
     import io
     import json
@@ -83,15 +96,15 @@ def write_result(table, *, fmt: str, out: Path | None, title: str, limit: int) -
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    if fmt == "table":
+    if fmt is Format.table:
         if out is not None:
             raise fail("--format table prints to the terminal; use --format csv|json|parquet with --out")
         _print_table(table, title=title, limit=limit)
-    elif fmt == "parquet":
+    elif fmt is Format.parquet:
         if out is None:
             raise fail("--format parquet needs --out FILE")
         pq.write_table(table, out)
-    elif fmt == "csv":
+    elif fmt is Format.csv:
         buf = io.BytesIO()
         pacsv.write_csv(_flat_for_csv(table), buf)
         data = buf.getvalue().decode()
@@ -99,14 +112,12 @@ def write_result(table, *, fmt: str, out: Path | None, title: str, limit: int) -
             typer.echo(data, nl=False)
         else:
             out.write_text(data)
-    elif fmt == "json":
+    else:
         data = json.dumps(_json_ready(table), indent=1, allow_nan=True)
         if out is None:
             typer.echo(data)
         else:
             out.write_text(data + "\n")
-    else:
-        raise fail(f"--format {fmt}: use one of {', '.join(FORMATS)}")
 
 
 def _list(as_json: bool) -> None:
@@ -145,34 +156,54 @@ def _list(as_json: bool) -> None:
     Console().print(table)
 
 
+def _params(items: list[str]) -> dict[str, str]:
+    """``--param NAME=VALUE`` options as a dict (the values are typed and checked by the query's header)."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--param {item!r}: write it as NAME=VALUE")
+        if key in params:
+            raise fail(f"--param {key} given twice")
+        params[key] = value
+    return params
+
+
 @app.command(name="sql")
 def sql_command(
-    store: Path | None = typer.Argument(None, help="The store directory."),
-    name: str | None = typer.Argument(None, help="A named query (see --list)."),
-    param: list[str] = typer.Option(
-        [], "--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."
-    ),
-    query: str | None = typer.Option(
-        None, "--query", "-q", help="Ad-hoc SQL over the views instead of a name."
-    ),
-    run: Path | None = typer.Option(
-        None, "--run", help="A run directory: adds predictions, metrics, attention …"
-    ),
-    encoder: str | None = typer.Option(
-        None, "--encoder", help="Restrict the embeddings view to one encoder."
-    ),
-    tiling: str | None = typer.Option(None, "--tiling", help="Restrict the embeddings view to one tiling."),
-    list_: bool = typer.Option(
-        False, "--list", help="List the named queries with their purpose and parameters."
-    ),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the result to FILE."),
-    limit: int = typer.Option(
-        50,
-        "--limit",
-        min=0,
-        help="Rows shown by --format table (0: every row; csv, json and parquet hold all).",
-    ),
+    store: Annotated[Path | None, typer.Argument(help="The store directory.")] = None,
+    name: Annotated[str | None, typer.Argument(help="A named query (see --list).")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."),
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", "-q", help="Ad-hoc SQL over the views instead of a name.")
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="A run directory: adds predictions, metrics, attention …")
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option("--encoder", help="Restrict the embeddings view to one encoder.")
+    ] = None,
+    tiling: Annotated[
+        str | None, typer.Option("--tiling", help="Restrict the embeddings view to one tiling.")
+    ] = None,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the named queries with their purpose and parameters.")
+    ] = False,
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="How to show or write the result.")
+    ] = Format.table,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to FILE.")] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            min=0,
+            help="Rows shown by --format table (0: every row; csv, json and parquet hold all).",
+        ),
+    ] = 50,
 ) -> None:
     r"""Query a store with SQL: a named query (`slide2expr sql STORE cohort_summary`) or `-q "select …"`.
 
@@ -185,10 +216,8 @@ def sql_command(
     from slide2expr.sql import QueryError, connect, get_query, list_queries, run_query, run_sql
 
     if list_:
-        _list(as_json=fmt == "json")
+        _list(as_json=fmt is Format.json)
         return
-    if fmt not in FORMATS:
-        raise fail(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     if store is None:
         raise fail(
             "give a STORE (and a query NAME or -q SQL); `slide2expr sql --list` lists the named queries"
@@ -197,26 +226,16 @@ def sql_command(
         raise fail(
             "give either a query NAME or -q SQL (not both); named queries: " + ", ".join(list_queries())
         )
-    params = {}
-    for item in param:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--param {item!r}: write it as NAME=VALUE")
-        if key in params:
-            raise fail(f"--param {key} given twice")
-        params[key] = value
-    try:
+    params = _params(param or [])
+    with reported(QueryError, StoreError):
         if name is not None:
             get_query(name)  # an unknown name lists the known ones before the store is opened
-        con = connect(store, run=run, encoder=encoder, tiling=tiling)
-        if name is not None:
-            result = run_query(con, name, params=params)
-            title = name
-        else:
-            result = run_sql(con, query, params=params or None)
-            title = "query"
-    except (QueryError, StoreError) as exc:
-        raise fail(str(exc)) from None
-    except duckdb.Error as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        try:
+            con = connect(store, run=run, encoder=encoder, tiling=tiling)
+            if name is not None:
+                result, title = run_query(con, name, params=params), name
+            else:
+                result, title = run_sql(con, query, params=params or None), "query"
+        except duckdb.Error as exc:
+            raise fail(f"{type(exc).__name__}: {exc}") from None
     write_result(result, fmt=fmt, out=out, title=title, limit=limit)
