@@ -1,7 +1,7 @@
 """Check the Phikon-v2 key conversion against transformers' own ``Dinov2Model`` (random weights, no download).
 
 Phikon-v2's hub checkpoint is a transformers ``Dinov2Model``; slide2expr loads it into timm's ViT-L/16 through
-``featurize.encoders._catalog._hf_dinov2_convert``. This script builds a ``Dinov2Model`` at Phikon-v2's width
+``slide2expr.featurize.encoders._convert.hf_dinov2_convert``. This script builds a ``Dinov2Model`` at Phikon-v2's width
 (1024, 16 heads, patch 16, layer scale) with random weights at reduced depth, saves it in both key layouts
 (transformers 4's, which the hub file uses, and transformers 5's), loads each through ``create_encoder("phikon-v2",
 weights=…)`` and compares the CLS embedding with transformers' ``pooler_output`` on the same normalised tiles. A

@@ -12,9 +12,8 @@ True
 from __future__ import annotations
 
 from slide2expr.featurize.encoders._catalog import register_builtin
+from slide2expr.featurize.encoders._compiled import CompiledEncoder, CompileError
 from slide2expr.featurize.encoders._model import (
-    CompiledEncoder,
-    CompileError,
     Encoder,
     bf16_supported,
     build_backbone,
@@ -34,7 +33,10 @@ from slide2expr.featurize.encoders._weights import (
     WEIGHTS_ENV,
     WeightsMismatchError,
     WeightsNotFoundError,
+    WeightsSource,
     file_sha256,
+    find_local_weights,
+    locate_weights,
     read_state_dict,
     resolve_weights,
     weights_available,
@@ -52,12 +54,15 @@ __all__ = [
     "UnknownEncoderError",
     "WeightsMismatchError",
     "WeightsNotFoundError",
+    "WeightsSource",
     "bf16_supported",
     "build_backbone",
     "create_encoder",
     "file_sha256",
+    "find_local_weights",
     "get_spec",
     "list_encoders",
+    "locate_weights",
     "read_state_dict",
     "register_encoder",
     "resolve_weights",

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slide2expr.featurize.encoders._compiled import CompiledEncoder, compiled_form, ready_form
 from slide2expr.featurize.encoders._spec import EncoderSpec, _entry, _jsonable
 from slide2expr.featurize.encoders._weights import (
     drop_classifier,
@@ -54,20 +55,14 @@ class Encoder(nn.Module):
 
     Attributes
     ----------
-    spec
-        The :class:`EncoderSpec`.
-    backbone
-        The network (a timm model, or the hand-crafted module).
+    spec, backbone
+        The :class:`EncoderSpec`, and the network (a timm model, or the hand-crafted module).
     data_config
         From :func:`timm.data.resolve_model_data_config`: ``input_size`` ``(3, H, W)``, ``mean``, ``std``,
         ``interpolation``, ``crop_pct``, ``crop_mode``.
-    weights_sha256
-        sha256 of the weights file, or None (random or weight-free).
-    weights_source
-        ``random``, ``none`` (weight-free), or where the file was found (``argument``, ``env``, ``package``,
-        ``hf-cache``, ``hub``).
-    weights_path
-        The weights file, or None.
+    weights_sha256, weights_source, weights_path
+        sha256 of the weights file (None: random or weight-free), where it was found (``random``, ``none``,
+        ``argument``, ``env``, ``package``, ``hf-cache``, ``hub``) and the file (or None).
     depth
         The reduced depth the backbone was built with, or None for the full architecture.
     channels_last
@@ -136,81 +131,23 @@ class Encoder(nn.Module):
 
     def normalise(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` uint8 → float32 normalised with the data config's mean/std, on ``x``'s device."""
-        if x.dtype != torch.uint8:
-            raise TypeError(
-                f"encoder {self.spec.name!r} expects uint8 tiles (B, 3, H, W) with values 0-255, got {x.dtype}"
-            )
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"encoder {self.spec.name!r} expects tiles shaped (B, 3, H, W), got {tuple(x.shape)}; "
-                "convert NHWC arrays with x.permute(0, 3, 1, 2)"
-            )
+        _check_tiles(self.spec.name, x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return torch.addcmul(-self._shift, x.float(), self._scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Embed a batch of tiles.
-
-        Parameters
-        ----------
-        x
-            ``(B, 3, H, W)`` uint8 RGB on the encoder's device.
-
-        Returns
-        -------
-        Tensor
-            ``(B, dim)`` float32.
-        """
-        z = self.normalise(x)
-        mode = self.spec.output_mode
-        if mode == "pooled":
-            out = self.backbone(z)
-        else:
-            tokens = self.backbone.forward_features(z)
-            n_prefix = int(getattr(self.backbone, "num_prefix_tokens", 1))
-            if mode == "cls":
-                out = tokens[:, 0]
-            elif mode == "mean_patch":
-                out = tokens[:, n_prefix:].mean(dim=1)
-            else:  # cls+mean_patch
-                out = torch.cat([tokens[:, 0], tokens[:, n_prefix:].mean(dim=1)], dim=-1)
+        """Embed a batch of tiles: ``(B, 3, H, W)`` uint8 RGB on the encoder's device → ``(B, dim)`` float32."""
+        out = _one_vector_per_tile(self.backbone, self.normalise(x), self.spec.output_mode)
         if out.ndim != 2 or out.shape[1] != self.spec.dim:
             raise RuntimeError(
                 f"encoder {self.spec.name!r} produced shape {tuple(out.shape)}, its spec says (B, {self.spec.dim})"
             )
         return out.float()
 
-    @torch.inference_mode()
     def embed(self, tiles: Tensor | np.ndarray, *, batch_size: int = 8, autocast: bool = True) -> np.ndarray:
-        """Embed many tiles in batches (a convenience for notebooks, tests and benchmarks).
-
-        Parameters
-        ----------
-        tiles
-            ``(N, 3, H, W)`` uint8 tensor, or ``(N, H, W, 3)`` uint8 numpy array.
-        batch_size
-            Tiles per forward pass.
-        autocast
-            Use bf16 autocast where :meth:`autocast_dtype` allows it.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(N, dim)`` float32.
-        """
-        if isinstance(tiles, np.ndarray):
-            if tiles.ndim != 4 or tiles.shape[-1] != 3:
-                raise ValueError(f"expected an (N, H, W, 3) uint8 array, got shape {tiles.shape}")
-            tiles = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
-        dtype = self.autocast_dtype() if autocast else None
-        ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        out = np.empty((tiles.shape[0], self.dim), dtype=np.float32)
-        with ctx:
-            for start in range(0, tiles.shape[0], batch_size):
-                batch = tiles[start : start + batch_size].to(self.device, non_blocking=True)
-                out[start : start + batch.shape[0]] = self(batch).cpu().numpy()
-        return out
+        """Embed many tiles in batches, a convenience for notebooks, tests and benchmarks (see :func:`embed_tiles`)."""
+        return embed_tiles(self, tiles, batch_size=batch_size, autocast=autocast)
 
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing as JSON: what a tile goes through before the backbone."""
@@ -220,157 +157,101 @@ class Encoder(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able description for the store's Parquet metadata (``encoder_spec`` key)."""
-        import timm
-
-        return {
-            "name": self.spec.name,
-            "architecture": self.spec.architecture,
-            "dim": self.spec.dim,
-            "output_mode": self.spec.output_mode,
-            "preprocessing": self.preprocessing(),
-            "weights_sha256": self.weights_sha256,
-            "weights_source": self.weights_source,
-            "weights_file": Path(self.weights_path).name if self.weights_path else None,
-            "hf_hub_id": self.spec.hf_hub_id,
-            "licence": self.spec.licence,
-            "timm_kwargs": _jsonable(self.spec.timm_kwargs),
-            "depth": self.depth,
-            "params_m": round(sum(p.numel() for p in self.backbone.parameters()) / 1e6, 3),
-            "timm_version": timm.__version__,
-            "torch_version": torch.__version__,
-        }
+        return encoder_metadata(self)
 
     def compiled(self, batch_size: int, *, fallback: bool = False) -> CompiledEncoder:
-        """This encoder compiled with ``torch.compile`` for batches of ``batch_size`` (one per batch size and
-        encoder, kept: a second run in the process does not compile again). See :class:`CompiledEncoder`."""
-        cache = self.__dict__.setdefault("_compiled_by_batch", {})
-        key = (int(batch_size), bool(fallback))
-        if key not in cache:
-            cache[key] = CompiledEncoder(self, batch_size, fallback=fallback)
-        return cache[key]
+        """This encoder compiled with ``torch.compile`` for batches of ``batch_size`` (see :func:`compiled_form`)."""
+        return compiled_form(self, batch_size, fallback=fallback)
 
     def compiled_ready(self, batch_size: int, *, fallback: bool = False) -> CompiledEncoder | None:
-        """A form of :meth:`compiled` for ``batch_size`` that an earlier call already compiled (and that did not fall
-        back to eager); else None, without compiling. Once compiled, ``fallback`` no longer matters (compiling is
-        what can fail), so a form compiled with either setting serves both."""
-        cache = self.__dict__.get("_compiled_by_batch", {})
-        for key in ((int(batch_size), bool(fallback)), (int(batch_size), not fallback)):
-            c = cache.get(key)
-            if c is not None and c.ready:
-                return c
-        return None
+        """The compiled form for ``batch_size`` an earlier call compiled, else None (see :func:`ready_form`)."""
+        return ready_form(self, batch_size, fallback=fallback)
 
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, dim={self.spec.dim}, output_mode={self.spec.output_mode!r}"
 
 
-class CompileError(RuntimeError):
-    """``torch.compile`` could not build the encoder here (no C++ compiler, an operator Inductor lacks, …)."""
+def _check_tiles(name: str, x: Tensor) -> None:
+    """Refuse what is not a ``(B, 3, H, W)`` uint8 batch, saying what it is."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"encoder {name!r} expects uint8 tiles (B, 3, H, W) with values 0-255, got {x.dtype}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(
+            f"encoder {name!r} expects tiles shaped (B, 3, H, W), got {tuple(x.shape)}; "
+            "convert NHWC arrays with x.permute(0, 3, 1, 2)"
+        )
 
 
-class CompiledEncoder:
-    """An :class:`Encoder` compiled with ``torch.compile`` (Inductor, weights frozen into the graph) for batches
-    of one size: smaller batches are padded with blank tiles to that size and larger ones run in pieces, so one
-    graph serves a whole run (a new shape would compile again, tens of seconds on a small CPU).
+def _one_vector_per_tile(backbone: nn.Module, z: Tensor, mode: str) -> Tensor:
+    """The backbone's output for normalised tiles ``z`` as one vector per tile, by output ``mode``."""
+    if mode == "pooled":
+        return backbone(z)
+    tokens = backbone.forward_features(z)
+    n_prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+    if mode == "cls":
+        return tokens[:, 0]
+    if mode == "mean_patch":
+        return tokens[:, n_prefix:].mean(dim=1)
+    return torch.cat([tokens[:, 0], tokens[:, n_prefix:].mean(dim=1)], dim=-1)  # cls+mean_patch
 
-    The first call compiles: 8–40 s on 2 cores, once per process (Inductor also caches on disk, in
-    ``$TORCHINDUCTOR_CACHE_DIR``, so later processes take about half as long). Outputs equal the eager
-    encoder's within float rounding (per-tile cosine > 0.99999). Measured on 2 AVX2 cores in fp32, batch 8, on
-    uint8 tiles: resnet50-trunc 23.1–23.6 tiles/s against 19.6–20.0 eager, efficientnet-lite0 86 against 72,
-    resnet18 45 against 41 (benchmarks/featurize.py ``--compile on``).
 
-    ``fallback``: if compiling fails, warn once and run the eager encoder instead of raising
-    :class:`CompileError`.
+@torch.inference_mode()
+def embed_tiles(
+    enc: Encoder, tiles: Tensor | np.ndarray, *, batch_size: int = 8, autocast: bool = True
+) -> np.ndarray:
+    """Embed many tiles in batches.
 
-    Attributes
+    Parameters
     ----------
-    active
-        Whether the compiled graph is in use (False after a fallback).
-    seconds_compile
-        Wall time of the first call, compiling included (None before it).
-    error
-        Why compiling failed (after a fallback), else None.
+    enc
+        The encoder.
+    tiles
+        ``(N, 3, H, W)`` uint8 tensor, or ``(N, H, W, 3)`` uint8 numpy array.
+    batch_size
+        Tiles per forward pass.
+    autocast
+        Use bf16 autocast where :meth:`Encoder.autocast_dtype` allows it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, dim)`` float32.
     """
+    if isinstance(tiles, np.ndarray):
+        if tiles.ndim != 4 or tiles.shape[-1] != 3:
+            raise ValueError(f"expected an (N, H, W, 3) uint8 array, got shape {tiles.shape}")
+        tiles = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
+    dtype = enc.autocast_dtype() if autocast else None
+    ctx = torch.autocast(enc.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    out = np.empty((tiles.shape[0], enc.dim), dtype=np.float32)
+    with ctx:
+        for start in range(0, tiles.shape[0], batch_size):
+            batch = tiles[start : start + batch_size].to(enc.device, non_blocking=True)
+            out[start : start + batch.shape[0]] = enc(batch).cpu().numpy()
+    return out
 
-    def __init__(self, enc: Encoder, batch_size: int, *, fallback: bool = False) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.enc = enc
-        self.batch_size = int(batch_size)
-        self.fallback = fallback
-        self.active = True
-        self.seconds_compile: float | None = None
-        self.error: str | None = None
-        self._fn = torch.compile(enc, dynamic=False)
 
-    @property
-    def spec(self) -> EncoderSpec:
-        return self.enc.spec
+def encoder_metadata(enc: Encoder) -> dict[str, Any]:
+    """:meth:`Encoder.metadata`: the JSON-able description the store records."""
+    import timm
 
-    @property
-    def ready(self) -> bool:
-        """Compiled and in use: the first call compiled it and did not fall back to eager."""
-        return self.active and self.seconds_compile is not None
-
-    def __call__(self, x: Tensor) -> Tensor:
-        """``(k, 3, H, W)`` uint8 → ``(k, dim)`` float32, as :meth:`Encoder.forward`."""
-        b, k = self.batch_size, int(x.shape[0])
-        if not self.active:
-            return self.enc(x)
-        if k > b:
-            return torch.cat([self(x[i : i + b]) for i in range(0, k, b)])
-        if k < b:
-            fmt = (
-                torch.channels_last
-                if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                else torch.contiguous_format
-            )
-            padded = torch.empty((b, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
-            padded[:k] = x
-            padded[k:] = 0
-            return self._call(padded)[:k]
-        return self._call(x)
-
-    def _call(self, x: Tensor) -> Tensor:
-        import logging
-        import time
-
-        from torch._inductor import config as inductor_config
-
-        if self.seconds_compile is not None:
-            with inductor_config.patch(freezing=True):
-                return self._fn(x)
-        t0 = time.perf_counter()
-        # torch's C++ builder logs "No CUDA runtime is found" on every CPU-only machine: not news to our users
-        quiet = logging.getLogger("torch.utils.cpp_extension")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            # freezing: weights become constants Inductor folds and prepacks (conv + batch norm, oneDNN layouts);
-            # patched per call, so other compiles in the process keep their settings
-            with inductor_config.patch(freezing=True):
-                out = self._fn(x)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure; the eager encoder still works
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.error = f"{type(exc).__name__}: {first}"[:300]
-            if not self.fallback:
-                raise CompileError(
-                    f"torch.compile could not compile encoder {self.spec.name!r} here ({self.error}); "
-                    "run it eagerly with --compile off (Python: compile='off')"
-                ) from exc
-            import warnings
-
-            warnings.warn(
-                f"torch.compile could not compile encoder {self.spec.name!r} ({self.error}); running it eagerly",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.active = False
-            return self.enc(x)
-        finally:
-            quiet.setLevel(level)
-        self.seconds_compile = time.perf_counter() - t0
-        return out
+    return {
+        "name": enc.spec.name,
+        "architecture": enc.spec.architecture,
+        "dim": enc.spec.dim,
+        "output_mode": enc.spec.output_mode,
+        "preprocessing": enc.preprocessing(),
+        "weights_sha256": enc.weights_sha256,
+        "weights_source": enc.weights_source,
+        "weights_file": Path(enc.weights_path).name if enc.weights_path else None,
+        "hf_hub_id": enc.spec.hf_hub_id,
+        "licence": enc.spec.licence,
+        "timm_kwargs": _jsonable(enc.spec.timm_kwargs),
+        "depth": enc.depth,
+        "params_m": round(sum(p.numel() for p in enc.backbone.parameters()) / 1e6, 3),
+        "timm_version": timm.__version__,
+        "torch_version": torch.__version__,
+    }
 
 
 def build_backbone(name: str | EncoderSpec, *, depth: int | None = None) -> nn.Module:

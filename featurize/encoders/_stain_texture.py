@@ -34,6 +34,10 @@ BLOB_SCALES = ((0, 1.5), (1, 1.25), (1, 2.0), (2, 1.5))
 BLOB_SIGMAS = tuple(s * 2**lvl for lvl, s in BLOB_SCALES)
 LAGS = (2, 4, 8, 16)
 QUANTILES = (0.1, 0.5, 0.9)
+#: summed optical density below which a pixel is glass, and above which it is dark (dense nuclei, pigment, folds)
+GLASS_OD, DARK_OD = 0.15, 1.5
+#: a blob is a local maximum of the scale-normalised Laplacian of Gaussian above this (weaker maxima are noise)
+BLOB_MIN_LOG = 0.05
 INPUT_SIZE = 224
 _BANK = ("grad_mean", "grad_rms", "log_pos", "log_neg", "log_std", "energy", "coherence")
 
@@ -152,44 +156,7 @@ class StainTexture(nn.Module):
         od = -torch.log((rgb * 255.0 + 1.0) / 256.0)  # (B, 3, H, W), ≥ 0
         hed = torch.einsum("bchw,cd->bdhw", od, self.hed_from_rgb).clamp_min(0.0)  # H, E, D
         od_sum = od.sum(dim=1, keepdim=True)
-        feats: list[Tensor] = []
-
-        chans = torch.cat([hed, od_sum], dim=1)  # (B, 4, H, W)
-        small = F.avg_pool2d(chans, 4).flatten(2)  # quantiles of 4×4 means: 1/16 of the sorting
-        q = torch.quantile(small, torch.tensor(QUANTILES, device=rgb.device), dim=2)  # (3, B, 4)
-        stats = torch.stack([chans.mean((2, 3)), _moments_std(chans, (2, 3))], dim=0)  # (2, B, 4)
-        feats.append(
-            torch.cat([stats, q], dim=0).permute(1, 2, 0).reshape(b, -1)
-        )  # per channel: mean, std, q…
-
-        h, e = hed[:, 0], hed[:, 1]
-        fg = od_sum[:, 0] > 0.15
-        feats.append(
-            torch.stack(
-                [
-                    (~fg).float().mean((1, 2)),
-                    (od_sum[:, 0] > 1.5).float().mean((1, 2)),
-                    (fg & (h > e)).float().mean((1, 2)),
-                    (fg & (e >= h)).float().mean((1, 2)),
-                ],
-                dim=1,
-            )
-        )
-        mx, mn = rgb.amax(1), rgb.amin(1)
-        sat = (mx - mn) / mx.clamp_min(1e-3)
-        cov = (h * e).mean((1, 2)) - h.mean((1, 2)) * e.mean((1, 2))
-        corr = cov / (_moments_std(h, (1, 2)) * _moments_std(e, (1, 2)) + 1e-6)
-        feats.append(
-            torch.cat(
-                [
-                    rgb.mean((2, 3)),
-                    sat.mean((1, 2))[:, None],
-                    _moments_std(sat, (1, 2))[:, None],
-                    corr[:, None],
-                ],
-                1,
-            )
-        )
+        feats = _stain_features(rgb, hed, od_sum)
 
         he = hed[:, :2]  # (B, 2, H, W)
         pyramid = [he]
@@ -227,21 +194,69 @@ class StainTexture(nn.Module):
             log = -lap
             k = 2 * int(math.ceil(s)) + 1
             inner = log[..., k // 2 : log.shape[-2] - k // 2, k // 2 : log.shape[-1] - k // 2]
-            peak = (inner == _local_max(log, k)) & (inner > 0.05)
+            peak = (inner == _local_max(log, k)) & (inner > BLOB_MIN_LOG)
             n = peak.float().sum((1, 2, 3))
             scale = 1000.0 / area  # peaks per 1000 px of the input (the same area at every level)
             blobs.append(torch.stack([n * scale, (inner * peak).sum((1, 2, 3)) / n.clamp_min(1)], 1))
         feats.append(torch.cat(blobs, 1))
 
-        centred = he - he.mean((2, 3), keepdim=True)
-        var = centred.square().mean((2, 3)) + 1e-6
-        ac = []
-        for lag in LAGS:
-            cx = (centred[..., :, lag:] * centred[..., :, :-lag]).mean((2, 3))
-            cy = (centred[..., lag:, :] * centred[..., :-lag, :]).mean((2, 3))
-            ac.append(0.5 * (cx + cy) / var)
-        feats.append(torch.stack(ac, dim=2).reshape(b, -1))
+        feats.append(_autocorrelation(he))
         return torch.cat(feats, dim=1)
+
+
+def _stain_features(rgb: Tensor, hed: Tensor, od_sum: Tensor) -> list[Tensor]:
+    """Stain and colour features: per H, E, D and total optical density its mean, std and quantiles; the shares of
+    glass, dark, haematoxylin- and eosin-dominated pixels; mean RGB, saturation and the H–E correlation."""
+    b = rgb.shape[0]
+    feats: list[Tensor] = []
+    chans = torch.cat([hed, od_sum], dim=1)  # (B, 4, H, W)
+    small = F.avg_pool2d(chans, 4).flatten(2)  # quantiles of 4×4 means: 1/16 of the sorting
+    q = torch.quantile(small, torch.tensor(QUANTILES, device=rgb.device), dim=2)  # (3, B, 4)
+    stats = torch.stack([chans.mean((2, 3)), _moments_std(chans, (2, 3))], dim=0)  # (2, B, 4)
+    feats.append(torch.cat([stats, q], dim=0).permute(1, 2, 0).reshape(b, -1))  # per channel: mean, std, q…
+
+    h, e = hed[:, 0], hed[:, 1]
+    fg = od_sum[:, 0] > GLASS_OD
+    feats.append(
+        torch.stack(
+            [
+                (~fg).float().mean((1, 2)),
+                (od_sum[:, 0] > DARK_OD).float().mean((1, 2)),
+                (fg & (h > e)).float().mean((1, 2)),
+                (fg & (e >= h)).float().mean((1, 2)),
+            ],
+            dim=1,
+        )
+    )
+    mx, mn = rgb.amax(1), rgb.amin(1)
+    sat = (mx - mn) / mx.clamp_min(1e-3)
+    cov = (h * e).mean((1, 2)) - h.mean((1, 2)) * e.mean((1, 2))
+    corr = cov / (_moments_std(h, (1, 2)) * _moments_std(e, (1, 2)) + 1e-6)
+    feats.append(
+        torch.cat(
+            [
+                rgb.mean((2, 3)),
+                sat.mean((1, 2))[:, None],
+                _moments_std(sat, (1, 2))[:, None],
+                corr[:, None],
+            ],
+            1,
+        )
+    )
+
+    return feats
+
+
+def _autocorrelation(he: Tensor) -> Tensor:
+    """Autocorrelation of the H and E channels at :data:`LAGS` (periodic texture such as glands)."""
+    centred = he - he.mean((2, 3), keepdim=True)
+    var = centred.square().mean((2, 3)) + 1e-6
+    ac = []
+    for lag in LAGS:
+        cx = (centred[..., :, lag:] * centred[..., :, :-lag]).mean((2, 3))
+        cy = (centred[..., lag:, :] * centred[..., :-lag, :]).mean((2, 3))
+        ac.append(0.5 * (cx + cy) / var)
+    return torch.stack(ac, dim=2).reshape(he.shape[0], -1)
 
 
 def build_stain_texture(spec: object, *, depth: int | None = None) -> StainTexture:

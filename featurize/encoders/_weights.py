@@ -133,13 +133,15 @@ def missing_message(spec: EncoderSpec) -> str:
     return " ".join(lines)
 
 
-def resolve_weights(spec: EncoderSpec, *, weights: str | os.PathLike | None = None) -> WeightsSource:
-    """Find ``spec``'s weights: ``weights`` → ``$SLIDE2EXPR_WEIGHTS`` → package → HF cache → hub (when online).
+def locate_weights(spec: EncoderSpec, *, weights: str | os.PathLike | None = None) -> WeightsSource | None:
+    """Where ``spec``'s weights come from, without downloading anything: ``weights`` (which must exist), else the
+    first local file (:func:`find_local_weights`), else None when the Hugging Face hub would be asked (online).
 
     Raises
     ------
     WeightsNotFoundError
-        When nothing is found (the message says which file to put where), or ``weights`` does not exist.
+        When ``weights`` does not exist, or nothing local is found and the hub cannot be used (the message says
+        which file to put where).
     """
     if weights is not None:
         path = Path(weights).expanduser()
@@ -152,16 +154,30 @@ def resolve_weights(spec: EncoderSpec, *, weights: str | os.PathLike | None = No
     if found is not None:
         return found
     if spec.hub_repo and spec.hub_filename and not hub_offline():
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            return WeightsSource(Path(hf_hub_download(spec.hub_repo, spec.hub_filename)), "hub")
-        except GatedRepoError as exc:
-            raise WeightsNotFoundError(f"{missing_message(spec)} (hub said: access is gated)") from exc
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-            raise WeightsNotFoundError(f"{missing_message(spec)} (hub download failed: {exc})") from exc
+        return None
     raise WeightsNotFoundError(missing_message(spec))
+
+
+def resolve_weights(spec: EncoderSpec, *, weights: str | os.PathLike | None = None) -> WeightsSource:
+    """Find ``spec``'s weights: ``weights`` → ``$SLIDE2EXPR_WEIGHTS`` → package → HF cache → hub (when online).
+
+    Raises
+    ------
+    WeightsNotFoundError
+        When nothing is found (the message says which file to put where), or ``weights`` does not exist.
+    """
+    found = locate_weights(spec, weights=weights)
+    if found is not None:
+        return found
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return WeightsSource(Path(hf_hub_download(spec.hub_repo, spec.hub_filename)), "hub")
+    except GatedRepoError as exc:
+        raise WeightsNotFoundError(f"{missing_message(spec)} (hub said: access is gated)") from exc
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise WeightsNotFoundError(f"{missing_message(spec)} (hub download failed: {exc})") from exc
 
 
 # ---- sha256, cached by (path, size, mtime) --------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from slide2expr._app import app
@@ -9,8 +11,7 @@ from slide2expr._app import app
 
 def encoder_rows() -> list[dict]:
     """One JSON-able row per registered encoder, with where its weights are found on this machine."""
-    from slide2expr.featurize.encoders import list_encoders
-    from slide2expr.featurize.encoders._weights import find_local_weights
+    from slide2expr.featurize.encoders import find_local_weights, list_encoders
 
     rows = []
     for spec in list_encoders():
@@ -38,9 +39,9 @@ def encoder_rows() -> list[dict]:
 
 @app.command()
 def encoders(
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the registry as JSON (one object per encoder)."
-    ),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the registry as JSON (one object per encoder).")
+    ] = False,
 ) -> None:
     """List the tile encoders: dimension, parameters, licence, gating, and whether weights are available here.
 

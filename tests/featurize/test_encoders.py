@@ -494,7 +494,7 @@ def test_efficientnet_lite0_packaged_weights_are_imagenet(lite0: Encoder) -> Non
     import skimage.data
     import timm
 
-    from slide2expr.featurize.encoders._catalog import _efficientnet_pytorch_convert
+    from slide2expr.featurize.encoders._convert import efficientnet_pytorch_convert
     from slide2expr.featurize.encoders._weights import read_state_dict
 
     assert lite0.weights_source == "package"
@@ -503,7 +503,7 @@ def test_efficientnet_lite0_packaged_weights_are_imagenet(lite0: Encoder) -> Non
     assert lite0.data_config["mean"] == (0.5, 0.5, 0.5)  # timm's tf_efficientnet_lite0 config (TF: 127/128)
 
     clf = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    sd = _efficientnet_pytorch_convert(read_state_dict(lite0.weights_path), clf)
+    sd = efficientnet_pytorch_convert(read_state_dict(lite0.weights_path), clf)
     clf.load_state_dict(sd, strict=True)  # every tensor of the checkpoint, classifier included, has its place
     cats = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     espresso = 967
