@@ -18,8 +18,43 @@ Measures, in one run on the same device, batch size and encoder:
 
 Examples::
 
-    python benchmarks/featurize.py --encoder efficientnet-lite0 --size 15000 --slide-mpp 0.5 --mpp 0.5 --tile 224
-    python benchmarks/featurize.py --encoder resnet50-trunc --size 16384 --slide-mpp 0.25 --mpp 0.5 --tile 256
+    python benchmarks/featurize.py --encoder efficientnet-lite0 --size 15000 --slide-mpp 0.5 --mpp 0.5 --tile-px 224
+    python benchmarks/featurize.py --encoder resnet50-trunc --size 16384 --slide-mpp 0.25 --mpp 0.5 --tile-px 256
+
+Figures measured with this benchmark (on the 2-core AVX2 development machine unless said otherwise), on which
+featurize's defaults and speed tricks rest:
+
+- OpenMP spinning (``featurize/_tuning.py``): libgomp's default 300,000 spin rounds (5–10 ms) held a core after
+  every forward pass, so in-process reading ran at one core's speed (952 against 1,389 tiles/s); 10,000 rounds
+  (≈ 0.2 ms) left resnet50-trunc's encoder-only speed within the machine's noise (median 75.8 against 73.8
+  tiles/s over six alternating runs), 1,000 rounds cost ≈ 5 %.
+- Heap trimming: 0.8–1.3 million page faults per 4 s of encoder time, 8–29 % of the CPU time in the kernel;
+  keeping freed memory took resnet50-trunc encoder-only from 76–79 to 101–104 tiles/s and efficientnet-lite0 from
+  178–186 to 312–318 tiles/s (bf16, batch 8), at the same peak RSS (849–883 MB against 859–876 MB).
+- Reading threads' torch calls as a team of their own outnumbered the cores, and libgomp then stopped spinning for
+  the encoder's barriers too: efficientnet-lite0 at 112 px ran at half speed.
+- ``torch.compile`` on the CPU: compiling takes 8–40 s once per process (10–20 s for the CNNs; about half with a
+  warm Inductor cache) and then saves 16–33 % of a CNN's time (fp32, batch 8: resnet50-trunc 23.1–23.6 tiles/s
+  against 19.6–20.0 eager, efficientnet-lite0 86 against 72, resnet18 45 against 41), so it pays from 40–70 s of
+  eager work with a warm cache and 60–125 s with a cold one: ``COMPILE_MIN_EAGER_SECONDS`` is 60 s (resnet50-trunc,
+  2,328 tiles at 22 tiles/s, ≈ 105 s, compiles; efficientnet-lite0, one 2,562-tile slide at 78 tiles/s, ≈ 33 s,
+  does not). The weight-free encoder took 38 s to compile for 8 %.
+- Default batch sizes: small CPU batches beat large ones on 2 cores; on an H200, 256 beat 64 by 8 % (ViT-L/16,
+  2,912 against 2,695 tiles/s), 64 % (efficientnet-lite0) and 75 % (ResNet50).
+- Reading beside the encoder on 2 cores (resnet50-trunc, 40x slide at 20x / 256 px): end-to-end ÷ encoder-only
+  0.926–0.936 reading in-process against 0.837–0.851 with one reader process; bursts of 4 to 32 chunks measured
+  the same.
+- Decoding JPEG-tiled levels directly is ≈ 3–4× faster than OpenSlide's ``read_region``; a 128 MiB OpenSlide cache
+  shared by a slide's handles read a 40,000 px wide 20x slide at 224 px 1.19× faster; a count-limited cache of
+  64–96 decoded tiles decoded each JPEG tile of that slide twice; with a decoded-tile cache per reading thread the
+  demo cohort's featurize ran at 0.6× its single-thread speed; row runs dealt to 8 reader processes decoded 1.59
+  JPEG tiles per 224 px tile against 0.79 for one reader (blocks of rows decode them once).
+- torch's antialiased bilinear resize of uint8 batches is ≈ 5× faster than PIL's.
+- Tissue detection's lookup tables: ≈ 0.25 GB instead of ≈ 0.9 GB at the peak on a 2,875² thumbnail (a 23 mm slide
+  at 8 µm/px); numpy's reduction over a last axis of 3 ran ≈ 20× slower than channel by channel.
+- The QC PNG at zlib level 1: 13 ms against 54 ms at the default 6, 12 % larger.
+- One 38,000-tile chunk of 1,280-d embeddings took 430 MB of Parquet levels beside the 186 MB of embeddings at the
+  write; in chunks, 130 MB.
 """
 
 from __future__ import annotations
@@ -40,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from slide2expr import featurize  # noqa: E402 - before torch: sets GOMP_SPINCOUNT (see featurize/_tuning.py)
+from slide2expr.featurize import FeaturizeOptions, featurize_cohort  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"
 #: Large ellipses: most of the slide is tissue, some glass remains for the tissue detector to find.
@@ -75,9 +111,7 @@ def children_cpu_seconds() -> float:
 
 def copies(path: Path, n: int) -> list:
     """``n`` slide ids (``copy000``…, one patient each) for the same file: a cohort made of one slide."""
-    from slide2expr.featurize._inputs import SlideInput
-
-    return [SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(n)]
+    return [featurize.SlideInput(path=path, slide_id=f"copy{i:03d}", patient_id=f"p{i}") for i in range(n)]
 
 
 def encoder_only(
@@ -158,12 +192,11 @@ def read_rate(
 ) -> tuple[float, np.ndarray]:
     import torch
 
-    from slide2expr.featurize._pipeline import make_chunks
-    from slide2expr.featurize._reader import open_slide
+    from slide2expr.featurize._plan import make_chunks
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per worker: a reader process runs one thread (the resize is torch's)
-    r = open_slide(path)
+    r = featurize.open_slide(path)
     chunks = make_chunks(grid, max_tiles=chunk)
     keep = []
     n = 0
@@ -216,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--slide", type=Path, default=None, help="benchmark this slide instead of a synthetic one"
     )
     ap.add_argument("--mpp", type=float, default=0.5)
-    ap.add_argument("--tile", type=int, default=224)
+    ap.add_argument("--tile-px", type=int, default=224)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="auto")
@@ -245,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         default="",
         help="comma-separated batch sizes: also report encoder-only tiles/s at each (choosing a default)",
     )
-    ap.add_argument("--overlap", type=int, default=0)
+    ap.add_argument("--overlap-px", type=int, default=0)
     ap.add_argument(
         "--repeats", type=int, default=2, help="end-to-end runs, each between two encoder-only runs"
     )
@@ -270,31 +303,30 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from slide2expr.featurize._inputs import collect_slides
-    from slide2expr.featurize._pipeline import TilingParams, plan_slide, resolve_device
-    from slide2expr.featurize._run import DEFAULT_BATCH, default_workers, featurize_cohort
     from slide2expr.featurize.encoders import create_encoder
 
-    device = resolve_device(args.device)
-    # featurize_cohort does this on the CPU; do it first, so the encoder-only runs get the same allocator
-    malloc_tuned = device == "cpu" and featurize._tuning.keep_freed_memory()
     t_make = time.perf_counter()
     made = args.slide is None and not synthetic_slide_path(args.size, args.slide_mpp).exists()
     path = args.slide or synthetic_slide(args.size, args.slide_mpp)
     make_s = time.perf_counter() - t_make
+    # the device, batch size and readers a run would use (planned with the weight-free encoder: nothing is loaded)
+    with tempfile.TemporaryDirectory() as tmp:
+        given = FeaturizeOptions(device=args.device, batch_size=args.batch, workers=args.workers)
+        probe = featurize.plan_cohort(path, store=Path(tmp) / "probe", options=given)
+    device, batch, workers = probe.device, probe.batch_size, probe.workers
+    # featurize_cohort does this on the CPU; do it first, so the encoder-only runs get the same allocator
+    malloc_tuned = device == "cpu" and featurize._tuning.keep_freed_memory()
     enc = create_encoder(args.encoder, pretrained=args.pretrained, device=device)
-    batch = args.batch or DEFAULT_BATCH.get(torch.device(device).type, 8)
-    workers = default_workers(torch.device(device).type) if args.workers is None else args.workers
     if args.precision == "auto":
         ac = enc.autocast_dtype(torch.device(device))
     else:
         ac = torch.bfloat16 if args.precision == "bf16" else None
     out_px = enc.input_size[0]
 
-    slide = collect_slides(path)[0]
+    slide = featurize.collect_slides(path)[0]
     cohort = [slide] if args.copies <= 1 else copies(path, args.copies)
-    tiling = TilingParams(mpp=args.mpp, tile_px=args.tile)
-    plan = plan_slide(slide, tiling)
+    tiling = FeaturizeOptions(mpp=args.mpp, tile_px=args.tile_px).tiling_params
+    plan = featurize.plan_slide(slide, tiling)
     if plan.status != "ok":
         raise SystemExit(f"benchmark slide {path}: {plan.status}: {plan.error}")
     grid = plan.grid
@@ -304,8 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     os_tps = openslide_rate(path, grid, level=plan.level, out_px=out_px, n_max=600)
 
-    run_kw = dict(
-        encoder=enc, mpp=args.mpp, tile_px=args.tile, device=device, batch_size=batch, workers=workers,
+    options = FeaturizeOptions(
+        encoder=enc, mpp=args.mpp, tile_px=args.tile_px, device=device, batch_size=batch, workers=workers,
         precision=args.precision, compile=args.compile, force=True,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,9 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
         # (scikit-image, the Parquet writer, PNG), allocator growth that a cohort run amortises and, when it
         # compiles the encoder, the compiling (reported as compile_seconds); it decides compile="auto" for the
         # whole cohort's size, as the timed runs do
-        warm = featurize_cohort(cohort[:2], store=Path(tmp) / "warm", **run_kw)
+        warm = featurize_cohort(cohort[:2], store=Path(tmp) / "warm", options=options)
         if args.compile == "auto" and not warm.compiled and len(cohort) > 2:
-            warm = featurize_cohort(cohort, store=Path(tmp) / "warm", **run_kw)
+            warm = featurize_cohort(cohort, store=Path(tmp) / "warm", options=options)
         fn = enc.compiled(batch, fallback=args.compile == "auto") if warm.compiled else enc
 
         def enc_only(b: int = batch) -> float:
@@ -339,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
         e2e_runs, busy_runs, in_run_enc, reader_cpu = [], [], [], []
         for _ in range(args.repeats):
             c0 = children_cpu_seconds()
-            summary = featurize_cohort(cohort, store=Path(tmp) / "store", **run_kw)
+            summary = featurize_cohort(cohort, store=Path(tmp) / "store", options=options)
             e2e_runs.append(summary.tiles / summary.seconds)
             if workers > 0:  # the readers have exited (and been waited for) when the run returns
                 reader_cpu.append((children_cpu_seconds() - c0) / summary.tiles * 1e3)
@@ -440,8 +472,6 @@ def memory(args) -> dict:
 
     import psutil
 
-    from slide2expr.featurize._run import featurize_cohort
-
     path = args.slide or synthetic_slide(args.size, args.slide_mpp)
     slides = copies(path, args.memory)
     me = psutil.Process()
@@ -459,13 +489,11 @@ def memory(args) -> dict:
     th = threading.Thread(target=sample, daemon=True)
     with tempfile.TemporaryDirectory() as tmp:
         th.start()
-        summary = featurize_cohort(
-            slides,
-            store=Path(tmp) / "store",
+        options = FeaturizeOptions(
             encoder=args.encoder,
             mpp=args.mpp,
-            tile_px=args.tile,
-            overlap_px=args.overlap,
+            tile_px=args.tile_px,
+            overlap_px=args.overlap_px,
             input_px=args.input_px,
             batch_size=args.batch,
             workers=args.workers,
@@ -473,6 +501,7 @@ def memory(args) -> dict:
             precision=args.precision,
             compile=args.compile,
         )
+        summary = featurize_cohort(slides, store=Path(tmp) / "store", options=options)
         stop.set()
         th.join()
     arr = np.array(samples)

@@ -58,13 +58,13 @@ p2=$!
 step pytest_cuda 75 $PY -m pytest -q -p no:cacheprovider -p no:warnings -m cuda tests/featurize/test_cuda.py
 wait $p1
 COMMON=(--device cuda --encoder-seconds 3 --repeats 2)
-step lite0_default 75 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile 224 \
+step lite0_default 75 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile-px 224 \
   --encoder efficientnet-lite0 --copies 8 --encoder-batches "${LITE0_BATCHES:-}"
-step vitl_default 70 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile 224 \
+step vitl_default 70 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile-px 224 \
   --encoder uni --copies 4 --encoder-batches "${VITL_BATCHES:-}"
-step lite0_workers12 60 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile 224 \
+step lite0_workers12 60 $PY $B "${COMMON[@]}" --size "$SIZE" --slide-mpp 0.5 --mpp 0.5 --tile-px 224 \
   --encoder efficientnet-lite0 --copies 8 --workers 12
 wait $p2
-step resnet50_40x 60 $PY $B "${COMMON[@]}" --size "$R50_SIZE" --slide-mpp 0.25 --mpp 0.5 --tile 256 \
+step resnet50_40x 60 $PY $B "${COMMON[@]}" --size "$R50_SIZE" --slide-mpp 0.25 --mpp 0.5 --tile-px 256 \
   --encoder resnet50-trunc --copies 8 --encoder-batches "${R50_BATCHES:-}"
 nvidia-smi --query-gpu=name,memory.used,temperature.gpu,clocks.sm --format=csv >>"$OUT/env.txt" 2>&1

@@ -1,11 +1,15 @@
-"""featurize: slides → tissue → tiles → encoder → Parquet store. Owns the store schema.
+"""featurize: slides → tissue → tiles → encoder → Parquet store.
 
->>> from slide2expr.featurize import featurize_cohort, open_slide, list_encoders
+>>> from slide2expr.featurize import FeaturizeOptions, featurize_cohort, open_slide, plan_cohort
+>>> FeaturizeOptions(magnification=20, tile_px=256).tiling_params.name
+'mpp0.50_px256_ov0'
 """
 
 from __future__ import annotations
 
 from slide2expr.featurize import _tuning  # noqa: F401 - first, before anything loads torch
+from slide2expr.featurize._cohort import CohortPlan, PlannedSlide, plan_cohort
+from slide2expr.featurize._embed import DeviceMemoryError
 from slide2expr.featurize._inputs import (
     SlideInput,
     SlideListError,
@@ -13,20 +17,22 @@ from slide2expr.featurize._inputs import (
     file_fingerprint,
     select_shard,
 )
-from slide2expr.featurize._pipeline import FeaturizeSummary, SlideResult
-from slide2expr.featurize._reader import (
+from slide2expr.featurize._options import FeaturizeOptions, FeaturizeOptionsError, magnification_to_mpp
+from slide2expr.featurize._plan import SlidePlan, TilingParams, plan_slide
+from slide2expr.featurize._reader import open_slide
+from slide2expr.featurize._run import featurize_cohort
+from slide2expr.featurize._slide import (
     MissingMPPError,
     SlideError,
     SlideOpenError,
     SlideReader,
     SlideReadError,
-    open_slide,
 )
-from slide2expr.featurize._run import DeviceMemoryError, featurize_cohort, magnification_to_mpp
+from slide2expr.featurize._summary import FeaturizeSummary, SlideResult
 from slide2expr.featurize._tissue import TileGrid, tile_grid, tissue_mask
 
-# The encoder API imports torch and timm (≈2 s, ≈450 MB): load it on first use, so that `import sql` and
-# `import explain`, which only need the store contract and the reader, stay light.
+# The encoder API imports torch and timm (seconds, hundreds of MB): load it on first use, so that `sql` and
+# `explain`, which need only the store contract and the reader, stay light.
 _ENCODER_NAMES = frozenset(
     {
         "Encoder",
@@ -49,38 +55,46 @@ def __getattr__(name: str):
         from slide2expr.featurize import encoders
 
         return getattr(encoders, name)
-    raise AttributeError(f"module 'featurize' has no attribute {name!r}")
+    raise AttributeError(f"module 'slide2expr.featurize' has no attribute {name!r}")
 
 
 __all__ = [
+    "CohortPlan",
     "DeviceMemoryError",
-    "bf16_supported",
-    "WeightsMismatchError",
-    "UnknownEncoderError",
-    "weights_available",
-    "get_spec",
     "Encoder",
     "EncoderSpec",
+    "FeaturizeOptions",
+    "FeaturizeOptionsError",
     "FeaturizeSummary",
     "MissingMPPError",
+    "PlannedSlide",
     "SlideError",
     "SlideInput",
     "SlideListError",
     "SlideOpenError",
+    "SlidePlan",
     "SlideReadError",
     "SlideReader",
     "SlideResult",
     "TileGrid",
+    "TilingParams",
+    "UnknownEncoderError",
+    "WeightsMismatchError",
     "WeightsNotFoundError",
+    "bf16_supported",
     "collect_slides",
     "create_encoder",
     "featurize_cohort",
     "file_fingerprint",
+    "get_spec",
     "list_encoders",
     "magnification_to_mpp",
     "open_slide",
+    "plan_cohort",
+    "plan_slide",
     "register_encoder",
     "select_shard",
     "tile_grid",
     "tissue_mask",
+    "weights_available",
 ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from slide2expr.contract import STORE_JSON, StoreError, check_id, tcga_patient
 from slide2expr.featurize._reader import SLIDE_EXTENSIONS
+from slide2expr.featurize._slide import MPP_RANGE
 
 #: Bytes hashed at the head of a slide file for its fingerprint.
 HEAD_BYTES = 1 << 20
@@ -93,17 +94,17 @@ def _float_or_fail(value: str, *, where: str) -> float | None:
         mpp = float(value)
     except ValueError:
         raise SlideListError(f"{where}: mpp {value!r} is not a number (µm/px)") from None
-    return _check_mpp(mpp, where=f"{where}: mpp")
-
-
-def _check_mpp(mpp: float, *, where: str) -> float:
-    from slide2expr.featurize._reader import MPP_RANGE
-
-    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # also catches nan
-        raise SlideListError(
-            f"{where} {mpp}: a level-0 resolution is {MPP_RANGE[0]}–{MPP_RANGE[1]} µm/px (0.25 for 40x, 0.5 for 20x)"
-        )
+    problem = level0_mpp_problem(mpp)
+    if problem:
+        raise SlideListError(f"{where}: mpp {mpp}: {problem}")
     return mpp
+
+
+def level0_mpp_problem(mpp: float) -> str | None:
+    """Why ``mpp`` is no plausible level-0 resolution in µm/px (``MPP_RANGE``), or None when it is one."""
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # also catches nan
+        return f"a level-0 resolution is {MPP_RANGE[0]}–{MPP_RANGE[1]} µm/px (0.25 for 40x, 0.5 for 20x)"
+    return None
 
 
 def collect_slides(
@@ -124,8 +125,9 @@ def collect_slides(
         Sorted by slide id. Raises :class:`SlideListError` for missing inputs and duplicate slide ids.
     """
     items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-    if mpp_override is not None:
-        _check_mpp(float(mpp_override), where="--mpp-override")
+    problem = level0_mpp_problem(float(mpp_override)) if mpp_override is not None else None
+    if problem:
+        raise SlideListError(f"mpp_override={mpp_override}: {problem}")
     pmap = read_patient_table(patients) if isinstance(patients, (str, os.PathLike)) else dict(patients or {})
     found: list[tuple[Path, str | None, str | None, float | None]] = []
     for item in items:
@@ -209,9 +211,9 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
             a, b = str(shard).split("/")
             i, n = int(a), int(b)
         except ValueError:
-            raise SlideListError(f"--shard {shard!r}: expected i/n, e.g. 0/4") from None
+            raise SlideListError(f"shard={shard!r}: expected 'i/n', e.g. '0/4'") from None
     if n < 1 or not 0 <= i < n:
-        raise SlideListError(f"--shard {i}/{n}: need 0 <= i < n")
+        raise SlideListError(f"shard='{i}/{n}': need 0 <= i < n")
     return i, n
 
 

@@ -128,7 +128,7 @@ def write_svs(
         while window:
             yield window.popleft().result()
 
-    from slide2expr.featurize._pipeline import usable_cores
+    from slide2expr.featurize._executors import usable_cores
 
     threads = min(16, usable_cores())
     with tifffile.TiffWriter(path, bigtiff=False) as tw, ThreadPoolExecutor(threads) as pool:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: zlib level of the QC image: the fastest (the file is a little larger than at PNG's default)
+QC_PNG_COMPRESSION = 1
 #: Thumbnail resolution for tissue detection, µm/px (≈ 8–16 is what the mask needs).
 TISSUE_MPP = 8.0
 #: Saturation below this is glass whatever Otsu says (a blank slide's Otsu threshold splits noise).
@@ -19,6 +21,26 @@ MAX_HOLE_UM2 = 20_000.0
 #: glass's by this much (summed over R, G, B) and the averaged saturation is above ``MIN_SATURATION``.
 PALE_OD = 0.08
 PALE_WINDOW_UM = 40.0
+#: Pen ink, told from stain by how far one channel stands above the others (RGB levels, 0–255). Blue pen: blue
+#: above red by more than ``BLUE_PEN_B_OVER_R`` and above green by more than ``BLUE_PEN_B_OVER_G`` (H&E is never far
+#: bluer than red: dense lymphocytes, as in tertiary lymphoid structures, reach b - r ≈ 60; ink ≈ 100 and more).
+BLUE_PEN_B_OVER_R, BLUE_PEN_B_OVER_G = 70, 30
+#: Green pen: green above red by more than ``GREEN_PEN_G_OVER_R`` and above blue by more than
+#: ``GREEN_PEN_G_OVER_B`` (eosin and haematoxylin both leave green the lowest channel).
+GREEN_PEN_G_OVER_R, GREEN_PEN_G_OVER_B = 15, 10
+#: Black pen and dark debris: no channel reaches this (stained nuclei stay above it in at least one channel).
+DARK_MAX_LEVEL = 60
+#: Fewer candidate (non-pen) pixels than this: nothing to threshold, no tissue.
+MIN_CANDIDATES = 16
+#: Haematoxylin only joins the mask when its values spread over more than this (else Otsu splits noise) …
+MIN_HAEMATOXYLIN_SPREAD = 0.02
+#: … and only where the pixel is not glass: HSV value below ``GLASS_VALUE`` (glass is near white).
+GLASS_VALUE = 0.9
+#: Glass pixels needed to measure the glass's optical density (else a low percentile of the slide stands in).
+MIN_GLASS_PIXELS = 100
+#: Where a slide shows too little glass, a low percentile of its optical density (``GLASS_OD_PERCENTILE``), capped
+#: at ``GLASS_OD_CAP``, stands in for the glass's (clean glass is ≈ 0.05).
+GLASS_OD_PERCENTILE, GLASS_OD_CAP = 1, 0.1
 #: Bumped when the detection changes, so resumed stores do not mix masks of two versions.
 TISSUE_VERSION = 2
 
@@ -51,30 +73,25 @@ def tissue_mask(thumb: np.ndarray, *, mpp: float) -> np.ndarray:
     rgb = thumb.astype(np.int16)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     pen = (
-        # blue pen: H&E is never far bluer than red (dense lymphocytes, as in TLS, reach b - r ≈ 60; ink ≈ 100+)
-        ((b - r > 70) & (b - g > 30))
-        | ((g - r > 15) & (g - b > 10))  # green pen
-        | (np.maximum(np.maximum(r, g), b) < 60)  # black pen, dark debris
+        ((b - r > BLUE_PEN_B_OVER_R) & (b - g > BLUE_PEN_B_OVER_G))
+        | ((g - r > GREEN_PEN_G_OVER_R) & (g - b > GREEN_PEN_G_OVER_B))
+        | (np.maximum(np.maximum(r, g), b) < DARK_MAX_LEVEL)
     )
-    del (
-        rgb,
-        r,
-        g,
-        b,
-    )  # large intermediates are dropped as soon as they are used: peak memory counts on big slides
+    # large intermediates are dropped as soon as they are used: peak memory counts on big slides
+    del rgb, r, g, b
     candidates = ~pen
-    if candidates.sum() < 16:
+    if candidates.sum() < MIN_CANDIDATES:
         return np.zeros(thumb.shape[:2], bool)
     sat, val = _saturation_value(thumb)
     t_sat = max(_otsu(sat[candidates], threshold_otsu), MIN_SATURATION)
     mask = (sat > t_sat) & candidates
     hema = _haematoxylin(thumb)
     h_vals = hema[candidates]
-    if np.ptp(h_vals) > 0.02:
+    if np.ptp(h_vals) > MIN_HAEMATOXYLIN_SPREAD:
         t_h = _otsu(h_vals, threshold_otsu)
         del h_vals
-        # haematoxylin only counts where the pixel is not glass (val < 0.9) and not almost grey
-        mask |= (hema > t_h) & (val < 0.9) & (sat > MIN_SATURATION / 2) & candidates
+        # haematoxylin only counts where the pixel is not glass and not almost grey
+        mask |= (hema > t_h) & (val < GLASS_VALUE) & (sat > MIN_SATURATION / 2) & candidates
     mask |= _pale_tissue(thumb, sat, candidates, mpp=mpp)
     del sat, val, hema
     px_area = mpp * mpp
@@ -87,8 +104,8 @@ def tissue_mask(thumb: np.ndarray, *, mpp: float) -> np.ndarray:
 
 
 # Per-channel lookup tables give skimage's float64 HSV saturation/value and HED haematoxylin channel without its
-# (H, W, 3) float64 intermediates: ≈ 0.25 GB instead of ≈ 0.9 GB at the peak on a 2,875² thumbnail (a 23 mm slide
-# at 8 µm/px). The arithmetic is skimage's, element by element (tests compare against rgb2hsv / rgb2hed).
+# (H, W, 3) float64 intermediates, which dominate the peak memory on a large thumbnail. The arithmetic is skimage's,
+# element by element (tests compare against rgb2hsv / rgb2hed).
 
 
 def _unit_lut() -> np.ndarray:
@@ -101,7 +118,7 @@ def _saturation_value(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """HSV saturation and value of a uint8 RGB image, as ``skimage.color.rgb2hsv`` computes them (float64)."""
     lut = _unit_lut()
     r, g, b = thumb[..., 0], thumb[..., 1], thumb[..., 2]
-    # channel by channel: numpy's reduction over a last axis of 3 runs ≈ 20× slower on a thumbnail
+    # channel by channel: numpy's reduction over a last axis of 3 is much slower
     vmax = lut[np.maximum(np.maximum(r, g), b)]
     delta = vmax - lut[np.minimum(np.minimum(r, g), b)]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -126,15 +143,19 @@ def _pale_tissue(thumb: np.ndarray, sat: np.ndarray, candidates: np.ndarray, *, 
     saturation there is above ``MIN_SATURATION`` (grey smudges and shadows are not tissue).
 
     Mucin pools in H&E are pale blue-grey (saturation ≈ 0.07–0.17, optical density 0.15–0.4 against glass's ≈ 0.05
-    on the synthetic slides), below Otsu's split between stained tissue and glass: without this, a detector keeps
-    2–10 % of them and the genes they drive cannot be learned.
+    on the synthetic slides), below Otsu's split between stained tissue and glass: Otsu alone leaves most of them
+    out, and the genes they drive cannot be learned.
     """
     from scipy.ndimage import uniform_filter
 
     lut = (-np.log10(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
     od = lut[thumb[..., 0]] + lut[thumb[..., 1]] + lut[thumb[..., 2]]
     glass = candidates & (sat < MIN_SATURATION / 2)
-    glass_od = float(np.median(od[glass])) if glass.sum() >= 100 else min(0.1, float(np.percentile(od, 1)))
+    glass_od = (
+        float(np.median(od[glass]))
+        if glass.sum() >= MIN_GLASS_PIXELS
+        else min(GLASS_OD_CAP, float(np.percentile(od, GLASS_OD_PERCENTILE)))
+    )
     size = max(3, int(round(PALE_WINDOW_UM / mpp)) | 1)
     pale = uniform_filter(od, size) > glass_od + PALE_OD
     del od
@@ -335,5 +356,5 @@ def qc_image(
         draw.rectangle((0, 0, min(W, 8 + 6 * len(title)), 14), fill=(255, 255, 255, 200))
         draw.text((3, 1), title, fill=(0, 0, 0, 255))
     buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)  # 13 ms against 54 ms at the default 6, 12 % larger
+    im.save(buf, format="PNG", compress_level=QC_PNG_COMPRESSION)
     return buf.getvalue()

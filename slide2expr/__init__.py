@@ -4,7 +4,8 @@ The stages are namespaces of one package, in the order the data flows::
 
     import slide2expr as s2e
 
-    s2e.featurize.featurize_cohort("slides/", store="STORE", encoder="uni")   # slides → Parquet store
+    opts = s2e.featurize.FeaturizeOptions(encoder="uni", mpp=0.5, tile_px=224)  # how to featurize
+    s2e.featurize.featurize_cohort("slides/", store="STORE", options=opts)   # slides → Parquet store
     con = s2e.sql.connect("STORE")                                           # DuckDB views over the store
     cohort = s2e.sql.load_cohort("STORE", encoder="uni", targets="expr")     # bags + targets
     result = s2e.regress.compare(cohort, models=["mil", "ridge"], out="RUN")  # same folds for every model

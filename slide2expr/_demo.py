@@ -117,8 +117,7 @@ def run_demo(
     """
     from slide2expr import explain as ex
     from slide2expr import regress, sql
-    from slide2expr.contract import tiling_name
-    from slide2expr.featurize import featurize_cohort
+    from slide2expr.featurize import FeaturizeOptions, featurize_cohort
     from slide2expr.synth import make_cohort, read_truth
 
     out = Path(out)
@@ -139,14 +138,10 @@ def run_demo(
     summary = featurize_cohort(
         cohort_dir / "slides.csv",
         store=store,
-        encoder=encoder,
-        mpp=mpp,
-        tile_px=tile_px,
-        input_px=input_px,
-        workers=workers,
+        options=FeaturizeOptions(encoder=encoder, mpp=mpp, tile_px=tile_px, input_px=input_px, workers=workers),
         progress=progress,
     )
-    tiling = tiling_name(mpp=mpp, tile_px=tile_px)
+    tiling = summary.tiling
     res.seconds["featurize"] = time.perf_counter() - t
     n_ok = sum(r.status == "ok" for r in summary.results)
     log(

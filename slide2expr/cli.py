@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import slide2expr.featurize  # noqa: F401 - first: importing it tunes the CPU, which must precede loading torch
 from slide2expr import commands
 from slide2expr._app import app
-from slide2expr.featurize import _tuning  # noqa: F401 - before any command module loads torch
 
 
 def _register() -> None:

@@ -1,75 +1,97 @@
-"""``slide2expr featurize``: slides → tissue → tiles → encoder → Parquet store, for whole cohorts."""
+"""``slide2expr featurize``: slides → tissue → tiles → encoder → Parquet store, for whole cohorts.
+
+The flags are :class:`slide2expr.featurize.FeaturizeOptions` fields with dashes; the library checks them
+(:func:`slide2expr.featurize.plan_cohort`, which ``--dry-run`` shows and the real run begins with).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from slide2expr._app import EXIT_SOME_FAILED, app, fail
+from slide2expr._app import EXIT_SOME_FAILED, DryRunOpt, app, fail, reported
 
 
 @app.command(no_args_is_help=True)
 def featurize(
-    slides: list[Path] = typer.Argument(  # noqa: B008
-        ...,
-        help="Slide files, directories (searched recursively) or a CSV/TSV list (path[, slide_id, patient_id, mpp]).",
-        show_default=False,
-    ),
-    store: Path = typer.Option(..., "--store", "-s", help="Store directory (created if missing)."),
-    encoder: str = typer.Option(
-        "stain-texture", "--encoder", "-e", help="Encoder name (`slide2expr encoders`)."
-    ),
-    weights: Path | None = typer.Option(None, "--weights", help="Weights file for the encoder."),
-    mpp: float | None = typer.Option(None, "--mpp", help="Tile resolution in µm/px (default 0.5, i.e. 20x)."),
-    magnification: float | None = typer.Option(
-        None, "--magnification", help="Tile magnification (20 = 0.5 µm/px); a synonym of --mpp."
-    ),
-    tile: int = typer.Option(224, "--tile", help="Tile size in pixels at the tile resolution."),
-    overlap: int = typer.Option(
-        0, "--overlap", help="Overlap between neighbouring tiles, px at the tile resolution."
-    ),
-    min_tissue: float = typer.Option(
-        0.5, "--min-tissue", help="Keep tiles with at least this tissue fraction."
-    ),
-    mpp_override: float | None = typer.Option(
-        None,
-        "--mpp-override",
-        help="Level-0 µm/px for slides whose metadata lacks it (a CSV mpp column wins).",
-    ),
-    patients: Path | None = typer.Option(
-        None, "--patients", help="Slide→patient CSV/TSV (columns patient_id and slide_id or path)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when there is a GPU) | cpu | cuda."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Tiles per forward pass (default 8 on a CPU, 256 on CUDA)."
-    ),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        help="Reader processes (default beside a GPU: spare cores, at most 8; on a CPU: 0 on ≤ 2 cores, else 1). "
-        "0 reads in the main process, on one thread per core, between encoder batches.",
-    ),
-    dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 | float16."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported) | bf16 | fp32."),
-    compile_mode: str = typer.Option(
-        "auto",
-        "--compile",
-        help="auto | on | off: compile the encoder with torch.compile (CPU only; 16-33% faster for CNNs, 10-40 s "
-        "once per run). auto times the first batches of a CNN in fp32 and compiles it when the run's remaining "
-        "eager work is >= 60 s; it runs eagerly where compiling fails (default auto).",
-        show_default=False,
-    ),
-    shard: str | None = typer.Option(
-        None, "--shard", help="i/n: every n-th slide by sorted slide id, from i."
-    ),
-    force: bool = typer.Option(False, "--force", help="Redo slides whose outputs already match."),
-    input_px: int | None = typer.Option(
-        None, "--input-px", help="Resize tiles to this size for the encoder (default: its data-config size)."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan (slides, skips, tiling) and stop."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+    slides: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Slide files, directories (searched recursively) or a CSV/TSV list "
+            "(path[, slide_id, patient_id, mpp]).",
+            show_default=False,
+        ),
+    ],
+    store: Annotated[Path, typer.Option("--store", "-s", help="Store directory (created if missing).")],
+    encoder: Annotated[
+        str | None,
+        typer.Option("--encoder", "-e", help="Encoder name (`slide2expr encoders`; default stain-texture)."),
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the encoder.")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Tile resolution in µm/px (default 0.5, i.e. 20x).")
+    ] = None,
+    magnification: Annotated[
+        float | None, typer.Option(help="Tile magnification (20 = 0.5 µm/px); instead of --mpp.")
+    ] = None,
+    tile_px: Annotated[
+        int | None, typer.Option(help="Tile size in pixels at the tile resolution (default 224).")
+    ] = None,
+    overlap_px: Annotated[
+        int | None,
+        typer.Option(help="Overlap between neighbouring tiles, px at the tile resolution (default 0)."),
+    ] = None,
+    min_tissue: Annotated[
+        float | None, typer.Option(help="Keep tiles with at least this tissue fraction (default 0.5).")
+    ] = None,
+    mpp_override: Annotated[
+        float | None,
+        typer.Option(help="Level-0 µm/px for slides whose metadata lacks it (a CSV mpp column wins)."),
+    ] = None,
+    patients: Annotated[
+        Path | None, typer.Option(help="Slide→patient CSV/TSV (columns patient_id and slide_id or path).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto (CUDA when there is a GPU; default) | cpu | cuda.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Tiles per forward pass (default 8 on a CPU, 256 on CUDA).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Reader processes (default beside a GPU: spare cores, at most 8; on a CPU: 0 on ≤ 2 cores, else 1). "
+            "0 reads in the main process, on one thread per core, between encoder batches."
+        ),
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="Stored embeddings: float32 (default) | float16.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 where supported; default) | bf16 | fp32.")
+    ] = None,
+    compile: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | on | off: compile the encoder with torch.compile (CPU only; faster CNNs after tens of "
+            "seconds of compiling once per run). auto times the first batches of a CNN in fp32 and compiles it when "
+            "the run's remaining eager work is long enough to pay for it; it runs eagerly where compiling fails "
+            "(default auto).",
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="i/n: every n-th slide by sorted slide id, from i.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo slides whose outputs already match.")] = False,
+    input_px: Annotated[
+        int | None,
+        typer.Option(help="Resize tiles to this size for the encoder (default: its data-config size)."),
+    ] = None,
+    dry_run: DryRunOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
+    ] = None,
 ) -> None:
     """Featurize slides into a store, resumably: a slide whose outputs match is skipped (--force redoes it).
 
@@ -78,94 +100,53 @@ def featurize(
     """
     import json
 
+    from slide2expr import featurize as fz
+
+    if json_out is not None and not json_out.parent.is_dir():
+        raise fail(f"--json {json_out}: folder {json_out.parent} does not exist")
+    given = {
+        "encoder": encoder, "weights": weights, "mpp": mpp, "magnification": magnification, "tile_px": tile_px,
+        "overlap_px": overlap_px, "min_tissue": min_tissue, "mpp_override": mpp_override, "patients": patients,
+        "device": device, "batch_size": batch_size, "workers": workers, "dtype": dtype, "precision": precision,
+        "compile": compile, "shard": shard, "input_px": input_px,
+    }  # fmt: skip
+    with reported(*_library_errors()):
+        options = fz.FeaturizeOptions(force=force, **{k: v for k, v in given.items() if v is not None})
+        if dry_run:
+            _print_plan(fz.plan_cohort([str(s) for s in slides], store=store, options=options), shard=shard)
+            return
+        summary = fz.featurize_cohort(
+            [str(s) for s in slides], store=store, options=options, progress=progress
+        )
+    _print_summary(summary)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    if summary.n_failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """The errors a run's arguments can cause: one line each, exit status 2."""
+    from slide2expr import featurize as fz
+    from slide2expr.contract import StoreError
+    from slide2expr.featurize import encoders
+
+    return (
+        fz.FeaturizeOptionsError,
+        fz.SlideListError,
+        fz.DeviceMemoryError,
+        StoreError,
+        encoders.UnknownEncoderError,
+        encoders.WeightsNotFoundError,
+        encoders.WeightsMismatchError,
+        encoders.CompileError,
+    )
+
+
+def _print_summary(summary) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from slide2expr.featurize._inputs import SlideListError, collect_slides, select_shard
-
-    console = Console(stderr=True)
-    if mpp is not None and magnification is not None:
-        raise fail("give either --mpp or --magnification, not both")
-    if mpp is None and magnification is None:
-        mpp = 0.5
-    if dtype not in ("float32", "float16"):
-        raise fail(f"--dtype {dtype!r}: use float32 or float16")
-    if precision not in ("auto", "bf16", "fp32"):
-        raise fail(f"--precision {precision!r}: use auto, bf16 or fp32")
-    if compile_mode not in ("auto", "on", "off"):
-        raise fail(f"--compile {compile_mode!r}: use auto, on or off")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise fail(f"--device {device!r}: use auto, cpu or cuda")
-    if tile <= 0 or not 0 <= overlap < tile:
-        raise fail(f"--tile {tile} / --overlap {overlap}: need tile > 0 and 0 <= overlap < tile")
-    if not 0 <= min_tissue <= 1:
-        raise fail(f"--min-tissue {min_tissue}: a fraction in [0, 1]")
-    if json_out is not None and not json_out.parent.is_dir():
-        raise fail(f"--json {json_out}: folder {json_out.parent} does not exist")
-    try:
-        items = select_shard(
-            collect_slides([str(s) for s in slides], patients=patients, mpp_override=mpp_override), shard
-        )
-    except SlideListError as exc:
-        raise fail(str(exc)) from None
-
-    if dry_run:
-        from slide2expr.featurize._run import tile_mpp
-        from slide2expr.featurize.encoders import UnknownEncoderError, get_spec
-
-        try:
-            get_spec(encoder)
-            plan_mpp = tile_mpp(mpp, magnification)
-        except (UnknownEncoderError, ValueError) as exc:
-            raise fail(str(exc)) from None
-        _print_plan(
-            console,
-            items,
-            store=store,
-            encoder=encoder,
-            mpp=plan_mpp,
-            tile=tile,
-            overlap=overlap,
-            min_tissue=min_tissue,
-            shard=shard,
-            force=force,
-        )
-        return
-
-    from slide2expr.featurize._run import DeviceMemoryError, featurize_cohort
-    from slide2expr.featurize.encoders import CompileError, UnknownEncoderError, WeightsNotFoundError
-
-    try:
-        summary = featurize_cohort(
-            items,
-            store=store,
-            encoder=encoder,
-            weights=weights,
-            mpp=mpp,
-            magnification=magnification,
-            tile_px=tile,
-            overlap_px=overlap,
-            min_tissue=min_tissue,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            dtype=dtype,
-            precision=precision,
-            force=force,
-            progress=progress,
-            input_px=input_px,
-            compile=compile_mode,
-        )
-    except (
-        UnknownEncoderError,
-        WeightsNotFoundError,
-        SlideListError,
-        ValueError,
-        DeviceMemoryError,
-        CompileError,
-    ) as exc:
-        raise fail(str(exc)) from None
 
     table = Table(title=f"featurize → {summary.store} ({summary.tiling}, {summary.encoder})")
     for col in ("slide", "status", "tiles", "seconds", "error"):
@@ -192,31 +173,23 @@ def featurize(
         )
         + ")"
     )
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
-    if summary.n_failed:
-        raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _print_plan(console, items, *, store, encoder, mpp, tile, overlap, min_tissue, shard, force):
+def _print_plan(plan, *, shard: str | None) -> None:
+    from rich.console import Console
     from rich.table import Table
 
-    from slide2expr.contract import embeddings_path, tiling_name
-
-    tiling = tiling_name(mpp=mpp, tile_px=tile, overlap_px=overlap)
+    shard = f", shard {shard}" if shard else ""
     table = Table(
-        title=f"plan: {len(items)} slides → {store} (tiling {tiling}, encoder {encoder}, min tissue {min_tissue}"
-        + (f", shard {shard}" if shard else "")
-        + ")"
+        title=f"plan: {len(plan.slides)} slides → {plan.store} (tiling {plan.tiling.name}, encoder {plan.encoder}, "
+        f"min tissue {plan.tiling.min_tissue}, {plan.device}, batch {plan.batch_size}, {plan.workers} readers{shard})"
     )
     for col in ("slide", "patient", "path", "mpp", "output"):
         table.add_column(col, overflow="fold")
-    for s in items:
-        out = embeddings_path(store, tiling, encoder, s.slide_id)
-        state = "exists (skipped if it matches)" if out.exists() and not force else "to do"
+    for p in plan.slides:
+        s = p.slide
+        state = "exists (skipped if it matches)" if p.exists and not plan.force else "to do"
         table.add_row(
             s.slide_id, s.patient_id, str(s.path), "metadata" if s.mpp is None else f"{s.mpp}", state
         )
-    from rich.console import Console
-
     Console().print(table)

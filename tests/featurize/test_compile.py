@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from slide2expr.cli import app
-from slide2expr.featurize import featurize_cohort
-from slide2expr.featurize._run import (
+from slide2expr.featurize import FeaturizeOptions, FeaturizeOptionsError, featurize_cohort
+from slide2expr.featurize._compile import (
     COMPILE_MIN_EAGER_SECONDS,
     COMPILE_PROBE_BATCHES,
-    _AutoCompile,
+    AutoCompile,
     wants_compile,
 )
 from slide2expr.featurize.encoders import CompiledEncoder, CompileError, Encoder, EncoderSpec, build_backbone
@@ -124,12 +124,12 @@ class _FakeEncoder:
 def test_auto_compiles_when_the_timed_eager_work_left_pays_for_it(
     monkeypatch: pytest.MonkeyPatch, tiles: int, compiles: bool
 ) -> None:
-    import slide2expr.featurize._run as run
+    import slide2expr.featurize._compile as run
 
     clock = _Clock()
     monkeypatch.setattr(run.time, "perf_counter", clock)
     enc = _FakeEncoder(clock, seconds_per_tile=0.02)  # 50 tiles/s eager: 10,000 tiles ≈ 200 s, 1,000 ≈ 20 s
-    auto = _AutoCompile(enc, 8, tiles)
+    auto = AutoCompile(enc, 8, tiles)
     x = torch.zeros(8, 3, 4, 4)
     outs = [float(auto(x)[0, 0]) for _ in range(COMPILE_PROBE_BATCHES + 3)]
     # the probe runs eagerly; the first call is not timed (it would make 0.02 s per tile look like 0.04)
@@ -144,13 +144,14 @@ def test_auto_compiles_when_the_timed_eager_work_left_pays_for_it(
         assert bs == 8 and fallback and c.calls == 2  # auto never fails a run over compiling
         assert auto.in_use is c
         # a later run in the process finds it compiled: no probe, no second compile
-        again = _AutoCompile(enc, 8, 16)
+        again = AutoCompile(enc, 8, 16)
         assert again.decided and float(again(x)[0, 0]) == 1.0 and len(enc.made) == 1
         assert again.in_use is c and not again.compiles_here
     else:
         assert outs[-2:] == [0.0, 0.0] and not enc.made and auto.in_use is None
 
 
+@pytest.mark.perf
 def test_compiled_equals_eager_at_every_batch_shape(tiny: Encoder) -> None:
     comp = tiny.compiled(8)
     assert not comp.ready and tiny.compiled_ready(8) is None  # built, not compiled before its first call
@@ -214,14 +215,15 @@ def _embeddings(store: Path) -> tuple[np.ndarray, dict]:
     return np.stack(pq.read_table(path).column("embedding").to_numpy(zero_copy_only=False)), meta
 
 
+@pytest.mark.perf
 def test_featurize_compiled_matches_eager_and_records_it(
     tiny: Encoder, slide_dir: Path, tmp_path: Path
 ) -> None:
     slide = slide_dir / "s2.svs"
     # fp32 throughout: on a CPU with bf16, precision auto would run in bf16, which auto does not compile
     kw = {**FAST, "encoder": tiny, "precision": "fp32", "batch_size": 6}
-    eager = featurize_cohort([slide], store=tmp_path / "eager", compile="off", **kw)
-    on = featurize_cohort([slide], store=tmp_path / "on", compile="on", **kw)
+    eager = featurize_cohort([slide], store=tmp_path / "eager", options=FeaturizeOptions(compile="off", **kw))
+    on = featurize_cohort([slide], store=tmp_path / "on", options=FeaturizeOptions(compile="on", **kw))
     assert not eager.compiled and on.compiled
     assert on.tiles == eager.tiles > 6 and on.tiles % 6 != 0  # a padded last batch
     a, meta_a = _embeddings(tmp_path / "eager")
@@ -230,55 +232,68 @@ def test_featurize_compiled_matches_eager_and_records_it(
     assert cos.min() > 0.99999
     assert meta_a["compiled"] is False and meta_b["compiled"] is True
     # a second run in the process reuses the compiled encoder: no compile time, whether "on" or "auto" asks for it
-    again = featurize_cohort([slide], store=tmp_path / "again", compile="on", **kw)
+    again = featurize_cohort([slide], store=tmp_path / "again", options=FeaturizeOptions(compile="on", **kw))
     assert again.compiled and again.seconds_compile == 0.0
-    reuse = featurize_cohort([slide], store=tmp_path / "reuse", compile="auto", **kw)
+    reuse = featurize_cohort(
+        [slide], store=tmp_path / "reuse", options=FeaturizeOptions(compile="auto", **kw)
+    )
     assert reuse.compiled and reuse.seconds_compile == 0.0
     # auto leaves a run this small (well under a second of eager work) eager with an encoder not yet compiled
     auto = featurize_cohort(
-        [slide], store=tmp_path / "auto", compile="auto", **{**kw, "encoder": _tiny_cnn()}
+        [slide],
+        store=tmp_path / "auto",
+        options=FeaturizeOptions(compile="auto", **{**kw, "encoder": _tiny_cnn()}),
     )
     assert not auto.compiled and auto.seconds < COMPILE_MIN_EAGER_SECONDS
 
 
+@pytest.mark.perf
 def test_featurize_auto_compiles_large_runs_and_falls_back(
     monkeypatch: pytest.MonkeyPatch, slide_dir: Path, tmp_path: Path
 ) -> None:
-    import slide2expr.featurize._run as run
+    import slide2expr.featurize._compile as run
 
     monkeypatch.setattr(run, "COMPILE_MIN_EAGER_SECONDS", 0.0)  # every run counts as large
     monkeypatch.setattr(run, "COMPILE_PROBE_BATCHES", 1)  # decide at the second batch
     slide = slide_dir / "s2.svs"
     # 4+ batches: two probed eagerly, the rest compiled; fp32, which auto compiles, on a CPU with bf16 too
     kw = {**FAST, "batch_size": 4, "precision": "fp32"}
-    ok = featurize_cohort([slide], store=tmp_path / "ok", compile="auto", **{**kw, "encoder": _tiny_cnn()})
+    ok = featurize_cohort(
+        [slide],
+        store=tmp_path / "ok",
+        options=FeaturizeOptions(compile="auto", **{**kw, "encoder": _tiny_cnn()}),
+    )
     assert ok.compiled and ok.seconds_compile > 0 and ok.tiles > 12
-    # weight-free encoder: auto never compiles it (8 % faster for 38 s of compiling)
-    st = featurize_cohort([slide], store=tmp_path / "st", compile="auto", **kw)
+    # weight-free encoder: auto never compiles it (compiling costs more than it saves)
+    st = featurize_cohort([slide], store=tmp_path / "st", options=FeaturizeOptions(compile="auto", **kw))
     assert not st.compiled
     _broken_compile(monkeypatch)
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
         fb = featurize_cohort(
-            [slide], store=tmp_path / "fb", compile="auto", **{**kw, "encoder": _tiny_cnn()}
+            [slide],
+            store=tmp_path / "fb",
+            options=FeaturizeOptions(compile="auto", **{**kw, "encoder": _tiny_cnn()}),
         )
     assert not fb.compiled and fb.count("ok") == 1 and fb.tiles == ok.tiles
     np.testing.assert_allclose(*(_embeddings(tmp_path / s)[0] for s in ("ok", "fb")), rtol=1e-3, atol=1e-4)
 
 
 def test_compile_arguments(slide_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="--compile 'yes'"):
-        featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "s", compile="yes", **FAST)
+    with pytest.raises(FeaturizeOptionsError, match="compile='yes'"):
+        featurize_cohort(
+            [slide_dir / "s2.svs"], store=tmp_path / "s", options=FeaturizeOptions(compile="yes", **FAST)
+        )
     res = CliRunner().invoke(
         app, ["featurize", str(slide_dir / "s2.svs"), "--store", str(tmp_path / "s"), "--compile", "yes"]
     )
-    assert res.exit_code == 2 and "--compile 'yes': use auto, on or off" in res.output
+    assert res.exit_code == 2 and "compile='yes': use auto, on or off" in res.output
     # --compile on where compiling fails: exit 2 with the reason, and no embeddings written
     _broken_compile(monkeypatch)
     monkeypatch.setattr("slide2expr.featurize.encoders.create_encoder", lambda *a, **k: _tiny_cnn())
     res = CliRunner().invoke(
         app,
         ["featurize", str(slide_dir / "s2.svs"), "--store", str(tmp_path / "c"), "--compile", "on", "--mpp", "1",
-         "--tile", "112", "--workers", "0", "--no-progress"],
+         "--tile-px", "112", "--workers", "0", "--no-progress"],
     )  # fmt: skip
     assert res.exit_code == 2, res.output
     assert "could not compile encoder 'test-cnn-tiny'" in res.output and "--compile off" in res.output

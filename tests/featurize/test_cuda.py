@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from slide2expr.contract import embeddings_path, read_metadata, tiles_path
-from slide2expr.featurize import featurize_cohort
+from slide2expr.featurize import FeaturizeOptions, featurize_cohort
 from slide2expr.featurize.encoders import create_encoder
 from tests.featurize.conftest import FAST
 
@@ -34,12 +34,9 @@ def cpu_store(tmp_path_factory, slide_dir, lite0_cpu):
     s = featurize_cohort(
         slide_dir,
         store=store,
-        encoder=lite0_cpu,
-        device="cpu",
-        precision="fp32",
-        workers=0,
-        batch_size=8,
-        **RUN,
+        options=FeaturizeOptions(
+            encoder=lite0_cpu, device="cpu", precision="fp32", workers=0, batch_size=8, **RUN
+        ),
     )
     assert s.count("ok") == 3
     return store
@@ -72,12 +69,9 @@ def test_cuda_store_matches_the_cpu_store(
     s = featurize_cohort(
         slide_dir,
         store=store,
-        encoder=enc,
-        device="cuda",
-        precision=precision,
-        workers=workers,
-        batch_size=batch,
-        **RUN,
+        options=FeaturizeOptions(
+            encoder=enc, device="cuda", precision=precision, workers=workers, batch_size=batch, **RUN
+        ),
     )
     assert s.device == "cuda" and s.precision == precision and s.count("ok") == 3
     for sid in ("TCGA-AA-0001-01Z-00-DX1", "s2", "s3"):
@@ -103,7 +97,9 @@ def test_cuda_store_matches_the_cpu_store(
 def test_cuda_run_isolates_bad_slides(bad_dir, tmp_path, lite0_cpu):
     enc = copy.deepcopy(lite0_cpu).to_device("cuda")
     s = featurize_cohort(
-        bad_dir, store=tmp_path / "s", encoder=enc, device="cuda", workers=2, batch_size=16, **RUN
+        bad_dir,
+        store=tmp_path / "s",
+        options=FeaturizeOptions(encoder=enc, device="cuda", workers=2, batch_size=16, **RUN),
     )
     status = {r.slide_id: r.status for r in s.results}
     assert status["good"] == "ok" and status["blank"] == "no_tissue"
@@ -116,11 +112,7 @@ def test_weight_free_encoder_on_cuda_matches_the_cpu(slide_dir, tmp_path):
         dev: featurize_cohort(
             slide_dir,
             store=tmp_path / dev,
-            encoder="stain-texture",
-            device=dev,
-            workers=w,
-            batch_size=b,
-            **RUN,
+            options=FeaturizeOptions(encoder="stain-texture", device=dev, workers=w, batch_size=b, **RUN),
         )
         for dev, w, b in (("cpu", 0, 8), ("cuda", 2, 32))
     }
@@ -157,7 +149,7 @@ def test_cuda_batches_keep_order_across_slides_and_reuse_buffers_only_once_colle
     last batch is collected; a failed slide's rows are dropped."""
     import contextlib
 
-    from slide2expr.featurize._run import _CudaBatches
+    from slide2expr.featurize._embed import CudaBatches
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
@@ -171,7 +163,7 @@ def test_cuda_batches_keep_order_across_slides_and_reuse_buffers_only_once_colle
         calls.append(len(x))
         return torch.stack([x[:, 0, 0, 0].float(), x[:, 0, 0, 1].float()], 1)
 
-    b = _CudaBatches(enc, torch.device("cpu"), batch_size=5, out_px=4, dim=2, depth=2)
+    b = CudaBatches(enc, torch.device("cpu"), batch_size=5, out_px=4, dim=2, depth=2)
     rng = np.random.default_rng(0)
     handed: list[tuple[int, np.ndarray | None]] = []
     embedded = 0

@@ -20,25 +20,24 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from slide2expr.contract import embeddings_path, qc_path, read_metadata, slide_path, tiles_path
-from slide2expr.featurize import collect_slides, featurize_cohort, open_slide, tile_grid
-from slide2expr.featurize._pipeline import (
-    _RING,
-    TileRing,
+from slide2expr.contract import Tiling, embeddings_path, qc_path, read_metadata, slide_path, tiles_path
+from slide2expr.featurize import (
+    FeaturizeOptions,
     TilingParams,
-    _BurstThreadExecutor,
-    _close_readers,
-    _InlineExecutor,
-    _read_chunk_task,
-    _reader_for,
-    _stream,
-    make_blocks,
-    make_chunks,
-    make_executor,
+    _handles,
+    collect_slides,
+    featurize_cohort,
+    open_slide,
+    tile_grid,
 )
+from slide2expr.featurize._executors import BurstThreadExecutor, InlineExecutor, in_process_executor
+from slide2expr.featurize._handles import SlideHandles
+from slide2expr.featurize._plan import make_blocks, make_chunks
+from slide2expr.featurize._pool import ReaderPool, SlideEnded, SlideFailed, SlidePlanned, TilesRead
 from tests.featurize.conftest import FAST
 
 TILING = "mpp1.00_px112_ov0"
+FAST_TILING = TilingParams(Tiling(mpp=1.0, tile_px=112))
 TIMING = ("seconds_read", "seconds_total", "featurized_at")
 
 
@@ -65,7 +64,7 @@ def hidden_files(store: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory, slide_dir) -> Path:
     store = tmp_path_factory.mktemp("base") / "store"
-    summary = featurize_cohort(slide_dir, store=store, **FAST)
+    summary = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
     assert summary.count("ok") == 3 and summary.n_failed == 0
     return store
 
@@ -154,7 +153,7 @@ def test_tile_count_matches_the_grid_and_pixels_match_the_reader(base_store, sli
 
 def test_resume_skips_and_force_redoes(base_store, slide_dir, tmp_path):
     store = tmp_path / "store"
-    featurize_cohort(slide_dir, store=store, **FAST)
+    featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
     before = {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
     # a run killed while rewriting finished slides leaves hidden temporaries beside their complete files
     stale = [
@@ -163,22 +162,24 @@ def test_resume_skips_and_force_redoes(base_store, slide_dir, tmp_path):
     ]
     for t in stale:
         t.write_bytes(b"PAR1 half")
-    again = featurize_cohort(slide_dir, store=store, **FAST)
+    again = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
     assert again.count("skipped") == 3 and again.tiles == 0
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")} == before
     assert not hidden_files(store)  # resume removed them
     # changing a parameter that changes outputs is not a match: min_tissue shares the tiling folder
-    changed = featurize_cohort(slide_dir, store=store, **{**FAST, "min_tissue": 0.9})
+    changed = featurize_cohort(
+        slide_dir, store=store, options=FeaturizeOptions(**{**FAST, "min_tissue": 0.9})
+    )
     assert changed.count("skipped") == 0 and changed.count("ok") == 3
-    forced = featurize_cohort(slide_dir, store=store, force=True, **FAST)
+    forced = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(force=True, **FAST))
     assert forced.count("ok") == 3 and forced.tiles == sum(r.n_tiles for r in forced.results)
     assert snapshot(store) == snapshot(base_store)
 
 
 def test_shards_together_equal_the_unsharded_store(base_store, slide_dir, tmp_path):
     store = tmp_path / "sharded"
-    a = featurize_cohort(slide_dir, store=store, shard="0/2", **FAST)
-    b = featurize_cohort(slide_dir, store=store, shard="1/2", **FAST)
+    a = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(shard="0/2", **FAST))
+    b = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(shard="1/2", **FAST))
     # the CPU forward passes are timed: part of the run, not all of it (planning, reading and writing are not in it)
     assert 0 < a.seconds_encoding < a.seconds and a.as_dict()["seconds_encoding"] > 0
     assert [r.slide_id for r in a.results] == ["TCGA-AA-0001-01Z-00-DX1", "s3"]
@@ -191,7 +192,11 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path, w
     # batches of 64 span many chunks (rows of at most 16 tiles): a chunk's tiles must be taken out of its ring slot
     # before the slot is read into again, however many events the batch waits for
     store = tmp_path / "workers"
-    featurize_cohort(slide_dir, store=store, **{**FAST, "workers": workers, "batch_size": batch_size})
+    featurize_cohort(
+        slide_dir,
+        store=store,
+        options=FeaturizeOptions(**{**FAST, "workers": workers, "batch_size": batch_size}),
+    )
     if batch_size == FAST["batch_size"]:
         assert snapshot(store) == snapshot(base_store)
         return
@@ -208,71 +213,92 @@ def test_worker_processes_give_the_same_store(base_store, slide_dir, tmp_path, w
         np.testing.assert_allclose(np.stack(a.embedding), np.stack(b.embedding), rtol=1e-6, atol=1e-6)
 
 
-def _open_readers() -> int:
-    from slide2expr.featurize import _pipeline
-
-    return len(_pipeline._READERS)
+def _open_handles() -> int:
+    """Slide handles the calling reader process holds."""
+    return len(_handles._PROCESS_WORK.handles)
 
 
 def test_reader_processes_never_share_the_parents_open_slides(base_store, slide_dir, tmp_path):
     # slides opened in the main process before the readers fork (a benchmark or notebook planning a slide) must
     # not be reused by them: forked handles share one file offset, and concurrent reads then garble each other
+    parent = SlideHandles()
     for s in collect_slides(slide_dir):
-        _reader_for(s).read_tiles(np.array([0]), np.array([0]), 256, 256, level=0, out_px=32)
+        parent.reader(s).read_tiles(np.array([0]), np.array([0]), 256, 256, level=0, out_px=32)
     try:
-        ex = make_executor(2)
-        try:
-            assert [ex.submit(_open_readers).result() for _ in range(4)] == [0] * 4
-        finally:
-            ex.shutdown()
+        with ReaderPool(tiling=FAST_TILING, out_px=32, workers=2, chunk_tiles=4) as pool:
+            assert [pool.executor.submit(_open_handles).result() for _ in range(4)] == [0] * 4
         store = tmp_path / "after-parent-read"
-        featurize_cohort(slide_dir, store=store, **{**FAST, "workers": 2})
+        featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**{**FAST, "workers": 2}))
         assert snapshot(store) == snapshot(base_store)
     finally:
-        _close_readers()
+        parent.close()
+    assert len(parent) == 0
+
+
+def _read_all(pool: ReaderPool, slides) -> tuple[dict[str, np.ndarray], list[int], int]:
+    """Each ok slide's tiles by grid row, the ring slots out at each event, and the chunks read."""
+    out, taken, chunks = {}, [], 0
+    for ev in pool.events(slides):
+        if pool.ring is not None:
+            taken.append(pool.ring.n_slots - len(pool.ring.free))
+        if isinstance(ev, SlidePlanned) and ev.plan.status == "ok":
+            out[ev.plan.slide.slide_id] = np.zeros((len(ev.plan.grid), pool.out_px, pool.out_px, 3), np.uint8)
+        elif isinstance(ev, TilesRead):
+            if (
+                pool.ring is not None
+            ):  # a view of its ring slot, read into again once the next event is asked for
+                assert np.shares_memory(ev.tiles, np.frombuffer(pool.ring.buf, np.uint8))
+            out[ev.plan.slide.slide_id][ev.rows] = ev.tiles
+            chunks += 1
+    return out, taken, chunks
 
 
 def test_tiles_travel_through_ring_slots_that_are_reused_once_consumed(slide_dir):
     slides = collect_slides(slide_dir)
-    tiling = TilingParams(mpp=1.0, tile_px=112)
-    kw = {"tiling": tiling, "out_px": 64, "chunk_tiles": 3, "max_inflight": 4}
-    direct = [
-        ev[3].result()[0] for ev in _stream(slides, executor=_InlineExecutor(), **kw) if ev[0] == "chunk"
-    ]
-    ring = TileRing(5, 3, 64)
-    _RING[:] = [ring]
-    try:
-        taken = []
-        got = []
-        for ev in _stream(slides, executor=_InlineExecutor(), ring=ring, **kw):
-            taken.append(ring.n_slots - len(ring.free))
-            if ev[0] == "chunk":
-                tiles, _ = ev[3].result()
-                assert isinstance(tiles, np.ndarray) and np.shares_memory(tiles, ring.slot(ev[3].slot_index))
-                got.append(tiles.copy())
-        assert len(got) == len(direct) > 10
-        for a, b in zip(got, direct, strict=True):
-            np.testing.assert_array_equal(a, b)
+    kw = {"tiling": FAST_TILING, "out_px": 64, "chunk_tiles": 3, "max_inflight": 4}
+    with ReaderPool(workers=0, **kw) as pool:
+        assert pool.ring is None
+        direct, _, _ = _read_all(pool, slides)
+    with ReaderPool(workers=1, **kw) as pool:
+        ring = pool.ring
+        assert ring.n_slots == 5
+        got, taken, chunks = _read_all(pool, slides)
         # never more slots out than reads in flight plus the one being consumed; all back at the end
-        assert max(taken) <= 5 and len(ring.free) == 5
+        assert chunks > 10 and max(taken) <= 5 and len(ring.free) == 5
         with pytest.raises(ValueError, match="do not fit"):
             ring.put(0, np.zeros((4, 64, 64, 3), np.uint8))
-    finally:
-        _RING.clear()
-        ring.close()
+    assert sorted(got) == sorted(direct) and len(direct) == 3
+    for sid in direct:
+        np.testing.assert_array_equal(got[sid], direct[sid])
 
 
-@pytest.mark.parametrize(("cores", "kind"), [(1, _InlineExecutor), (4, _BurstThreadExecutor)])
+def test_a_read_failure_ends_its_slide_and_the_next_slides_are_read(slide_dir, tmp_path):
+    slides = collect_slides(slide_dir)
+    bad = collect_slides(_garbled_slide(tmp_path / "corrupt.svs"))[0]
+    seen = []
+    with ReaderPool(tiling=FAST_TILING, out_px=32, workers=0, chunk_tiles=4) as pool:
+        for ev in pool.events([bad, *slides]):
+            seen.append((type(ev).__name__, ev.plan.slide.slide_id, ev.plan.status))
+    mine = [k for k in seen if k[1] == "corrupt"]
+    assert mine[0] == ("SlidePlanned", "corrupt", "ok")
+    # no more of its tiles after the failure (tiles read before it may have come)
+    assert [k[0] for k in mine if k[0] != "TilesRead"] == ["SlidePlanned", "SlideFailed", "SlideEnded"]
+    assert mine[-2:] == [("SlideFailed", "corrupt", "failed"), ("SlideEnded", "corrupt", "failed")]
+    assert [k[1] for k in seen if k[0] == "SlideEnded"] == ["corrupt", *(s.slide_id for s in slides)]
+    assert all(k[2] == "ok" for k in seen if k[1] != "corrupt")
+
+
+@pytest.mark.parametrize(("cores", "kind"), [(1, InlineExecutor), (4, BurstThreadExecutor)])
 def test_reading_in_the_main_process_on_any_core_count_gives_the_same_store(
     base_store, slide_dir, tmp_path, monkeypatch, cores, kind
 ):
     # workers=0 reads on one thread per core (several cores) or at submission (one core)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-    ex = make_executor(0)
+    ex = in_process_executor()
     ex.shutdown()
     assert type(ex) is kind
     store = tmp_path / f"cores{cores}"
-    featurize_cohort(slide_dir, store=store, **FAST)
+    featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
     assert snapshot(store) == snapshot(base_store)
 
 
@@ -280,7 +306,7 @@ def test_reading_threads_run_torch_on_one_thread_and_leave_the_encoders_alone():
     import torch
 
     before = torch.get_num_threads()
-    ex = _BurstThreadExecutor(2)
+    ex = BurstThreadExecutor(2)
     try:
         futs = [ex.submit(torch.get_num_threads) for _ in range(4)]
         ex.barrier()
@@ -290,14 +316,14 @@ def test_reading_threads_run_torch_on_one_thread_and_leave_the_encoders_alone():
     assert torch.get_num_threads() == before
 
 
-class _Recorder(_InlineExecutor):
+class _Recorder(InlineExecutor):
     """Runs calls at submission like the inline executor and records submissions and barriers."""
 
-    def __init__(self, events: list) -> None:
-        self.events = events
+    def __init__(self, events: list, read) -> None:
+        self.events, self.read = events, read
 
     def submit(self, fn, *args, **kwargs):
-        self.events.append(("read" if fn is _read_chunk_task else "plan", args[0].slide_id))
+        self.events.append(("read" if fn == self.read else "plan", args[0].slide_id))
         return super().submit(fn, *args, **kwargs)
 
     def barrier(self) -> None:
@@ -334,17 +360,13 @@ def test_blocks_cover_the_kept_tiles_once_a_few_rows_at_a_time():
 def test_burst_stream_reads_whole_bursts_before_the_encoder_gets_a_chunk(slide_dir):
     slides = collect_slides(slide_dir)
     events: list = []
-    tiling = TilingParams(mpp=1.0, tile_px=112)
-    for ev in _stream(
-        slides,
-        executor=_Recorder(events),
-        tiling=tiling,
-        out_px=112,
-        chunk_tiles=2,
-        max_inflight=3,
-        burst=True,
-    ):
-        events.append(("yield-" + ev[0], ev[1].slide.slide_id))
+    kind = {SlidePlanned: "plan", TilesRead: "chunk", SlideFailed: "failed", SlideEnded: "end"}
+    with ReaderPool(tiling=FAST_TILING, out_px=112, workers=0, chunk_tiles=2, max_inflight=3) as pool:
+        assert pool.burst
+        pool.executor.shutdown()
+        pool.executor = _Recorder(events, pool.work.read)
+        for ev in pool.events(slides):
+            events.append(("yield-" + kind[type(ev)], ev.plan.slide.slide_id))
     reads = [e for e in events if e[0] == "read"]
     yields = [e for e in events if e[0] == "yield-chunk"]
     assert len(reads) == len(yields) > 6
@@ -371,45 +393,44 @@ def test_burst_stream_reads_whole_bursts_before_the_encoder_gets_a_chunk(slide_d
 
 
 def test_in_process_reading_frees_a_slides_decoded_tiles_once_it_is_read(slide_dir, tmp_path, monkeypatch):
-    from slide2expr.featurize import _pipeline
-
     held = []
-    real = _pipeline._clear_tile_cache
+    real = SlideHandles.clear_cache
 
-    def clear(slide):
-        cache = _pipeline._TILE_CACHES.get(_pipeline._slide_key(slide))
+    def clear(self, slide):
+        cache = self._caches.get(_handles._slide_key(slide))
         held.append(cache.nbytes if cache is not None else None)
-        real(slide)
+        real(self, slide)
         assert cache is None or (cache.nbytes == 0 and len(cache) == 0)
 
-    monkeypatch.setattr(_pipeline, "_clear_tile_cache", clear)
-    s = featurize_cohort(slide_dir, store=tmp_path / "s", **FAST)
+    monkeypatch.setattr(SlideHandles, "clear_cache", clear)
+    s = featurize_cohort(slide_dir, store=tmp_path / "s", options=FeaturizeOptions(**FAST))
     assert s.count("ok") == 3 and len(held) == 3 and all(held)  # each slide held tiles until its end
 
 
 def test_each_thread_reads_with_its_own_slide_handle(slide_dir):
     a, b = collect_slides(slide_dir)[:2]
+    handles = SlideHandles()
     try:
-        mine = _reader_for(a)
+        mine = handles.reader(a)
         with ThreadPoolExecutor(1) as pool:
-            theirs = pool.submit(_reader_for, a).result()
-            pool.submit(
-                _reader_for, b
-            ).result()  # that thread moves on to another slide: closes its own handle only
-        assert theirs is not mine
+            theirs = pool.submit(handles.reader, a).result()
+            # that thread moves on to another slide: closes its own handle only
+            pool.submit(handles.reader, b).result()
+        assert theirs is not mine and len(handles) == 2
         # but they share the slide's decoded tiles, also when the first handle had decoded none yet
         assert theirs._tile_cache is mine._tile_cache is not None
-        assert _reader_for(a) is mine
+        assert handles.reader(a) is mine
         assert mine.read_region(0, 0, 64, 64, level=0).shape == (64, 64, 3)
     finally:
-        _close_readers()
+        handles.close()
+    assert len(handles) == 0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_embeddings_handed_to_parquet_in_chunks_write_the_same_file(slide_dir, tmp_path, monkeypatch, dtype):
     """The embedding column goes to Parquet in chunks (the writer's levels then take a chunk's worth of memory,
     not the slide's); the file is byte for byte the one a single chunk gives: one row group, the same pages."""
-    import slide2expr.featurize._pipeline as pipeline
+    import slide2expr.featurize._write as pipeline
 
     files = {}
     for label, chunk_bytes in (
@@ -418,7 +439,7 @@ def test_embeddings_handed_to_parquet_in_chunks_write_the_same_file(slide_dir, t
     ):  # 7 float16 / 3 float32 rows a chunk
         monkeypatch.setattr(pipeline, "EMBEDDING_CHUNK_BYTES", chunk_bytes)
         store = tmp_path / label
-        featurize_cohort([slide_dir / "s2.svs"], store=store, dtype=dtype, **FAST)
+        featurize_cohort([slide_dir / "s2.svs"], store=store, options=FeaturizeOptions(dtype=dtype, **FAST))
         files[label] = embeddings_path(store, TILING, "stain-texture", "s2").read_bytes()
     assert files["one"] == files["chunked"]
     meta = pq.ParquetFile(embeddings_path(tmp_path / "chunked", TILING, "stain-texture", "s2")).metadata
@@ -434,7 +455,7 @@ def test_slides_given_by_relative_paths_are_recorded_with_absolute_ones(slide_di
     featurize ran in would not open from anywhere else."""
     monkeypatch.chdir(slide_dir.parent)
     store = tmp_path / "rel"
-    featurize_cohort([Path(slide_dir.name) / "s2.svs"], store=store, **FAST)
+    featurize_cohort([Path(slide_dir.name) / "s2.svs"], store=store, options=FeaturizeOptions(**FAST))
     monkeypatch.chdir(tmp_path)
     path = pq.read_table(slide_path(store, "s2")).column("path")[0].as_py()
     assert Path(path).is_absolute() and Path(path).is_file()
@@ -447,26 +468,29 @@ def test_a_slide_failing_for_one_encoder_keeps_the_tiles_anothers_embeddings_use
     slide = tmp_path / "s2.svs"
     shutil.copy(slide_dir / "s2.svs", slide)
     store = tmp_path / "store"
-    featurize_cohort([slide], store=store, **FAST)
+    featurize_cohort([slide], store=store, options=FeaturizeOptions(**FAST))
     other = embeddings_path(store, TILING, "other-encoder", "s2")
     other.parent.mkdir(parents=True)
     shutil.copy(embeddings_path(store, TILING, "stain-texture", "s2"), other)
     slide.write_bytes(np.random.default_rng(0).bytes(5000))  # the file is corrupted after the first run
-    assert featurize_cohort([slide], store=store, **FAST).count("failed") == 1
+    assert featurize_cohort([slide], store=store, options=FeaturizeOptions(**FAST)).count("failed") == 1
     assert not embeddings_path(store, TILING, "stain-texture", "s2").exists()
     assert (
         tiles_path(store, TILING, "s2").is_file() and qc_path(store, TILING, "s2").is_file()
     )  # other-encoder's
     other.unlink()
-    assert featurize_cohort([slide], store=store, **FAST).count("failed") == 1
+    assert featurize_cohort([slide], store=store, options=FeaturizeOptions(**FAST)).count("failed") == 1
     assert not tiles_path(store, TILING, "s2").exists() and not qc_path(store, TILING, "s2").exists()
 
 
 def test_resume_redoes_a_slide_whose_tiles_are_gone(slide_dir, tmp_path):
     store = tmp_path / "store"
-    featurize_cohort([slide_dir / "s2.svs"], store=store, **FAST)
+    featurize_cohort([slide_dir / "s2.svs"], store=store, options=FeaturizeOptions(**FAST))
     tiles_path(store, TILING, "s2").unlink()
-    assert featurize_cohort([slide_dir / "s2.svs"], store=store, **FAST).count("ok") == 1
+    assert (
+        featurize_cohort([slide_dir / "s2.svs"], store=store, options=FeaturizeOptions(**FAST)).count("ok")
+        == 1
+    )
     assert tiles_path(store, TILING, "s2").is_file()
 
 
@@ -477,26 +501,32 @@ def test_mpp_override_only_fills_in_and_resume_follows_where_the_resolution_came
     with open_slide(slide_dir / "s2.svs") as r:
         Image.fromarray(r.thumbnail(max_size=768)[0]).save(png)
     store = tmp_path / "store"
-    s = featurize_cohort([slide_dir / "s2.svs", png], store=store, mpp_override=2.0, **FAST)
+    s = featurize_cohort(
+        [slide_dir / "s2.svs", png], store=store, options=FeaturizeOptions(mpp_override=2.0, **FAST)
+    )
     assert s.count("ok") == 2
     rows = {r: pq.read_table(slide_path(store, r)).to_pylist()[0] for r in ("s2", "plain")}
     assert (rows["s2"]["mpp_x"], rows["s2"]["mpp_source"]) == (0.5, "metadata")  # the slide's own 0.5 stays
     assert (rows["plain"]["mpp_x"], rows["plain"]["mpp_source"]) == (2.0, "override")
-    again = featurize_cohort([slide_dir / "s2.svs", png], store=store, mpp_override=2.0, **FAST)
+    again = featurize_cohort(
+        [slide_dir / "s2.svs", png], store=store, options=FeaturizeOptions(mpp_override=2.0, **FAST)
+    )
     assert again.count("skipped") == 2
     # another override for the PNG is another resolution: redone, not skipped
-    other = featurize_cohort([png], store=store, mpp_override=1.0, **FAST)
+    other = featurize_cohort([png], store=store, options=FeaturizeOptions(mpp_override=1.0, **FAST))
     assert other.count("ok") == 1
     assert pq.read_table(slide_path(store, "plain")).column("mpp_x")[0].as_py() == 1.0
 
 
 def test_resume_brings_a_skipped_slides_patient_and_path_up_to_date(slide_dir, tmp_path):
     store = tmp_path / "store"
-    featurize_cohort([slide_dir / "s2.svs"], store=store, **FAST)
+    featurize_cohort([slide_dir / "s2.svs"], store=store, options=FeaturizeOptions(**FAST))
     emb = embeddings_path(store, TILING, "stain-texture", "s2").stat().st_mtime_ns
     csv = tmp_path / "patients.csv"
     csv.write_text("slide_id,patient_id\ns2,PX\n")
-    again = featurize_cohort([slide_dir / "s2.svs"], store=store, patients=csv, **FAST)
+    again = featurize_cohort(
+        [slide_dir / "s2.svs"], store=store, options=FeaturizeOptions(patients=csv, **FAST)
+    )
     assert again.count("skipped") == 1
     assert pq.read_table(slide_path(store, "s2")).column("patient_id")[0].as_py() == "PX"
     assert read_metadata(slide_path(store, "s2"))["kind"] == "slides"  # the row keeps its metadata
@@ -504,24 +534,26 @@ def test_resume_brings_a_skipped_slides_patient_and_path_up_to_date(slide_dir, t
 
 
 @pytest.mark.parametrize(
-    ("inputs", "kwargs", "match"),
+    ("inputs", "kwargs", "error", "match"),
     [
-        (["missing.csv"], {}, "slide list missing.csv does not exist"),
-        (["s2.svs"], {"mpp_override": -2}, "--mpp-override -2"),
-        (["s2.svs"], {"mpp_override": float("nan")}, "--mpp-override nan"),
-        (["list.csv"], {}, "list.csv line 2: mpp 0.0"),
+        (["missing.csv"], {}, "SlideListError", "slide list missing.csv does not exist"),
+        (["s2.svs"], {"mpp_override": -2}, "FeaturizeOptionsError", "mpp_override=-2"),
+        (["s2.svs"], {"mpp_override": float("nan")}, "FeaturizeOptionsError", "mpp_override=nan"),
+        (["list.csv"], {}, "SlideListError", "list.csv line 2: mpp 0.0"),
     ],
 )
 def test_bad_slide_lists_and_resolutions_are_refused_before_anything_runs(
-    slide_dir, tmp_path, monkeypatch, inputs, kwargs, match
+    slide_dir, tmp_path, monkeypatch, inputs, kwargs, error, match
 ):
-    from slide2expr.featurize import SlideListError
+    from slide2expr import featurize
 
     (tmp_path / "list.csv").write_text(f"path,mpp\n{slide_dir / 's2.svs'},0\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SlideListError, match=match):
+    with pytest.raises(getattr(featurize, error), match=match):
         featurize_cohort(
-            [slide_dir / i if i == "s2.svs" else i for i in inputs], store="st", **FAST, **kwargs
+            [slide_dir / i if i == "s2.svs" else i for i in inputs],
+            store="st",
+            options=FeaturizeOptions(**FAST, **kwargs),
         )
     assert not (tmp_path / "st").exists()
 
@@ -530,7 +562,9 @@ def test_float16_and_patient_table(slide_dir, tmp_path):
     csv = tmp_path / "patients.csv"
     csv.write_text("slide_id,patient_id\ns2,P7\n")
     store = tmp_path / "half"
-    featurize_cohort([slide_dir / "s2.svs"], store=store, dtype="float16", patients=csv, **FAST)
+    featurize_cohort(
+        [slide_dir / "s2.svs"], store=store, options=FeaturizeOptions(dtype="float16", patients=csv, **FAST)
+    )
     ep = embeddings_path(store, TILING, "stain-texture", "s2")
     assert str(pq.read_schema(ep).field("embedding").type.value_type) == "halffloat"
     assert pq.read_table(slide_path(store, "s2")).column("patient_id")[0].as_py() == "P7"
@@ -543,7 +577,9 @@ def test_a_folder_scan_skips_a_store_inside_it(slide_dir, tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()
     shutil.copy(slide_dir / "s2.svs", slides)
-    featurize_cohort(slides, store=slides / "store", **FAST)  # its QC PNG is slides/store/qc/…/s2.png
+    featurize_cohort(
+        slides, store=slides / "store", options=FeaturizeOptions(**FAST)
+    )  # its QC PNG is slides/store/qc/…/s2.png
     assert [s.slide_id for s in collect_slides(slides)] == ["s2"]
 
 
@@ -565,22 +601,29 @@ def test_slide_list_csv_and_errors(slide_dir, tmp_path):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--batch-size", "0"], "--batch-size 0: give at least 1"),
-        (["--input-px", "0"], "--input-px 0"),
-        (["--workers", "-1"], "--workers -1"),
+        (["--batch-size", "0"], "batch_size=0: give at least 1"),
+        (["--input-px", "0"], "input_px=0"),
+        (["--workers", "-1"], "workers=-1"),
         (["--device", "cuda:x"], "cuda:N"),
-        (["--mpp-override", "-2"], "--mpp-override -2"),
+        (["--mpp-override", "-2"], "mpp_override=-2"),
         (["--json", "nodir/x.json"], "folder nodir does not exist"),
-        (["--encoder", "nosuch", "--dry-run"], "nosuch"),
-        (["--mpp", "0", "--dry-run"], "--mpp 0"),
+        (["--encoder", "nosuch"], "nosuch"),
+        (["--mpp", "0"], "mpp=0"),
+        (["--weights", "nowhere.pth"], "weight-free"),
+        (["--tile-px", "64", "--overlap-px", "64"], "tile_px=64, overlap_px=64"),
+        (["--shard", "1/1"], "shard='1/1'"),
     ],
 )
-def test_bad_arguments_exit_2_before_anything_is_written(slide_dir, tmp_path, monkeypatch, args, match):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_bad_arguments_exit_2_before_anything_is_written(
+    slide_dir, tmp_path, monkeypatch, args, match, dry_run
+):
     from slide2expr.cli import app
 
     monkeypatch.chdir(tmp_path)
     base = [str(slide_dir / "s2.svs"), "--store", "st", "--encoder", "stain-texture", "--no-progress"]
-    res = CliRunner().invoke(app, ["featurize", *base, *args], env={"COLUMNS": "300"})
+    dry = ["--dry-run"] if dry_run else []
+    res = CliRunner().invoke(app, ["featurize", *base, *args, *dry], env={"COLUMNS": "300"})
     assert res.exit_code == 2, res.output
     assert match in res.output and "Traceback" not in res.output
     assert not (tmp_path / "st").exists()
@@ -590,11 +633,20 @@ def test_bad_arguments_exit_2_before_anything_is_written(slide_dir, tmp_path, mo
 
 
 def test_tiles_finer_than_the_scan_are_noted_and_a_slide_smaller_than_a_tile_says_so(slide_dir, tmp_path):
-    fine = featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "a", **{**FAST, "mpp": 0.25})
+    fine = featurize_cohort(
+        [slide_dir / "s2.svs"], store=tmp_path / "a", options=FeaturizeOptions(**{**FAST, "mpp": 0.25})
+    )
     (r,) = fine.results
     assert r.status == "ok" and "finer than the scan's 0.5 µm/px" in r.note and "2×" in r.note
-    assert featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "b", **FAST).results[0].note is None
-    big = featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "c", **{**FAST, "tile_px": 1000})
+    assert (
+        featurize_cohort([slide_dir / "s2.svs"], store=tmp_path / "b", options=FeaturizeOptions(**FAST))
+        .results[0]
+        .note
+        is None
+    )
+    big = featurize_cohort(
+        [slide_dir / "s2.svs"], store=tmp_path / "c", options=FeaturizeOptions(**{**FAST, "tile_px": 1000})
+    )
     (r,) = big.results
     assert r.status == "no_tissue" and "smaller than one tile (1.00 mm" in r.error
 
@@ -603,7 +655,7 @@ def test_bad_cohort_completes_records_reasons_and_exits_3(bad_dir, tmp_path):
     from slide2expr.cli import app
 
     store = tmp_path / "bad store"
-    args = [str(bad_dir), "--store", str(store), "--mpp", "1", "--tile", "112", "--input-px", "112"]
+    args = [str(bad_dir), "--store", str(store), "--mpp", "1", "--tile-px", "112", "--input-px", "112"]
     res = CliRunner().invoke(app, ["featurize", *args, "--workers", "0", "--no-progress"])
     assert res.exit_code == 3, res.output
     rows = {
@@ -651,17 +703,21 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    from slide2expr.featurize import featurize_cohort
+    from slide2expr.featurize import FeaturizeOptions, featurize_cohort
     from tests.featurize.conftest import FAST
     torch.set_num_threads(1)
+    options = FeaturizeOptions(force=True, **{**FAST, "workers": 1})
     for _ in range(50):  # keep writing (force) so the kill lands mid-run, wherever it lands
-        featurize_cohort(sys.argv[1], store=sys.argv[2], force=True, **{**FAST, "workers": 1})
+        featurize_cohort(sys.argv[1], store=sys.argv[2], options=options)
     """
 )
 
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(base_store, slide_dir, tmp_path):
-    rng = np.random.default_rng(int(time.time()))
+    # when the kill lands is drawn from a seed, printed so that a failure can be replayed
+    seed = int(os.environ.get("SLIDE2EXPR_TEST_SEED") or time.time_ns() % 2**32)
+    print(f"kill -9 test seed: {seed} (replay with SLIDE2EXPR_TEST_SEED={seed})")
+    rng = np.random.default_rng(seed)
     store = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(
@@ -677,7 +733,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(base_store, slide_dir, tm
         with __import__("contextlib").suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the run and its reader processes
         proc.wait()
-    summary = featurize_cohort(slide_dir, store=store, **FAST)
+    summary = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
     assert summary.n_failed == 0
     assert not hidden_files(store)
     assert snapshot(store) == snapshot(base_store)
@@ -687,7 +743,11 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(base_store, slide_dir, tm
 
 def test_real_cmu_slide_featurizes(cmu_slide, tmp_path):
     store = tmp_path / "cmu"
-    s = featurize_cohort(cmu_slide, store=store, encoder="stain-texture", mpp=0.5, tile_px=224, workers=0)
+    s = featurize_cohort(
+        cmu_slide,
+        store=store,
+        options=FeaturizeOptions(encoder="stain-texture", mpp=0.5, tile_px=224, workers=0),
+    )
     assert s.count("ok") == 1
     tiling = "mpp0.50_px224_ov0"
     tiles = pq.read_table(tiles_path(store, tiling, "cmu_small_region"))
@@ -706,24 +766,31 @@ def test_real_cmu_slide_featurizes(cmu_slide, tmp_path):
     assert emb.num_rows == tiles.num_rows
 
 
-def test_corrupt_tile_fails_its_slide_and_the_run_goes_on(slide_dir, tmp_path):
+def _garbled_slide(path: Path) -> Path:
+    """A slide whose level-0 tiles are garbled after their JPEG headers; level 1 (the thumbnail's) stays intact."""
     import tifffile
 
     from slide2expr.featurize._svs import write_svs
 
-    bad = write_svs(tmp_path / "corrupt.svs", size=(1536, 1024), mpp=0.5, levels=2, seed=5)
+    bad = write_svs(path, size=(1536, 1024), mpp=0.5, levels=2, seed=5)
     with tifffile.TiffFile(bad) as tf:
         page = tf.pages[0]
         offsets, counts = page.dataoffsets, page.databytecounts
     data = bytearray(bad.read_bytes())
-    # garble every level-0 tile after its JPEG header; level 1 (used for the thumbnail) stays intact
     for k in range(len(offsets)):
         a = offsets[k] + 20
         data[a : a + counts[k] - 40] = np.random.default_rng(k).bytes(counts[k] - 40)
     bad.write_bytes(bytes(data))
+    return bad
+
+
+def test_corrupt_tile_fails_its_slide_and_the_run_goes_on(slide_dir, tmp_path):
+    bad = _garbled_slide(tmp_path / "corrupt.svs")
     store = tmp_path / "store"
     s = featurize_cohort(
-        [bad, slide_dir / "s2.svs", slide_dir / "s3.svs"], store=store, **{**FAST, "workers": 1}
+        [bad, slide_dir / "s2.svs", slide_dir / "s3.svs"],
+        store=store,
+        options=FeaturizeOptions(**{**FAST, "workers": 1}),
     )
     status = {r.slide_id: r for r in s.results}
     assert status["corrupt"].status == "failed" and "corrupt" in status["corrupt"].error
@@ -755,11 +822,11 @@ def test_running_out_of_device_memory_says_which_batch_size_to_try(
     monkeypatch.setattr(enc, "forward", forward)
     store = tmp_path / "store"
     with pytest.raises(DeviceMemoryError, match=r"batch size 8 .*--batch-size 4; the 1 slide\(s\) recorded"):
-        featurize_cohort(slide_dir, store=store, **{**FAST, "encoder": enc})
+        featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**{**FAST, "encoder": enc}))
     done = [p.stem for p in store.glob("embeddings/*/*/*.parquet")]
     assert done == ["TCGA-AA-0001-01Z-00-DX1"] and not hidden_files(store)
     # the CLI turns it into a one-line error and exit status 2
-    import slide2expr.featurize._run as featurize_run
+    import slide2expr.featurize as featurize_run
 
     def oom(*args, **kwargs):
         raise DeviceMemoryError(

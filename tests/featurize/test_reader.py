@@ -10,9 +10,10 @@ import openslide
 import pytest
 from PIL import Image
 
-from slide2expr.featurize import MissingMPPError, SlideOpenError, _reader, open_slide
-from slide2expr.featurize._reader import TileCache, resize_rgb
+from slide2expr.featurize import MissingMPPError, SlideOpenError, _openslide, open_slide
+from slide2expr.featurize._regions import resize_rgb
 from slide2expr.featurize._svs import write_svs
+from slide2expr.featurize._tilecache import TileCache
 
 
 def test_real_cmu_slide_dimensions_and_mpp(cmu_slide):
@@ -172,8 +173,8 @@ def test_tiles_read_through_the_reduced_decode_match_the_full_decode(tmp_path):
 def test_readers_on_several_threads_share_one_tile_cache(tmp_path, monkeypatch):
     p = write_svs(tmp_path / "shared.svs", size=(2048, 2048), mpp=0.25, levels=2)
     decoded = []
-    real = _reader._decode_jpeg_scaled
-    monkeypatch.setattr(_reader, "_decode_jpeg_scaled", lambda *a: decoded.append(1) or real(*a))
+    real = _openslide._decode_jpeg_scaled
+    monkeypatch.setattr(_openslide, "_decode_jpeg_scaled", lambda *a: decoded.append(1) or real(*a))
     cache = TileCache()
     x, y = np.array([256, 768]), np.array([512, 512])
     with open_slide(p, tile_cache=cache) as a:
@@ -232,8 +233,8 @@ def test_tile_cache_drops_rows_every_reading_thread_has_passed():
 
 
 def test_a_raster_read_of_wide_tissue_decodes_each_jpeg_tile_once(tmp_path, monkeypatch):
-    # 224 px boxes on a 256 px JPEG grid share JPEG tiles with the row below: 128 tiles a row outgrew the old
-    # cache of 64–96 tiles, which decoded those tiles twice
+    # 224 px boxes on a 256 px JPEG grid share JPEG tiles with the row below: a row of 128 JPEG tiles is more than a
+    # cache limited to a count of tiles keeps, which would decode those tiles twice
     p = write_svs(tmp_path / "wide.svs", size=(32768, 768), mpp=0.5, levels=1, blobs=((0.5, 0.5, 0.6, 0.6),))
     puts = []
     real = TileCache.put

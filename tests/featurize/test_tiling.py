@@ -134,7 +134,7 @@ def test_qc_image_is_a_png_of_the_thumbnail(tmp_path):
 
 
 def test_default_workers_reads_in_process_on_small_cpus(monkeypatch):
-    from slide2expr.featurize._run import default_workers
+    from slide2expr.featurize._executors import default_workers
 
     for cores, cpu, cuda in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 1, 8)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
