@@ -1,4 +1,4 @@
-"""regress: attention-MIL and baseline regressors of bag-level targets, one CV harness, statistics.
+"""regress: targets, attention-MIL and baseline regressors of bag-level targets, one CV harness, statistics.
 
 >>> from slide2expr import regress
 >>> regress.MODEL_NAMES
@@ -41,6 +41,14 @@ from slide2expr.regress._persist import (
 )
 from slide2expr.regress._plots import plot_compare_pearson
 from slide2expr.regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
+from slide2expr.regress._targets import (
+    PANELS,
+    SamplesWithoutSlidesWarning,
+    TargetsError,
+    TargetsReport,
+    import_star_counts,
+    import_targets,
+)
 from slide2expr.regress._torchbag import BagInputError
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
     "LGBM_PARAMS",
     "MIL_MODELS",
     "MODEL_NAMES",
+    "PANELS",
     "AttentionMILRegressor",
     "BagInputError",
     "BagPooler",
@@ -60,6 +69,9 @@ __all__ = [
     "OutputExistsError",
     "PerGeneRegressor",
     "PooledParts",
+    "SamplesWithoutSlidesWarning",
+    "TargetsError",
+    "TargetsReport",
     "TileScores",
     "TransformMismatchError",
     "UnknownModelError",
@@ -67,6 +79,8 @@ __all__ = [
     "check_encoder",
     "check_transform",
     "compare",
+    "import_star_counts",
+    "import_targets",
     "lgbm_regressor",
     "load_fold_models",
     "load_model",

@@ -152,7 +152,7 @@ def run_demo(
 
     t = time.perf_counter()
     log(f"[3/6] import targets ({TARGETS_NAME}, log1p) into the store")
-    sql.import_targets(
+    regress.import_targets(
         cohort_dir / "expression.csv", store=store, name=TARGETS_NAME, transform="log1p", overwrite=True
     )
     cohort = sql.load_cohort(store, encoder=encoder, tiling=tiling, targets=TARGETS_NAME)

@@ -5,7 +5,7 @@
   ``comparisons`` (the views of ``sql/_views.sql``).
 - :func:`list_queries` / :func:`run_query` — the named queries ``sql/<name>.sql`` with bound ``$parameters``;
   :func:`run_sql` for ad-hoc SQL.
-- :func:`import_targets` / :func:`import_star_counts` — expression targets into ``targets/<name>.parquet``.
+- :func:`list_targets` — the targets sets of a store (``slide2expr.regress.import_targets`` writes them).
 - :func:`load_cohort` / :func:`iter_cohort` — bags for training as views into one flat ``(N, d)`` array.
 - :func:`read_slides` — the slides table; :func:`read_slide`, :func:`read_tiles`, :func:`read_embeddings` — one
   slide's row, tile grid and embeddings; :func:`open_run` — a run directory's config and tables (:class:`Run`).
@@ -31,32 +31,18 @@ from slide2expr.sql._bags import MissingTargetsWarning, iter_cohort, load_cohort
 from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
 from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
 from slide2expr.sql._read import Run, open_run, read_embeddings, read_slide, read_slides, read_tiles
-from slide2expr.sql._targets import (
-    PANELS,
-    SamplesWithoutSlidesWarning,
-    TargetsError,
-    TargetsReport,
-    import_star_counts,
-    import_targets,
-    list_targets,
-)
+from slide2expr.sql._targets import list_targets
 
 __all__ = [
     "RUN_VIEWS",
     "STORE_VIEWS",
-    "PANELS",
     "Cohort",
     "MissingTargetsWarning",
     "QueryError",
     "QueryInfo",
     "Run",
-    "SamplesWithoutSlidesWarning",
-    "TargetsError",
-    "TargetsReport",
     "connect",
     "get_query",
-    "import_star_counts",
-    "import_targets",
     "iter_cohort",
     "list_queries",
     "list_targets",

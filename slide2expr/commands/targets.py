@@ -1,13 +1,19 @@
-"""``slide2expr targets``: import expression targets into a store (matrices or GDC STAR-counts), list them."""
+"""``slide2expr targets``: import expression targets into a store (matrices or GDC STAR-counts), list them.
+
+The flags are the parameters of :func:`slide2expr.regress.import_targets` / :func:`~slide2expr.regress.import_star_counts`
+with dashes; the library checks them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from slide2expr._app import app, fail
+from slide2expr._app import DryRunOpt, app, fail, reported
 
 targets_app = typer.Typer(
     help="Expression targets: import a matrix or GDC STAR-counts files into STORE/targets/<name>.parquet.",
@@ -15,91 +21,107 @@ targets_app = typer.Typer(
 )
 app.add_typer(targets_app, name="targets")
 
+StoreOpt = Annotated[Path, typer.Option("--store", help="The store directory.")]
+
 
 @targets_app.command(name="import")
 def import_command(
-    files: list[Path] = typer.Argument(
-        ..., help="A CSV/TSV/Parquet matrix, or GDC STAR-counts .tsv files / a GDC download folder."
-    ),
-    store: Path = typer.Option(..., "--store", help="The store directory."),
-    name: str = typer.Option(..., "--name", help="Targets set name: writes STORE/targets/<name>.parquet."),
-    orientation: str = typer.Option("auto", "--orientation", help="auto | samples-rows | genes-rows"),
-    genes: str | None = typer.Option(
-        None, "--genes", help="Comma-separated genes, or a panel: graziani2022 (default: every gene)."
-    ),
-    transform: str = typer.Option("log1p", "--transform", help="log1p | log10p | none (raw kept beside it)."),
-    sample_col: str | None = typer.Option(None, "--sample-col", help="Sample-id column (samples-rows)."),
-    patient_col: str | None = typer.Option(
-        None, "--patient-col", help="Patient-id column (non-TCGA cohorts)."
-    ),
-    sample_sheet: Path | None = typer.Option(
-        None, "--sample-sheet", help="GDC sample sheet TSV: the inputs are STAR-counts files."
-    ),
-    measure: str = typer.Option("tpm_unstranded", "--measure", help="STAR-counts column to import."),
-    strict: bool = typer.Option(False, "--strict", help="Samples with no slide in the store are an error."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing targets set of that name."),
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A CSV/TSV/Parquet matrix, or GDC STAR-counts .tsv files / a GDC download folder."
+        ),
+    ],
+    store: StoreOpt,
+    name: Annotated[
+        str, typer.Option("--name", help="Targets set name: writes STORE/targets/<name>.parquet.")
+    ],
+    orientation: Annotated[
+        str, typer.Option("--orientation", help="auto | samples-rows | genes-rows")
+    ] = "auto",
+    genes: Annotated[
+        str | None,
+        typer.Option(
+            "--genes", help="Comma-separated genes, or a panel: graziani2022 (default: every gene)."
+        ),
+    ] = None,
+    transform: Annotated[
+        str, typer.Option("--transform", help="log1p | log10p | none (raw kept beside it).")
+    ] = "log1p",
+    sample_col: Annotated[
+        str | None, typer.Option("--sample-col", help="Sample-id column (samples-rows).")
+    ] = None,
+    patient_col: Annotated[
+        str | None, typer.Option("--patient-col", help="Patient-id column (non-TCGA cohorts).")
+    ] = None,
+    sample_sheet: Annotated[
+        Path | None,
+        typer.Option("--sample-sheet", help="GDC sample sheet TSV: the inputs are STAR-counts files."),
+    ] = None,
+    measure: Annotated[
+        str, typer.Option("--measure", help="STAR-counts column to import.")
+    ] = "tpm_unstranded",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Samples with no slide in the store are an error.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing targets set of that name.")
+    ] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Import expression targets; every problem (duplicate samples, unknown genes, bad values) is named.
 
     Nothing is written when a check fails. Samples whose patient has no slide in the store are listed (an
     error with --strict).
     """
+    from slide2expr import regress
     from slide2expr.contract import StoreError
-    from slide2expr.sql import SamplesWithoutSlidesWarning, TargetsError, import_star_counts, import_targets
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SamplesWithoutSlidesWarning)  # the report lists them
-            if sample_sheet is not None:
-                src = files[0] if len(files) == 1 else files
-                report = import_star_counts(
-                    src,
-                    sample_sheet=sample_sheet,
-                    store=store,
-                    name=name,
-                    measure=measure,
-                    genes=genes,
-                    transform=transform,
-                    strict=strict,
-                    overwrite=force,
-                )
-            else:
-                if len(files) != 1:
-                    raise fail("give one matrix file (or --sample-sheet for GDC STAR-counts files)")
-                report = import_targets(
-                    files[0],
-                    store=store,
-                    name=name,
-                    orientation=orientation,
-                    genes=genes,
-                    transform=transform,
-                    sample_col=sample_col,
-                    patient_col=patient_col,
-                    strict=strict,
-                    overwrite=force,
-                )
-    except (TargetsError, StoreError) as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:  # unreadable file, full disk …: the OS's reason and the path, not a traceback
-        raise fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
+    common = dict(
+        store=store,
+        name=name,
+        genes=genes,
+        transform=transform,
+        strict=strict,
+        overwrite=overwrite,
+        dry_run=dry_run,
+    )
+    with reported(regress.TargetsError, StoreError), _os_errors(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", regress.SamplesWithoutSlidesWarning)  # the report lists them
+        if sample_sheet is not None:
+            src = files[0] if len(files) == 1 else files
+            report = regress.import_star_counts(src, sample_sheet=sample_sheet, measure=measure, **common)
+        elif len(files) != 1:
+            raise fail("give one matrix file (or --sample-sheet for GDC STAR-counts files)")
+        else:
+            report = regress.import_targets(
+                files[0], orientation=orientation, sample_col=sample_col, patient_col=patient_col, **common
+            )
     typer.echo(report.summary())
 
 
+@contextlib.contextmanager
+def _os_errors():
+    """An unreadable file or a full disk as one line: the OS's reason and the path, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
+
+
 @targets_app.command(name="list")
-def list_command(store: Path = typer.Option(..., "--store", help="The store directory.")) -> None:
+def list_command(store: StoreOpt) -> None:
     """List the targets sets of a store: samples, patients, genes, transform."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from slide2expr import sql
     from slide2expr.contract import StoreError, check_store
-    from slide2expr.sql import list_targets
 
-    try:
+    with reported(StoreError):
         check_store(store)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    df = list_targets(store)
+    df = sql.list_targets(store)
     if df.empty:
         raise fail(f"no targets in {store}: run `slide2expr targets import FILE --store {store} --name NAME`")
     table = Table(title=Text(f"targets in {store}"))

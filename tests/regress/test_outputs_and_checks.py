@@ -36,7 +36,7 @@ def store(tmp_path_factory):
         ("raw", csv, "none"),
         ("partial", fs.root.parent / "partial.csv", "log1p"),
     ):
-        sql.import_targets(path, store=fs.root, name=name, transform=transform)
+        regress.import_targets(path, store=fs.root, name=name, transform=transform)
     return fs
 
 

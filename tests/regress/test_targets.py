@@ -6,8 +6,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from slide2expr.contract import TARGETS_SCHEMA, StoreError, read_metadata
-from slide2expr.sql import import_star_counts, import_targets, list_targets, load_cohort
-from slide2expr.sql._targets import GRAZIANI2022, SamplesWithoutSlidesWarning, TargetsError
+from slide2expr.regress import (
+    PANELS,
+    SamplesWithoutSlidesWarning,
+    TargetsError,
+    import_star_counts,
+    import_targets,
+)
+from slide2expr.sql import list_targets, load_cohort
 from tests._fakestore import make_fake_store
 
 
@@ -173,7 +179,7 @@ def _write_star(path, values: dict[str, float], *, seed: int):
 
 def test_gdc_star_counts(store, tmp_path):
     gdc = tmp_path / "gdc_download"
-    genes = [g if g != "WARS" else "WARS1" for g in GRAZIANI2022] + ["GAPDH"]
+    genes = [g if g != "WARS" else "WARS1" for g in PANELS["graziani2022"]] + ["GAPDH"]
     rng = np.random.default_rng(7)
     sheet = []
     truth = {}
@@ -199,7 +205,7 @@ def test_gdc_star_counts(store, tmp_path):
     sheet_path = tmp_path / "gdc_sample_sheet.2026-11-25.tsv"
     pd.DataFrame(sheet).to_csv(sheet_path, sep="\t", index=False)
     r = import_star_counts(gdc, sample_sheet=sheet_path, store=store.root, name="star", genes="graziani2022")
-    assert r.genes == tuple(GRAZIANI2022) and r.n_samples == len(store.targets)
+    assert r.genes == tuple(PANELS["graziani2022"]) and r.n_samples == len(store.targets)
     assert any("WARS1" in n for n in r.notes)
     got = pq.read_table(r.path).to_pandas().set_index(["sample_id", "gene"])
     for sample, vals in truth.items():
