@@ -21,6 +21,7 @@ Epoch times are the median of epochs 2.. of a short fit (the first epoch warms u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -54,7 +55,7 @@ def floor_seconds(
     est: AttentionMILRegressor, flat: np.ndarray, n_genes: int, *, device: str, chunk: int = 65_536
 ):
     """One forward + backward pass of the network's matmuls over all tiles (flat, no padding), in seconds."""
-    module = est._build(flat.shape[1], n_genes).to(device)
+    module = est.build_network(flat.shape[1], n_genes).to(device)
     module.train()
     X = torch.from_numpy(flat)
     best = np.inf
@@ -66,7 +67,9 @@ def floor_seconds(
         for s in range(0, len(X), chunk):
             x = X[s : s + chunk].to(device, non_blocking=True)[None]
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else _null()
+            ctx = (
+                torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+            )
             with ctx:
                 bag = module(x, mask)[0]
             bag.float().sum().backward()
@@ -74,14 +77,6 @@ def floor_seconds(
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def epoch_seconds(bags, Y, *, device: str, epochs: int, **params) -> dict:

@@ -1,5 +1,16 @@
 """regress: targets, attention-MIL and baseline regressors of bag-level targets, one CV harness, statistics.
 
+- :func:`import_targets` / :func:`import_star_counts` — expression matrices and GDC STAR-counts files into
+  ``STORE/targets/<name>.parquet`` (``sql.list_targets`` lists them, ``sql.load_cohort`` reads them).
+- Estimators over bags: :class:`AttentionMILRegressor`, :class:`HE2RNARegressor`, the pooled baselines
+  (:func:`lgbm_regressor`, :func:`ridge_regressor`, :class:`MeanRegressor`), composed by :class:`SeedEnsemble`
+  and :class:`PerGeneRegressor`; :class:`TileProjection` is the fitted tile step of the torch models.
+- The model registry: :func:`make_model`, :func:`list_models`, :func:`model_info`, :func:`register_model`.
+- :func:`compare` — every model on the same patient-grouped folds (:func:`plan_compare` → :func:`cross_fit` →
+  :func:`summarise` → :func:`write_run`); :func:`train` / :func:`predict` — one model on a whole cohort.
+- Fixed doors for ``explain``: ``predict_tiles`` (:class:`TileScores`), :func:`pooled_parts`,
+  :func:`load_fold_models`.
+
 >>> from slide2expr import regress
 >>> regress.MODEL_NAMES
 ('mil', 'mil-embedding', 'lgbm', 'ridge', 'he2rna', 'mean')
@@ -12,34 +23,51 @@ from slide2expr.regress._baselines import (
     LGBM_PARAMS,
     BagPooler,
     MeanRegressor,
-    PerGeneRegressor,
     PooledParts,
     lgbm_regressor,
     pooled_parts,
     ridge_regressor,
 )
+from slide2expr.regress._checks import BagInputError
 from slide2expr.regress._compare import (
-    CompareError,
+    ComparePlan,
     CompareResult,
-    LeftOutBagsWarning,
     compare,
-    make_folds,
+    plan_compare,
     print_summary,
+    summarise,
 )
-from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor, TileScores
-from slide2expr.regress._models import MIL_MODELS, MODEL_NAMES, UnknownModelError, make_model
+from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds
+from slide2expr.regress._harness import CompareError, LeftOutBagsWarning
+from slide2expr.regress._meta import PerGeneRegressor, SeedEnsemble, TileScores
+from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
+from slide2expr.regress._models import (
+    MIL_MODELS,
+    MODEL_NAMES,
+    ModelInfo,
+    UnknownModelError,
+    list_models,
+    make_model,
+    model_info,
+    register_model,
+)
 from slide2expr.regress._persist import (
     EncoderMismatchError,
+    TrainPlan,
     TransformMismatchError,
     check_encoder,
+    check_predict,
     check_transform,
     load_fold_models,
     load_model,
     load_model_config,
+    plan_train,
     predict,
     train,
 )
 from slide2expr.regress._plots import plot_compare_pearson
+from slide2expr.regress._projection import TileProjection
+from slide2expr.regress._runs import write_run
 from slide2expr.regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
 from slide2expr.regress._targets import (
     PANELS,
@@ -49,7 +77,6 @@ from slide2expr.regress._targets import (
     import_star_counts,
     import_targets,
 )
-from slide2expr.regress._torchbag import BagInputError
 
 __all__ = [
     "GRAZIANI2022",
@@ -61,39 +88,54 @@ __all__ = [
     "BagInputError",
     "BagPooler",
     "CompareError",
+    "ComparePlan",
     "CompareResult",
     "EncoderMismatchError",
+    "FoldOutputs",
     "HE2RNARegressor",
     "LeftOutBagsWarning",
     "MeanRegressor",
+    "ModelInfo",
     "OutputExistsError",
     "PerGeneRegressor",
     "PooledParts",
     "SamplesWithoutSlidesWarning",
+    "SeedEnsemble",
     "TargetsError",
     "TargetsReport",
+    "TileProjection",
     "TileScores",
+    "TrainPlan",
     "TransformMismatchError",
     "UnknownModelError",
     "bh_fdr",
     "check_encoder",
+    "check_predict",
     "check_transform",
     "compare",
+    "cross_fit",
     "import_star_counts",
     "import_targets",
     "lgbm_regressor",
+    "list_models",
     "load_fold_models",
     "load_model",
     "load_model_config",
     "make_folds",
     "make_model",
     "metrics_table",
+    "model_info",
     "paired_comparison",
+    "plan_compare",
+    "plan_train",
     "plot_compare_pearson",
     "pooled_parts",
     "predict",
     "print_summary",
+    "register_model",
     "regression_metrics",
     "ridge_regressor",
+    "summarise",
     "train",
+    "write_run",
 ]

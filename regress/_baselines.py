@@ -13,7 +13,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from slide2expr.regress._torchbag import BagInputError, check_bags, check_targets
+from slide2expr.regress._checks import BagInputError, check_bags, check_targets
+from slide2expr.regress._meta import PerGeneRegressor
 
 _STATS = ("mean", "max", "min", "std", "median", "q25", "q75")
 
@@ -118,28 +119,6 @@ class MeanRegressor(RegressorMixin, BaseEstimator):
         bags = check_bags(bags, n_features=self.n_features_in_, who=type(self).__name__)
         pred = np.tile(self.mean_, (len(bags), 1))
         return pred[:, 0] if self._y_was_1d else pred
-
-
-class PerGeneRegressor(MultiOutputRegressor):
-    """``MultiOutputRegressor`` that runs genes on threads (LightGBM releases the GIL) and accepts 1-D ``y``.
-
-    ``estimators_`` holds one fitted regressor per gene, in the column order of ``y``.
-    """
-
-    def fit(self, X, y, **fit_params):
-        from joblib import parallel_config
-
-        y = np.asarray(y)
-        self._y_was_1d = y.ndim == 1
-        with parallel_config(backend="threading"):
-            return super().fit(X, y[:, None] if self._y_was_1d else y, **fit_params)
-
-    def predict(self, X):
-        from joblib import parallel_config
-
-        with parallel_config(backend="threading"):
-            pred = super().predict(X)
-        return pred[:, 0] if getattr(self, "_y_was_1d", False) else pred
 
 
 #: Small, regularised LightGBM settings for cohorts of ~40–200 bags with hundreds of pooled features.

@@ -1,32 +1,111 @@
-"""The model names a run uses, and the factory that turns a name (+ parameters) into a fresh estimator."""
+"""The model registry: a name → a factory of fresh estimators, with what a harness needs to know about each.
+
+>>> from slide2expr import regress
+>>> regress.list_models()[:3]
+['mil', 'mil-embedding', 'lgbm']
+>>> regress.model_info("mil").attention, regress.model_info("ridge").example
+(True, {'alphas': [1, 10, 100]})
+>>> type(regress.make_model("mil", params={"n_members": 3}, random_state=0)).__name__
+'SeedEnsemble'
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
+import numpy as np
 from sklearn.base import BaseEstimator
 
 from slide2expr.regress._baselines import MeanRegressor, lgbm_regressor, ridge_regressor
-from slide2expr.regress._mil import AttentionMILRegressor, HE2RNARegressor
+from slide2expr.regress._meta import PerGeneRegressor, SeedEnsemble
+from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
 
-#: Model names in a run: attention-MIL (instance mode), attention-MIL (embedding mode), the baselines, the floor.
-MODEL_NAMES = ("mil", "mil-embedding", "lgbm", "ridge", "he2rna", "mean")
-#: Models whose held-out attention goes to ``attention.parquet``.
-MIL_MODELS = ("mil", "mil-embedding")
-
-
-#: An example of each model's parameters, for messages.
-_EXAMPLE_PARAMS = {
-    "mil": '{"max_epochs": 30}',
-    "mil-embedding": '{"max_epochs": 30}',
-    "he2rna": '{"max_epochs": 30}',
-    "lgbm": '{"n_estimators": 300}',
-    "ridge": '{"alphas": [1, 10, 100]}',
-}
+#: The presets of the attention-MIL models: network parameters, and whether the paper fits one network per gene.
+MIL_PRESETS = {"graziani2022": (GRAZIANI2022, True)}
+#: What the attention-MIL factories take besides :class:`AttentionMILRegressor`'s own parameters.
+MIL_COMPOSITION = ("preset", "per_gene", "n_members")
 
 
 class UnknownModelError(ValueError):
-    """A model name that is not in :data:`MODEL_NAMES`, or parameters it does not take."""
+    """A model name that is not registered, or parameters the model does not take."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model.
+
+    Attributes
+    ----------
+    name
+    build
+        ``build(params, random_state) → estimator``; ``params`` is a fresh dict the factory may consume.
+    attention
+        Whether a run records the model's held-out attention (``attention.parquet``, from ``predict_tiles``).
+        HE2RNA's per-tile weights are its top-k ranks, not a learnt attention, and are not recorded.
+    example
+        An example of its parameters, for messages and documentation.
+    parameters
+        The parameter names it takes; None when it passes any keyword on to its library.
+    description
+    """
+
+    name: str
+    build: Callable[[dict, object], BaseEstimator]
+    attention: bool = False
+    example: Mapping = field(default_factory=dict)
+    parameters: frozenset[str] | None = None
+    description: str = ""
+
+    @property
+    def takes_device(self) -> bool:
+        """Whether the model runs on a torch device (``device`` parameter)."""
+        return self.parameters is not None and "device" in self.parameters
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    attention: bool = False,
+    example: Mapping | None = None,
+    parameters: Callable | frozenset[str] | None = None,
+    description: str = "",
+):
+    """Register the decorated ``build(params, random_state)`` under ``name`` (a repeated name warns and replaces).
+
+    ``parameters`` is the set of names the model takes, or a callable (class or function) whose signature
+    gives them.
+    """
+
+    def decorator(build: Callable[[dict, object], BaseEstimator]):
+        names = parameters
+        if callable(names):
+            names = frozenset(inspect.signature(names).parameters)
+        if name in _REGISTRY:
+            warnings.warn(f"model {name!r} is registered again; the new entry replaces it", stacklevel=2)
+        _REGISTRY[name] = ModelInfo(name, build, attention, dict(example or {}), names, description)
+        return build
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """The registered model names, in registration order."""
+    return list(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of ``name``; :class:`UnknownModelError` listing the choices for any other name."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(_REGISTRY)}") from None
 
 
 def make_model(name: str, *, params: Mapping | None = None, random_state=None) -> BaseEstimator:
@@ -35,73 +114,126 @@ def make_model(name: str, *, params: Mapping | None = None, random_state=None) -
     Parameters
     ----------
     name
-        One of :data:`MODEL_NAMES`.
+        A registered name (:func:`list_models`).
     params
-        Constructor parameters. For ``mil``/``mil-embedding``, ``{"preset": "graziani2022", …}`` starts from the
-        paper's settings (:meth:`AttentionMILRegressor.graziani2022`) and applies the rest on top. For ``lgbm``:
-        ``stats``, ``n_jobs`` and any ``LGBMRegressor`` parameter; for ``ridge``: ``stats``, ``alphas``.
+        The model's parameters. ``mil``/``mil-embedding`` take :class:`AttentionMILRegressor`'s, plus
+        ``preset="graziani2022"`` (the paper's settings, one network per gene; the other parameters apply on
+        top), ``per_gene`` (one network per gene: :class:`PerGeneRegressor`) and ``n_members`` (an average of that
+        many seeds: :class:`SeedEnsemble`). ``lgbm`` takes ``stats``, ``n_jobs`` and any ``LGBMRegressor``
+        parameter; ``ridge`` ``stats`` and ``alphas``.
     random_state
-        Seed for the stochastic models (ignored by ``ridge`` and ``mean``).
+        Seed of the stochastic models (``random_state`` in ``params`` wins).
 
     Examples
     --------
-    >>> make_model("mil", params={"preset": "graziani2022"}).get_params()["optimizer"]
+    >>> make_model("mil", params={"preset": "graziani2022"}).estimator.get_params()["optimizer"]
     'sgd'
     """
+    info = model_info(name)
     if params is not None and not isinstance(params, Mapping):
         raise UnknownModelError(
             f"model {name!r}: parameters must be a mapping of parameter names to values (a JSON object); "
             f"got {params!r}"
         )
     params = dict(params or {})
-    given = sorted(params)  # what the caller passed, before the defaults below
-    nested = [k for k in given if k in MODEL_NAMES]
+    given = sorted(params)
+    nested = [k for k in given if k in _REGISTRY]
     if nested:
         raise UnknownModelError(
             f"model {name!r}: unknown parameter(s) {', '.join(map(repr, nested))}, which are model names: give the "
-            f"model's own parameters directly, e.g. {_EXAMPLE_PARAMS.get(name, '{}')}, not nested under a model name "
+            f"model's own parameters directly, e.g. {json.dumps(info.example)}, not nested under a model name "
             "(only compare's --params / model_params are keyed by model)"
         )
+    unknown = [k for k in given if info.parameters is not None and k not in info.parameters]
+    if unknown:
+        raise UnknownModelError(
+            f"model {name!r}: bad parameters {unknown}: it takes {', '.join(sorted(info.parameters)) or 'none'}"
+        )
     try:
-        if name in MIL_MODELS:
-            preset = params.pop("preset", None)
-            if name == "mil-embedding":
-                params.setdefault("mode", "embedding")
-            params.setdefault("random_state", random_state)
-            if preset is None:
-                return AttentionMILRegressor(**params)
-            if preset != "graziani2022":
-                raise UnknownModelError(
-                    f"model {name!r}: unknown preset {preset!r}; the one preset is 'graziani2022'"
-                )
-            return AttentionMILRegressor.graziani2022(**params)
-        if name == "he2rna":
-            params.setdefault("random_state", random_state)
-            return HE2RNARegressor(**params)
-        if name == "lgbm":
-            params.setdefault("random_state", random_state)
-            return lgbm_regressor(**params)
-        if name == "ridge":
-            return ridge_regressor(**params)
-        if name == "mean":
-            return MeanRegressor(**params)
+        return info.build(params, random_state)
     except TypeError as exc:
-        raise UnknownModelError(f"model {name!r}: bad parameters {_unknown(name, given)}: {exc}") from exc
-    raise UnknownModelError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise UnknownModelError(f"model {name!r}: bad parameters {given}: {exc}") from exc
 
 
-def _unknown(name: str, given: list[str]) -> list[str]:
-    """The names in ``given`` that model ``name`` does not take (all of ``given`` when that cannot be told)."""
-    import inspect
+def _attention_mil(params: dict, random_state, *, mode: str | None) -> BaseEstimator:
+    """``AttentionMILRegressor``, one per gene with ``per_gene``, averaged over ``n_members`` seeds."""
+    preset = params.pop("preset", None)
+    if preset is not None and preset not in MIL_PRESETS:
+        raise UnknownModelError(f"unknown preset {preset!r}; the presets are {', '.join(MIL_PRESETS)}")
+    network, per_gene = MIL_PRESETS[preset] if preset is not None else ({}, False)
+    per_gene = params.pop("per_gene", per_gene)
+    n_members = params.pop("n_members", 1)
+    seed = params.pop("random_state", random_state)
+    single = isinstance(n_members, int | np.integer) and not isinstance(n_members, bool) and n_members == 1
+    est = AttentionMILRegressor(
+        **{**network, **({"mode": mode} if mode else {}), **params, "random_state": seed if single else None}
+    )
+    if per_gene:
+        est = PerGeneRegressor(est)
+    return est if single else SeedEnsemble(est, n_members=n_members, random_state=seed)
 
-    factory = {
-        "mil": AttentionMILRegressor,
-        "mil-embedding": AttentionMILRegressor,
-        "he2rna": HE2RNARegressor,
-        "ridge": ridge_regressor,
-        "mean": MeanRegressor,
-    }.get(name)
-    if factory is None:
-        return given
-    accepted = set(inspect.signature(factory).parameters) | ({"preset"} if name in MIL_MODELS else set())
-    return [k for k in given if k not in accepted] or given
+
+_MIL_PARAMETERS = frozenset(inspect.signature(AttentionMILRegressor).parameters) | set(MIL_COMPOSITION)
+
+
+@register_model(
+    "mil",
+    attention=True,
+    example={"max_epochs": 30},
+    parameters=_MIL_PARAMETERS,
+    description="attention-MIL over per-tile predictions (Graziani et al. 2022)",
+)
+def _mil(params: dict, random_state) -> BaseEstimator:
+    return _attention_mil(params, random_state, mode=None)
+
+
+@register_model(
+    "mil-embedding",
+    attention=True,
+    example={"max_epochs": 30},
+    parameters=_MIL_PARAMETERS,
+    description="attention-pooled embedding, then a head (Ilse et al. 2018)",
+)
+def _mil_embedding(params: dict, random_state) -> BaseEstimator:
+    return _attention_mil(params, random_state, mode="embedding")
+
+
+@register_model(
+    "lgbm",
+    example={"n_estimators": 300},
+    description="pooled tile statistics → one LightGBM model per gene",
+)
+def _lgbm(params: dict, random_state) -> BaseEstimator:
+    params.setdefault("random_state", random_state)
+    return lgbm_regressor(**params)
+
+
+@register_model(
+    "ridge",
+    example={"alphas": [1, 10, 100]},
+    parameters=ridge_regressor,
+    description="pooled tile means → standardised → ridge, alpha per gene by leave-one-out",
+)
+def _ridge(params: dict, random_state) -> BaseEstimator:
+    return ridge_regressor(**params)
+
+
+@register_model(
+    "he2rna",
+    example={"max_epochs": 30},
+    parameters=HE2RNARegressor,
+    description="per-tile MLP, bag value the mean of the top-k tiles (Schmauch et al. 2020)",
+)
+def _he2rna(params: dict, random_state) -> BaseEstimator:
+    params.setdefault("random_state", random_state)
+    return HE2RNARegressor(**params)
+
+
+@register_model("mean", parameters=MeanRegressor, description="each gene's training mean: the floor")
+def _mean(params: dict, random_state) -> BaseEstimator:
+    return MeanRegressor(**params)
+
+
+#: The built-in model names (derived from the registry), and those whose attention a run records.
+MODEL_NAMES = tuple(list_models())
+MIL_MODELS = tuple(n for n in MODEL_NAMES if model_info(n).attention)

@@ -11,12 +11,14 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from slide2expr.contract import (
+    Cohort,
     ModelLayout,
     RunLayout,
     check_output_dir,
@@ -26,8 +28,18 @@ from slide2expr.contract import (
     write_bytes_atomic,
     write_table_atomic,
 )
-from slide2expr.regress._compare import _check_genes, _fit, _jsonable, _left_out, _target_transform
+from slide2expr.regress._harness import (
+    CompareError,
+    check_cohort_targets,
+    complete_bags,
+    fit_model,
+    jsonable,
+    target_transform,
+)
 from slide2expr.regress._models import make_model
+
+#: Bags a model needs to be fitted on.
+MIN_TRAINING_BAGS = 2
 
 
 class EncoderMismatchError(ValueError):
@@ -38,7 +50,7 @@ class TransformMismatchError(ValueError):
     """The cohort's targets are stored under another transform (log1p, log10p, none) than the model's."""
 
 
-def _encoder_identity(cohort) -> dict:
+def _encoder_identity(cohort: Cohort) -> dict:
     meta = dict(cohort.meta or {})
     return {
         "encoder": cohort.encoder,
@@ -48,8 +60,59 @@ def _encoder_identity(cohort) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """What :func:`train` will fit, every argument checked (:func:`plan_train`)."""
+
+    model: str
+    model_params: dict
+    seed: int
+    genes: tuple[str, ...]
+    keep: np.ndarray
+    dropped: tuple[str, ...]
+    out: Path | None = None
+
+    def describe(self) -> str:
+        """The plan in a few lines (what ``--dry-run`` prints)."""
+        params = f" with {self.model_params}" if self.model_params else ""
+        where = "nothing (out=None)" if self.out is None else f"{self.out}/ (model.joblib, config.json)"
+        return (
+            f"train {self.model}{params} (seed {self.seed}) on {len(self.keep)} bags × {len(self.genes)} genes"
+            + (f"; {len(self.dropped)} bag(s) without complete targets left out" if self.dropped else "")
+            + f"\nwould write {where}"
+        )
+
+
+def plan_train(
+    cohort: Cohort,
+    *,
+    model: str = "mil",
+    model_params: Mapping | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> TrainPlan:
+    """Check everything :func:`train` checks and return its plan; writes nothing.
+
+    Raises :class:`CompareError` (no targets, repeated genes, fewer than two complete bags),
+    :class:`UnknownModelError` (unknown model or parameters) and :class:`OutputExistsError` (``out`` not
+    replaceable); warns :class:`LeftOutBagsWarning`.
+    """
+    genes = check_cohort_targets(cohort)
+    make_model(model, params=model_params, random_state=seed)
+    if out is not None:
+        check_output_dir(out, overwrite=overwrite)
+    keep, dropped = complete_bags(cohort, what="training")
+    if len(keep) < MIN_TRAINING_BAGS:
+        raise CompareError(
+            f"only {len(keep)} bags have complete targets; training needs at least {MIN_TRAINING_BAGS}"
+        )
+    out = None if out is None else Path(out)
+    return TrainPlan(model, dict(model_params or {}), int(seed), tuple(genes), keep, tuple(dropped), out)
+
+
 def train(
-    cohort,
+    cohort: Cohort,
     *,
     model: str = "mil",
     model_params: Mapping | None = None,
@@ -63,70 +126,63 @@ def train(
 
     Parameters
     ----------
-    cohort : sql.Cohort
+    cohort
         Bags with targets.
     model, model_params
-        A name from :data:`regress.MODEL_NAMES` and its parameters (see :func:`regress.make_model`).
+        A registered model name (:func:`regress.list_models`) and its parameters (:func:`regress.make_model`).
     seed
         ``random_state`` of the model.
     out
         Model directory to write: ``model.joblib`` and ``config.json`` (with the encoder identity). A folder that is
-        not empty is refused (:class:`regress.OutputExistsError`) unless ``overwrite``.
+        not empty is refused (:class:`regress.OutputExistsError`) unless ``overwrite``, which replaces what
+        slide2expr wrote there (an earlier model or a compare run) and refuses anything else.
     store, targets
         Recorded in ``config.json``, with the targets' transform (read from the targets file) that
         :func:`predict` checks.
-    overwrite
-        Replace the previous contents of ``out`` (an earlier model or a compare run); anything in it that slide2expr
-        did not write is still refused.
 
     Returns
     -------
     The fitted estimator.
     """
-    if cohort.y_true is None:
-        raise ValueError(
-            "the cohort has no targets: load it with sql.load_cohort(store, encoder=…, targets=NAME)"
-        )
-    genes = _check_genes(cohort.genes)
-    if out is not None:
-        check_output_dir(out, overwrite=overwrite)
-    Y = np.asarray(cohort.y_true, dtype=np.float64)
-    complete = ~np.isnan(Y).any(axis=1)
-    _left_out(cohort, complete, what="training")
-    keep = np.flatnonzero(complete)
-    if len(keep) < 2:
-        raise ValueError(f"only {len(keep)} bags have complete targets; training needs at least 2")
-    bags = cohort.bags
+    plan = plan_train(cohort, model=model, model_params=model_params, seed=seed, out=out, overwrite=overwrite)
     est = make_model(model, params=model_params, random_state=seed)
     t0 = time.perf_counter()
-    groups = np.asarray(cohort.groups, dtype=object)[keep].astype(str)
-    _fit(est, [bags[i] for i in keep], Y[keep], groups, name=model, params=model_params)
+    bags = cohort.bags
+    groups = np.asarray(cohort.groups, dtype=object)[plan.keep].astype(str)
+    y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
+    fit_model(est, [bags[i] for i in plan.keep], y, groups, name=model, params=model_params)
     seconds = time.perf_counter() - t0
-    if out is not None:
-        import joblib
-
-        root = prepare_output_dir(out, overwrite=overwrite)
-        config = {
-            "model": model,
-            "model_params": _jsonable(dict(model_params or {})),
-            "seed": int(seed),
-            "genes": genes,
-            "by": cohort.by,
-            "store": None if store is None else str(Path(store).resolve()),
-            "targets": targets,
-            "transform": _target_transform(store, targets),
-            "n_bags": int(len(keep)),
-            "fit_seconds": seconds,
-            "version": package_version(),
-            **_encoder_identity(cohort),
-            "encoder_meta": _jsonable(dict(cohort.meta or {})),
-        }
-        layout = ModelLayout(root)
-        tmp = layout.model.with_name(f".{layout.model.name}.tmp")
-        joblib.dump(est, tmp)
-        os.replace(tmp, layout.model)
-        write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
+    if plan.out is not None:
+        _save_model(est, plan, cohort, seconds=seconds, store=store, targets=targets, overwrite=overwrite)
     return est
+
+
+def _save_model(
+    est, plan: TrainPlan, cohort: Cohort, *, seconds: float, store, targets, overwrite: bool
+) -> None:
+    """Write ``model.joblib`` and ``config.json`` into the model directory ``plan.out``."""
+    import joblib
+
+    layout = ModelLayout(prepare_output_dir(plan.out, overwrite=overwrite))
+    config = {
+        "model": plan.model,
+        "model_params": jsonable(plan.model_params),
+        "seed": plan.seed,
+        "genes": list(plan.genes),
+        "by": cohort.by,
+        "store": None if store is None else str(Path(store).resolve()),
+        "targets": targets,
+        "transform": target_transform(store, targets),
+        "n_bags": int(len(plan.keep)),
+        "fit_seconds": seconds,
+        "version": package_version(),
+        **_encoder_identity(cohort),
+        "encoder_meta": jsonable(dict(cohort.meta or {})),
+    }
+    tmp = layout.model.with_name(f".{layout.model.name}.tmp")
+    joblib.dump(est, tmp)
+    os.replace(tmp, layout.model)
+    write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
 
 
 def load_model_config(model_dir: str | os.PathLike) -> dict:
@@ -187,7 +243,7 @@ def load_fold_models(run: str | os.PathLike, model: str) -> dict:
     return {fold: joblib.load(path) for fold, path in paths.items()}
 
 
-def check_encoder(config: Mapping, cohort) -> None:
+def check_encoder(config: Mapping, cohort: Cohort) -> None:
     """Raise :class:`EncoderMismatchError` unless ``cohort``'s features match the model's encoder identity."""
     have = _encoder_identity(cohort)
     problems = []
@@ -218,7 +274,7 @@ def check_transform(config: Mapping, *, store: str | os.PathLike | None, targets
     """Raise :class:`TransformMismatchError` when targets ``targets`` of ``store`` are stored under another
     transform than the one the model was trained on (its ``config.json``); no check when either is unknown."""
     want = config.get("transform")
-    have = _target_transform(store, targets)
+    have = target_transform(store, targets)
     if want and have and want != have:
         raise TransformMismatchError(
             f"targets {targets!r} are stored with transform {have!r} but the model was trained on {want!r} targets, "
@@ -228,8 +284,24 @@ def check_transform(config: Mapping, *, store: str | os.PathLike | None, targets
         )
 
 
+def check_predict(
+    cohort: Cohort,
+    *,
+    model: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+    targets: str | None = None,
+) -> dict:
+    """Check everything :func:`predict` checks (the model directory, the encoder identity, the targets'
+    transform) and return the model's config; writes nothing and loads no model."""
+    config = load_model_config(model)
+    check_encoder(config, cohort)
+    if cohort.y_true is not None:
+        check_transform(config, store=store, targets=targets)
+    return config
+
+
 def predict(
-    cohort,
+    cohort: Cohort,
     *,
     model: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -239,11 +311,12 @@ def predict(
     """Predict every bag of ``cohort`` with the model directory ``model``; optionally write ``out`` (Parquet).
 
     Refuses (:class:`EncoderMismatchError`) a cohort featurized with another encoder name, weights, dimension or
-    tiling, and (:class:`TransformMismatchError`) targets stored under another transform than the model's.
+    tiling, and (:class:`TransformMismatchError`) targets stored under another transform than the model's
+    (:func:`check_predict`).
 
     Parameters
     ----------
-    cohort : sql.Cohort
+    cohort
         Bags to predict, with or without targets.
     model
         Model directory written by :func:`train`.
@@ -258,18 +331,13 @@ def predict(
     DataFrame with one row per bag × gene: ``bag_id``, ``patient_id``, ``gene``, ``y_pred`` (and ``y_true`` when
     the cohort has targets for the model's genes, else null).
     """
+    import joblib
     import pyarrow as pa
 
-    est, config = load_model(model)
-    check_encoder(config, cohort)
-    if cohort.y_true is not None:
-        check_transform(config, store=store, targets=targets)
+    config = check_predict(cohort, model=model, store=store, targets=targets)
+    est = joblib.load(ModelLayout(model).model)
     genes = list(config["genes"])
     pred = np.asarray(est.predict(cohort.bags), dtype=np.float64).reshape(cohort.n_bags, len(genes))
-    first = list(dict.fromkeys(genes))
-    if len(first) < len(genes):  # a model saved before train refused repeated genes: one column per gene
-        pred = pred[:, [genes.index(g) for g in first]]
-        genes = first
     y_true = np.full_like(pred, np.nan)
     if cohort.y_true is not None:
         col = {g: j for j, g in enumerate(cohort.genes)}

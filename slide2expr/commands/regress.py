@@ -1,23 +1,21 @@
-"""``slide2expr compare``, ``slide2expr train`` and ``slide2expr predict``."""
+"""``slide2expr compare``, ``train``, ``predict`` and ``models``: flags mapped onto :mod:`slide2expr.regress`.
+
+The library checks every argument (:func:`~slide2expr.regress.plan_compare`, :func:`~slide2expr.regress.plan_train`,
+:func:`~slide2expr.regress.check_predict`, which ``--dry-run`` runs and shows); these commands parse flags, load the
+cohort and report the library's errors as one line.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from slide2expr._app import app, fail
-
-_MODELS_HELP = (
-    "Comma-separated models: mil, mil-embedding, lgbm, ridge, he2rna, mean (the mean floor always runs)."
-)
-#: What --device takes (``cuda:<i>`` picks one GPU).
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+from slide2expr._app import DryRunOpt, OverwriteOpt, app, fail, reported
 
 
 def _split(values: str | None) -> list[str]:
@@ -36,7 +34,7 @@ def _genes(values: str | None) -> list[str] | None:
 
 
 @contextlib.contextmanager
-def _reported(*categories: type[Warning]):
+def _warnings_as_lines(*categories: type[Warning]):
     """Print warnings of ``categories`` raised inside, when raised, as one ``warning: …`` line (no source line)."""
     with warnings.catch_warnings():
         for category in categories:
@@ -53,80 +51,64 @@ def _reported(*categories: type[Warning]):
         yield
 
 
-def _check_out(out: Path, *, force: bool) -> None:
-    from slide2expr import regress
-    from slide2expr.contract import check_output_dir
-
-    try:
-        check_output_dir(out, overwrite=force, option="--out")
-    except regress.OutputExistsError as exc:
-        raise fail(str(exc)) from exc
-
-
-def _params(text: str | None, *, option: str, example: str) -> dict:
+def _params(text: str | None, *, example: str) -> dict:
+    """``--params``: a JSON object, given inline or as a file."""
     if not text:
         return {}
     try:
         value = json.loads(Path(text).read_text()) if Path(text).is_file() else json.loads(text)
     except (json.JSONDecodeError, OSError) as exc:
-        raise fail(f"{option} must be JSON (or a JSON file), e.g. '{example}': {exc}") from exc
+        raise fail(f"--params must be JSON (or a JSON file), e.g. '{example}': {exc}") from exc
     if not isinstance(value, dict):
-        raise fail(f"{option} must be a JSON object, e.g. '{example}'")
+        raise fail(f"--params must be a JSON object, e.g. '{example}'")
     return value
 
 
 def _load(
-    store: Path,
-    *,
-    encoder: str,
-    tiling: str | None,
-    targets: str | None,
-    by: str,
-    genes: list[str] | None,
-    report_missing: bool = True,
+    store: Path, *, encoder: str, tiling: str | None, targets: str | None, by: str, genes, quiet_missing: bool
 ):
-    """The cohort, or a one-line error. ``report_missing=False`` leaves bags without targets to the command
-    (compare and train report them as left out)."""
+    """The cohort. ``quiet_missing`` leaves bags without targets to the command (compare and train report them as
+    left out)."""
     from slide2expr import sql
     from slide2expr.contract import StoreError
 
-    if not store.is_dir():
-        raise fail(f"--store {store} is not a directory: run `slide2expr featurize … --store {store}` first")
-    if by not in ("patient", "slide"):
-        raise fail(f"--by must be 'patient' or 'slide'; got {by!r}")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", sql.MissingTargetsWarning)
-            cohort = sql.load_cohort(
-                store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes
-            )
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    with reported(StoreError, ValueError, FileNotFoundError), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sql.MissingTargetsWarning)
+        cohort = sql.load_cohort(store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes)
     for w in caught:
-        if report_missing or not issubclass(w.category, sql.MissingTargetsWarning):
+        if not (quiet_missing and issubclass(w.category, sql.MissingTargetsWarning)):
             typer.echo(f"warning: {w.message}", err=True)
     return cohort
 
 
 StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="The store (featurized slides + targets).")]
+TargetsOpt = Annotated[
+    str, typer.Option("--targets", "-t", help="Targets table name (targets/<NAME>.parquet).")
+]
 EncoderOpt = Annotated[str, typer.Option("--encoder", "-e", help="Encoder whose embeddings to use.")]
 TilingOpt = Annotated[str | None, typer.Option("--tiling", help="Tiling name (default: the only one).")]
 ByOpt = Annotated[str, typer.Option("--by", help="One bag per 'patient' (the paper) or per 'slide'.")]
 GenesOpt = Annotated[str | None, typer.Option("--genes", help="Comma-separated genes (default: all).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the folds and the models.")]
 
 
 @app.command()
 def compare(
     store: StoreOpt,
-    targets: Annotated[
-        str, typer.Option("--targets", "-t", help="Targets table name (targets/<NAME>.parquet).")
-    ],
+    targets: TargetsOpt,
     encoder: EncoderOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     tiling: TilingOpt = None,
-    models: Annotated[str, typer.Option("--models", "-m", help=_MODELS_HELP)] = "mil,lgbm,ridge",
-    folds: Annotated[int, typer.Option("--folds", help="Patient-grouped CV folds.", min=2)] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the models.")] = 0,
+    models: Annotated[
+        str,
+        typer.Option(
+            "--models",
+            "-m",
+            help="Comma-separated models (`slide2expr models` lists them); the mean floor always runs.",
+        ),
+    ] = "mil,lgbm,ridge",
+    n_folds: Annotated[int, typer.Option("--n-folds", help="Patient-grouped CV folds.")] = 5,
+    seed: SeedOpt = 0,
     by: ByOpt = "patient",
     genes: GenesOpt = None,
     params: Annotated[
@@ -139,125 +121,75 @@ def compare(
         bool, typer.Option("--no-save-models", help="Do not write models/*.joblib.")
     ] = False,
     device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu or cuda for the torch models (mil*, he2rna).")
+        str | None,
+        typer.Option("--device", help="auto, cpu, cuda or cuda:<i> for the models that take a device."),
     ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite", help="Replace the contents of a non-empty --out (an earlier run and its explain/)."
-        ),
-    ] = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Cross-validate models on the same patient-grouped folds; write a run directory (metrics, attention, plots)."""
     from slide2expr import regress
 
-    names = _split(models)
-    unknown = [m for m in names if m not in regress.MODEL_NAMES]
-    if not names or unknown:
-        raise fail(
-            f"--models: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(regress.MODEL_NAMES)}"
-        )
-    if device is not None and not _DEVICE.fullmatch(device):
-        raise fail(f"--device must be auto, cpu or cuda (cuda:<i> for one GPU); got {device!r}")
-    model_params = _params(params, option="--params", example='{"mil": {"max_epochs": 30}}')
-    for name, value in model_params.items():
-        if not isinstance(value, dict):
-            raise fail(
-                f"--params: the parameters of {name!r} must be a JSON object, e.g. '{{\"{name}\": {{…}}}}'; "
-                f"got {json.dumps(value)}"
-            )
-    if device is not None:
-        for name in names:
-            if name in ("mil", "mil-embedding", "he2rna"):
-                model_params.setdefault(name, {}).setdefault("device", device)
-    _check_out(out, force=force)
+    model_params = _params(params, example='{"mil": {"max_epochs": 30}}')
     cohort = _load(
-        store,
-        encoder=encoder,
-        tiling=tiling,
-        targets=targets,
-        by=by,
-        genes=_genes(genes),
-        report_missing=False,
+        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=_genes(genes), quiet_missing=True
     )
-    try:
-        with _reported(regress.LeftOutBagsWarning):
-            regress.compare(
-                cohort,
-                models=names,
-                n_folds=folds,
-                seed=seed,
-                out=out,
-                model_params=model_params,
-                store=store,
-                targets=targets,
-                save_models=not no_models,
-                overwrite=force,
-            )
-    except (
+    kwargs = dict(
+        models=_split(models),
+        n_folds=n_folds,
+        seed=seed,
+        out=out,
+        model_params=model_params,
+        device=device,
+        overwrite=overwrite,
+    )
+    errors = (
         regress.CompareError,
         regress.UnknownModelError,
         regress.BagInputError,
         regress.OutputExistsError,
-    ) as exc:
-        raise fail(str(exc)) from exc
+    )
+    with reported(*errors), _warnings_as_lines(regress.LeftOutBagsWarning):
+        if dry_run:
+            typer.echo(regress.plan_compare(cohort, **kwargs).describe())
+            return
+        regress.compare(cohort, **kwargs, store=store, targets=targets, save_models=not no_models)
 
 
 @app.command()
 def train(
     store: StoreOpt,
-    targets: Annotated[
-        str, typer.Option("--targets", "-t", help="Targets table name (targets/<NAME>.parquet).")
-    ],
+    targets: TargetsOpt,
     encoder: EncoderOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="mil, mil-embedding, lgbm, ridge, he2rna or mean.")
+        str, typer.Option("--model", "-m", help="Model name (`slide2expr models` lists them).")
     ] = "mil",
     tiling: TilingOpt = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: SeedOpt = 0,
     by: ByOpt = "patient",
     genes: GenesOpt = None,
     params: Annotated[
         str | None, typer.Option("--params", help='The model\'s parameters as JSON: {"max_epochs": 30}.')
     ] = None,
-    force: Annotated[
-        bool,
-        typer.Option("--overwrite", help="Replace the contents of a non-empty --out (an earlier model or run)."),
-    ] = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Fit one model on the whole cohort; save it with its config and the encoder identity."""
     import numpy as np
 
     from slide2expr import regress
 
-    if model not in regress.MODEL_NAMES:
-        raise fail(f"--model {model!r} is unknown; choose from {', '.join(regress.MODEL_NAMES)}")
-    model_params = _params(params, option="--params", example='{"max_epochs": 30}')
-    _check_out(out, force=force)
+    model_params = _params(params, example='{"max_epochs": 30}')
     cohort = _load(
-        store,
-        encoder=encoder,
-        tiling=tiling,
-        targets=targets,
-        by=by,
-        genes=_genes(genes),
-        report_missing=False,
+        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=_genes(genes), quiet_missing=True
     )
-    try:
-        with _reported(regress.LeftOutBagsWarning):
-            regress.train(
-                cohort,
-                model=model,
-                model_params=model_params,
-                seed=seed,
-                out=out,
-                store=store,
-                targets=targets,
-                overwrite=force,
-            )
-    except (ValueError, regress.UnknownModelError) as exc:
-        raise fail(str(exc)) from exc
+    kwargs = dict(model=model, model_params=model_params, seed=seed, out=out, overwrite=overwrite)
+    with reported(ValueError), _warnings_as_lines(regress.LeftOutBagsWarning):
+        if dry_run:
+            typer.echo(regress.plan_train(cohort, **kwargs).describe())
+            return
+        regress.train(cohort, **kwargs, store=store, targets=targets)
     n_bags = int((~np.isnan(np.asarray(cohort.y_true, dtype=float)).any(axis=1)).sum())
     typer.echo(f"trained {model} on {n_bags} bags × {len(cohort.genes)} genes → {out}")
 
@@ -278,23 +210,27 @@ def predict(
         str | None,
         typer.Option("--targets", "-t", help="Targets to report beside the predictions (optional)."),
     ] = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Apply a trained model to another store (refuses features from another encoder, weights, dimension or tiling)."""
     from slide2expr import regress
 
-    try:
+    with reported(FileNotFoundError):
         config = regress.load_model_config(model_dir)
-    except FileNotFoundError as exc:
-        raise fail(str(exc)) from exc
     encoder = encoder or config["encoder"]
     tiling = _model_tiling(store, model_dir=model_dir, config=config, encoder=encoder, tiling=tiling)
+    by = config.get("by", "patient")
     cohort = _load(
-        store, encoder=encoder, tiling=tiling, targets=targets, by=config.get("by", "patient"), genes=None
+        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=None, quiet_missing=False
     )
-    try:
+    with reported(regress.EncoderMismatchError, regress.TransformMismatchError, FileNotFoundError):
+        if dry_run:
+            regress.check_predict(cohort, model=model_dir, store=store, targets=targets)
+            typer.echo(
+                f"predict {cohort.n_bags} bags × {len(config['genes'])} genes with {model_dir}\nwould write {out}"
+            )
+            return
         df = regress.predict(cohort, model=model_dir, out=out, store=store, targets=targets)
-    except (regress.EncoderMismatchError, regress.TransformMismatchError) as exc:
-        raise fail(str(exc)) from exc
     typer.echo(f"predicted {df['bag_id'].nunique()} bags × {df['gene'].nunique()} genes → {out}")
 
 
@@ -302,7 +238,10 @@ def _model_tiling(
     store: Path, *, model_dir: Path, config: dict, encoder: str, tiling: str | None
 ) -> str | None:
     """The tiling to predict at: --tiling, else the model's; a one-line error when the store lacks the model's."""
-    from slide2expr.contract import EMBEDDINGS_DIR
+    import duckdb
+
+    from slide2expr import sql
+    from slide2expr.contract import StoreError, Tiling, TilingError
 
     want = config.get("tiling")
     if want is None:  # a model saved without its tiling: --tiling, or the store's only one
@@ -312,17 +251,52 @@ def _model_tiling(
             f"--tiling {tiling} is not the tiling the model in {model_dir} was trained on ({want}): predict at "
             f"{want}, featurizing the slides at it if needed"
         )
-    have = sorted(p.parent.name for p in (store / EMBEDDINGS_DIR).glob(f"*/{encoder}") if p.is_dir())
+    query = "select distinct tiling from embedding_files where encoder = $encoder order by tiling"
+    try:
+        have = sql.run_sql(store, query, params={"encoder": encoder}).column(0).to_pylist()
+    except (duckdb.Error, StoreError):  # no store or no embeddings: loading the cohort says which
+        have = []
     if have and want not in have:
-        m = re.fullmatch(r"mpp([\d.]+)_px(\d+)_ov(\d+)", want)
-        how = (
-            f" --mpp {float(m[1]):g} --tile {m[2]}" + (f" --overlap {m[3]}" if m[3] != "0" else "")
-            if m
-            else ""
-        )
+        try:
+            t = Tiling.parse(want)
+            how = f" --mpp {t.mpp:g} --tile-px {t.tile_px}" + (
+                f" --overlap-px {t.overlap_px}" if t.overlap_px else ""
+            )
+        except TilingError:
+            how = ""
         raise fail(
             f"the model in {model_dir} was trained on {encoder} embeddings at tiling {want}, but {store} has "
             f"{encoder} embeddings only at {', '.join(have)}: featurize the slides at the model's tiling "
             f"(`slide2expr featurize … --store {store} --encoder {encoder}{how}`)"
         )
     return want
+
+
+@app.command()
+def models(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the registry as JSON (one object per model).")
+    ] = False,
+) -> None:
+    """List the registered models: whether they give attention, an example of their parameters, what they are."""
+    from slide2expr import regress
+
+    rows = [
+        {"name": i.name, "attention": i.attention, "example": i.example, "description": i.description}
+        for i in map(regress.model_info, regress.list_models())
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="models (compare --models, train --model)")
+    for col in ("name", "attention", "example --params", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], "yes" if r["attention"] else "", Text(json.dumps(r["example"])), r["description"]
+        )
+    Console().print(table)

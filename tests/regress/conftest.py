@@ -1,5 +1,5 @@
 """regress tests: one torch thread. Bag-sized matmuls gain nothing from a second thread, and on a shared 2-core
-machine OpenMP's spinning threads make them up to 10× slower when another process holds a core."""
+machine OpenMP's spinning threads make them much slower when another process holds a core."""
 
 from __future__ import annotations
 

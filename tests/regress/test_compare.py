@@ -306,7 +306,7 @@ def test_cli_compare_train_predict(fake_store, tmp_path):
             fake_store.encoder,
             "--models",
             "ridge,mean",
-            "--folds",
+            "--n-folds",
             "3",
             "--out",
             str(tmp_path / "run"),
@@ -330,7 +330,7 @@ def test_cli_compare_train_predict(fake_store, tmp_path):
             str(tmp_path / "run2"),
         ],
     )
-    assert r.exit_code == 2 and "unknown svm" in r.output
+    assert r.exit_code == 2 and "unknown model 'svm'" in r.output
     params = '{"mil": {"max_epochs": 2}}'
     r = runner.invoke(
         app,
@@ -344,7 +344,7 @@ def test_cli_compare_train_predict(fake_store, tmp_path):
             fake_store.encoder,
             "--models",
             "mil",
-            "--folds",
+            "--n-folds",
             "2",
             "--genes",
             "GNLY",

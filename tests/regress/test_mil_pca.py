@@ -1,4 +1,4 @@
-"""AttentionMILRegressor(pca_components=k): a PCA of the training tiles feeds the network."""
+"""AttentionMILRegressor(pca_components=k): a PCA of the training tiles feeds the network (TileProjection)."""
 
 from __future__ import annotations
 
@@ -31,21 +31,22 @@ def test_pca_projection_is_fitted_on_training_tiles_and_learns(planted):
     (bags, y, _), (test_bags, y_test, _) = planted
     mil = AttentionMILRegressor(pca_components=8, random_state=0, device="cpu").fit(bags, y)
     assert mil.n_features_in_ == 32
-    assert mil.x_projection_.shape == (32, 8) and mil.x_offset_.shape == (8,)
+    proj = mil.tile_projection_
+    assert proj.projection_.shape == (32, 8) and proj.offset_.shape == (8,) and proj.n_features_out_ == 8
     assert mil.module_.embed[0].in_features == 8
-    ev = mil.pca_explained_variance_
+    ev = proj.explained_variance_
     assert ev.shape == (8,) and np.all(np.diff(ev) <= 1e-6)
     # the projected training tiles are centred and uncorrelated, with the explained variances
-    z = np.concatenate(bags) @ mil.x_projection_ + mil.x_offset_
+    z = np.concatenate(bags) @ proj.projection_ + proj.offset_
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(np.cov(z, rowvar=False), np.diag(ev), atol=1e-3)
     r = pearsonr(mil.predict(test_bags), y_test).statistic
     assert r >= 0.9, r
     # predicting other bags leaves the fitted projection alone; a pickled model predicts the same
-    before = mil.x_projection_.copy()
+    before = proj.projection_.copy()
     att = mil.predict_tiles(test_bags[:1])[0].attention
     assert att.shape == (len(test_bags[0]), 1)
-    np.testing.assert_array_equal(mil.x_projection_, before)
+    np.testing.assert_array_equal(mil.tile_projection_.projection_, before)
     again = pickle.loads(pickle.dumps(mil))
     np.testing.assert_allclose(again.predict(test_bags[:5]), mil.predict(test_bags[:5]), rtol=1e-6)
 
@@ -53,7 +54,7 @@ def test_pca_projection_is_fitted_on_training_tiles_and_learns(planted):
 def test_no_pca_by_default(planted):
     (bags, y, _), _ = planted
     mil = AttentionMILRegressor(max_epochs=2, random_state=0, device="cpu").fit(bags[:20], y[:20])
-    assert mil.x_projection_ is None and mil.module_.embed[0].in_features == 32
+    assert mil.tile_projection_.projection_ is None and mil.module_.embed[0].in_features == 32
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])

@@ -56,7 +56,7 @@ def _cli(*args):
 def _run(fs, out, *extra):
     return _cli(
         "compare", "--store", fs.root, "--targets", "log", "--encoder", ENCODER, "--models", "ridge",
-        "--folds", 2, "--genes", "GNLY", "--out", out, *extra,
+        "--n-folds", 2, "--genes", "GNLY", "--out", out, *extra,
     )  # fmt: skip
 
 
@@ -120,7 +120,9 @@ def test_cli_train_and_compare_refuse_a_non_empty_out_without_force(store, tmp_p
     (run / "explain" / "report.html").write_text("old")
     config = (run / "config.json").read_text()
     r, text = _train(store, run)  # another command's output: refused, untouched
-    assert r.exit_code == 2 and "--out" in text and "is not empty" in text and "--overwrite" in text, text
+    assert r.exit_code == 2 and "error: out " in text and "is not empty" in text and "--overwrite" in text, (
+        text
+    )
     assert (run / "config.json").read_text() == config and not (run / "model.joblib").exists()
     r, text = _run(store, run)  # the same command: refused too
     assert r.exit_code == 2 and "a compare run with explain output" in text, text
@@ -163,7 +165,7 @@ def test_predict_refuses_a_store_without_the_models_tiling(two_tilings, tmp_path
     r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "p.parquet")
     assert r.exit_code == 2, text
     assert f"trained on {ENCODER} embeddings at tiling {TILING}" in text and f"only at {OTHER_TILING}" in text
-    assert "--mpp 1 --tile 224" in text and not (tmp_path / "p.parquet").exists()
+    assert "--mpp 1 --tile-px 224" in text and not (tmp_path / "p.parquet").exists()
     cohort = sql.load_cohort(root, encoder=ENCODER)
     with pytest.raises(
         regress.EncoderMismatchError, match=f"tiling '{OTHER_TILING}' ≠ the model's '{TILING}'"
@@ -267,7 +269,7 @@ def test_nested_train_params_name_only_what_was_passed(store, tmp_path):
 def test_compare_reports_bags_without_targets_once(store, tmp_path):
     r, text = _cli(
         "compare", "--store", store.root, "--targets", "partial", "--encoder", ENCODER, "--models", "ridge",
-        "--folds", 2, "--genes", "GNLY", "--out", tmp_path / "run",
+        "--n-folds", 2, "--genes", "GNLY", "--out", tmp_path / "run",
     )  # fmt: skip
     assert r.exit_code == 0, text
     assert text.count("left out of the comparison") == 1 and "kept with NaN" not in text, text
@@ -304,5 +306,5 @@ def test_repeated_genes_are_used_once(store, tmp_path):
 @pytest.mark.parametrize("device", ["tpu", "gpu", "cuda0"])
 def test_compare_validates_the_device_up_front(store, tmp_path, device):
     r, text = _run(store, tmp_path / "run", "--device", device)
-    assert r.exit_code == 2 and "--device must be auto, cpu or cuda" in text, text
+    assert r.exit_code == 2 and "device must be auto, cpu or cuda" in text, text
     assert not (tmp_path / "run").exists()
