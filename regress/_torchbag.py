@@ -64,11 +64,8 @@ def autocast(device: torch.device):
 class Batch:
     """A padded mini-batch of bags."""
 
-    x: torch.Tensor  # (B, L, d) float32
-    mask: torch.Tensor  # (B, L) bool
-    lengths: np.ndarray  # (B,)
-    index: np.ndarray  # (B,) bag indices
-    tiles: list[np.ndarray] | None  # per bag: the tile rows used (None: all rows, in order)
+    x: torch.Tensor  # (B, L, d) float32, padded rows zero
+    mask: torch.Tensor  # (B, L) bool, false on padding
 
 
 def make_batch(
@@ -112,7 +109,7 @@ def make_batch(
             x[j, : lengths[j]] -= x_mean
             x[j, : lengths[j]] *= x_scale
     mask = np.arange(L)[None, :] < lengths[:, None]
-    return Batch(torch.from_numpy(x), torch.from_numpy(mask), lengths, np.asarray(index), tiles)
+    return Batch(torch.from_numpy(x), torch.from_numpy(mask))
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

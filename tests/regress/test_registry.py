@@ -95,3 +95,17 @@ def test_registration_and_duplicates(registered, tmp_path):
     res = regress.compare(cohort, models=["floor2"], n_folds=2, progress=False)
     means = res.predictions.groupby("model")["y_pred"].apply(np.asarray)
     np.testing.assert_array_equal(means["floor2"], means["mean"])
+
+
+def test_models_command_lists_the_registry():
+    import json
+
+    from typer.testing import CliRunner
+
+    from slide2expr.cli import app
+
+    r = CliRunner().invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.output)}
+    assert list(rows) == list_models() and rows["mil"]["attention"] is True
+    assert rows["ridge"]["example"] == {"alphas": [1, 10, 100]}
