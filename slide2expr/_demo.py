@@ -138,7 +138,9 @@ def run_demo(
     summary = featurize_cohort(
         cohort_dir / "slides.csv",
         store=store,
-        options=FeaturizeOptions(encoder=encoder, mpp=mpp, tile_px=tile_px, input_px=input_px, workers=workers),
+        options=FeaturizeOptions(
+            encoder=encoder, mpp=mpp, tile_px=tile_px, input_px=input_px, workers=workers
+        ),
         progress=progress,
     )
     tiling = summary.tiling

@@ -7,7 +7,14 @@
 
 from __future__ import annotations
 
-from slide2expr.synth._cohort import SLIDE_KINDS, CohortInfo, CohortParams, check_cohort, make_cohort, patient_id
+from slide2expr.synth._cohort import (
+    SLIDE_KINDS,
+    CohortInfo,
+    CohortParams,
+    check_cohort,
+    make_cohort,
+    patient_id,
+)
 from slide2expr.synth._compartments import (
     COMPARTMENTS,
     HOTSPOT_COMPARTMENTS,
