@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -34,6 +35,8 @@ DEMO_MODEL_PARAMS = {
             "patience": 20, "pca_components": 16, "n_members": 4},
 }  # fmt: skip
 TARGETS_NAME = "expression"
+#: Fewest patients the demo takes: two folds of two patients each.
+MIN_DEMO_PATIENTS = 4
 
 
 @dataclass
@@ -93,6 +96,76 @@ def write_truth_tiles(
     return write_table_atomic(table, Path(run) / "truth_tiles.parquet", metadata={"kind": "truth_tiles"})
 
 
+class DemoError(ValueError):
+    """Demo arguments that no run can use; the message names the argument."""
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What :func:`run_demo` would do, checked (see :func:`plan_demo`)."""
+
+    out: Path
+    cohort: Path
+    store: Path
+    run: Path
+    reuse_cohort: bool
+    featurize: Any
+    models: tuple[str, ...]
+    n_folds: int
+
+    def describe(self) -> str:
+        o = self.featurize
+        return "\n".join(
+            [
+                f"cohort: {self.cohort}" + (" (exists; reused)" if self.reuse_cohort else " (to write)"),
+                f"store:  {self.store} ({o.encoder} at {o.tiling_params.name})",
+                f"run:    {self.run} ({', '.join(self.models)}; {self.n_folds} patient-grouped folds; replaced)",
+            ]
+        )
+
+
+def plan_demo(
+    out: str | os.PathLike,
+    *,
+    n_patients: int = DEMO_PATIENTS,
+    seed: int = 0,
+    slide_px: tuple[int, int] = DEMO_SLIDE_PX,
+    encoder: str = DEMO_ENCODER,
+    mpp: float = DEMO_MPP,
+    tile_px: int = DEMO_TILE_PX,
+    input_px: int | None = None,
+    models: tuple[str, ...] = DEMO_MODELS,
+    n_folds: int = 5,
+    workers: int | None = None,
+) -> DemoPlan:
+    """Check :func:`run_demo`'s arguments as the run does and return its plan; writes nothing.
+
+    Raises :class:`DemoError`, the synthetic cohort's, featurize's or regress's own error, naming the argument.
+    """
+    from slide2expr import featurize, regress
+    from slide2expr.synth import check_cohort
+
+    out = Path(out)
+    if n_patients < MIN_DEMO_PATIENTS:
+        raise DemoError(f"n_patients={n_patients}: the demo needs at least {MIN_DEMO_PATIENTS} patients")
+    if not 2 <= n_folds <= n_patients:
+        raise DemoError(f"n_folds={n_folds}: give 2 to n_patients ({n_patients}) patient-grouped folds")
+    if not models:
+        raise DemoError("models is empty: name at least one model (`slide2expr models` lists them)")
+    for m in models:
+        regress.model_info(m)
+    featurize.get_spec(encoder)
+    input_px = DEMO_INPUT_PX.get(encoder) if input_px is None else input_px
+    options = featurize.FeaturizeOptions(
+        encoder=encoder, mpp=mpp, tile_px=tile_px, input_px=input_px, workers=workers
+    )
+    cohort = out / "cohort"
+    reuse = (cohort / "truth.json").is_file()
+    if not reuse:
+        check_cohort(cohort, n_patients=n_patients, size=slide_px)
+    return DemoPlan(out, cohort, out / "store", out / "run", reuse, options, tuple(models), n_folds)
+
+
 def run_demo(
     out: str | os.PathLike,
     *,
@@ -117,31 +190,37 @@ def run_demo(
     """
     from slide2expr import explain as ex
     from slide2expr import regress, sql
-    from slide2expr.featurize import FeaturizeOptions, featurize_cohort
+    from slide2expr.featurize import featurize_cohort
     from slide2expr.synth import make_cohort, read_truth
 
-    out = Path(out)
-    cohort_dir, store, run = out / "cohort", out / "store", out / "run"
-    res = DemoResult(out=out, cohort=cohort_dir, store=store, run=run, report=None)
+    plan = plan_demo(
+        out,
+        n_patients=n_patients,
+        seed=seed,
+        slide_px=slide_px,
+        encoder=encoder,
+        mpp=mpp,
+        tile_px=tile_px,
+        input_px=input_px,
+        models=models,
+        n_folds=n_folds,
+        workers=workers,
+    )
+    cohort_dir, store, run = plan.cohort, plan.store, plan.run
+    res = DemoResult(out=plan.out, cohort=cohort_dir, store=store, run=run, report=None)
     t = time.perf_counter()
 
     log(f"[1/6] synthetic cohort: {n_patients} patients → {cohort_dir}")
-    if (cohort_dir / "truth.json").is_file():
+    if plan.reuse_cohort:
         log("      (exists; reusing it)")
     else:
         make_cohort(cohort_dir, n_patients=n_patients, seed=seed, size=slide_px)
     res.seconds["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    input_px = DEMO_INPUT_PX.get(encoder) if input_px is None else input_px
     log(f"[2/6] featurize with {encoder} at {mpp} µm/px, {tile_px} px tiles → {store}")
     summary = featurize_cohort(
-        cohort_dir / "slides.csv",
-        store=store,
-        options=FeaturizeOptions(
-            encoder=encoder, mpp=mpp, tile_px=tile_px, input_px=input_px, workers=workers
-        ),
-        progress=progress,
+        cohort_dir / "slides.csv", store=store, options=plan.featurize, progress=progress
     )
     tiling = summary.tiling
     res.seconds["featurize"] = time.perf_counter() - t

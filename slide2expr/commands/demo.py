@@ -3,55 +3,78 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from slide2expr._app import app, fail
+from slide2expr._app import DryRunOpt, app, reported
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the cohort, store, run and report."),
-    patients: int = typer.Option(
-        40, "--patients", min=4, help="Synthetic patients (about a third get 2 slides)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic cohort and of the folds."),
-    encoder: str = typer.Option(
-        "efficientnet-lite0",
-        "--encoder",
-        help="Tile encoder (`slide2expr encoders`); efficientnet-lite0 (ImageNet weights) and stain-texture "
-        "(weight-free) work offline.",
-    ),
-    models: str = typer.Option("mil,lgbm,ridge", "--models", help="Comma-separated models to compare."),
-    folds: int = typer.Option(5, "--folds", min=2, help="Patient-grouped cross-validation folds."),
-    no_explain: bool = typer.Option(False, "--no-explain", help="Stop after the comparison."),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the cohort, store, run and report.")
+    ] = Path("demo"),
+    n_patients: Annotated[
+        int, typer.Option("--n-patients", help="Synthetic patients (about a third get 2 slides).")
+    ] = 40,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and of the folds.")] = 0,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="Tile encoder (`slide2expr encoders`); efficientnet-lite0 (ImageNet weights) and stain-texture "
+            "(weight-free) work offline.",
+        ),
+    ] = "efficientnet-lite0",
+    models: Annotated[
+        str, typer.Option("--models", "-m", help="Comma-separated models to compare (`slide2expr models`).")
+    ] = "mil,lgbm,ridge",
+    n_folds: Annotated[int, typer.Option("--n-folds", help="Patient-grouped cross-validation folds.")] = 5,
+    no_explain: Annotated[bool, typer.Option("--no-explain", help="Stop after the comparison.")] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Synthetic cohort → featurize → targets → compare → explain → report, on the CPU.
 
-    Re-running reuses what already exists (the cohort, featurized slides). Ends by printing the comparison table,
-    the hotspot genes' figures and the report's path.
+    Re-running reuses what already exists (the cohort, featurized slides) and replaces the run. Ends by printing
+    the comparison table, the hotspot genes' figures and the report's path.
     """
     from rich.console import Console
-    from rich.table import Table
 
-    from slide2expr._demo import run_demo
-    from slide2expr.regress import OutputExistsError
+    from slide2expr import featurize, regress
+    from slide2expr._demo import DemoError, plan_demo, run_demo
     from slide2expr.synth import CohortError
 
     console = Console()
-    try:
-        res = run_demo(
-            out,
-            n_patients=patients,
-            seed=seed,
-            encoder=encoder,
-            models=tuple(m.strip() for m in models.split(",") if m.strip()),
-            n_folds=folds,
-            explain=not no_explain,
-            log=console.print,
-        )
-    except (CohortError, OutputExistsError) as exc:
-        raise fail(str(exc)) from exc
+    args = dict(
+        n_patients=n_patients,
+        seed=seed,
+        encoder=encoder,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        n_folds=n_folds,
+    )
+    errors = (
+        DemoError,
+        CohortError,
+        regress.OutputExistsError,
+        regress.UnknownModelError,
+        featurize.FeaturizeOptionsError,
+        featurize.UnknownEncoderError,
+    )
+    if dry_run:
+        with reported(*errors):
+            plan = plan_demo(out, **args)
+        console.print(plan.describe(), highlight=False)
+        console.print("nothing written (--dry-run)")
+        return
+    with reported(*errors):
+        res = run_demo(out, explain=not no_explain, log=console.print, **args)
+    _print_result(console, res)
+
+
+def _print_result(console, res) -> None:
+    from rich.table import Table
 
     if res.hotspot_genes is not None:
         df = res.hotspot_genes

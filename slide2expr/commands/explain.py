@@ -25,15 +25,17 @@ def explain(
         list[str] | None,
         typer.Option(
             "--slides",
+            metavar="SLIDE",
             help="Slides to draw maps for (repeat or comma-separate); default: per gene, "
             "the slides of the highest-expression patients.",
         ),
     ] = None,
     genes: Annotated[
-        list[str] | None, typer.Option("--genes", help="Genes (default: all of the run's).")
+        list[str] | None, typer.Option("--genes", metavar="GENE", help="Genes (default: all of the run's).")
     ] = None,
     models: Annotated[
-        list[str] | None, typer.Option("--models", help="Models (default: all of the run's).")
+        list[str] | None,
+        typer.Option("--models", metavar="MODEL", help="Models (default: all of the run's)."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/explain).")

@@ -19,6 +19,7 @@ def featurize(
     slides: Annotated[
         list[Path],
         typer.Argument(
+            metavar="SLIDES...",
             help="Slide files, directories (searched recursively) or a CSV/TSV list "
             "(path[, slide_id, patient_id, mpp]).",
             show_default=False,

@@ -175,7 +175,9 @@ def sql_command(
     name: Annotated[str | None, typer.Argument(help="A named query (see --list).")] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."),
+        typer.Option(
+            "--param", "-p", metavar="NAME=VALUE", help="A query parameter as NAME=VALUE (repeatable)."
+        ),
     ] = None,
     query: Annotated[
         str | None, typer.Option("--query", "-q", help="Ad-hoc SQL over the views instead of a name.")

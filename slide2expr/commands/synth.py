@@ -31,7 +31,7 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (must be missing or empty).")],
     n_patients: Annotated[
         int,
-        typer.Option("--n-patients", "--patients", help="Number of patients (about a third get 2 slides)."),
+        typer.Option("--n-patients", help="Number of patients (about a third get 2 slides)."),
     ] = 40,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed; the same seed writes identical files.")

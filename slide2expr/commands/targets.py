@@ -29,6 +29,7 @@ def import_command(
     files: Annotated[
         list[Path],
         typer.Argument(
+            metavar="FILES...",
             help="A CSV/TSV/Parquet matrix, or GDC STAR-counts .tsv files / a GDC download folder."
         ),
     ],

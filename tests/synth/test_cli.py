@@ -18,7 +18,7 @@ def test_synth_command(tmp_path):
         "synth",
         "--out",
         str(out),
-        "--patients",
+        "--n-patients",
         "3",
         "--seed",
         "5",
