@@ -215,3 +215,32 @@ def pooled_parts(model) -> PooledParts:
     regressors = tuple(last.estimators_) if isinstance(last, MultiOutputRegressor) else (last,)
     names = tuple(str(n) for n in model[0].get_feature_names_out())
     return PooledParts(lambda bags: np.asarray(pre.transform(bags), dtype=np.float64), names, regressors)
+
+
+def learned_nothing(model) -> bool:
+    """Whether a fitted model predicts the same value for every bag, so it learned nothing from the features.
+
+    True for :class:`MeanRegressor` and for a pooled pipeline whose every per-gene regressor is a LightGBM model that
+    made no split (its trees are single leaves: on few patients with its minimum leaf size it fits only the mean).
+
+    >>> import numpy as np
+    >>> bags = [np.full((2, 3), float(i), dtype=np.float32) for i in range(4)]
+    >>> learned_nothing(lgbm_regressor(min_child_samples=5).fit(bags, np.arange(4.0)))
+    True
+    >>> learned_nothing(ridge_regressor().fit(bags, np.arange(4.0)))
+    False
+    """
+    if isinstance(model, MeanRegressor):
+        return True
+    try:
+        regressors = pooled_parts(model).regressors
+    except TypeError:
+        return False
+    for reg in regressors:
+        booster = getattr(reg, "booster_", None)
+        if booster is None:
+            return False
+        trees = booster.dump_model().get("tree_info", [])
+        if any(t.get("num_leaves", 1) > 1 for t in trees):
+            return False
+    return True
