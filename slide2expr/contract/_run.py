@@ -123,6 +123,13 @@ ATTENTION_SCHEMA = pa.schema(
 )
 
 
+#: ``RUN/truth_tiles.parquet``: tile-level ground truth of a synthetic cohort, the share of each tile covered by each
+#: gene's planted driver regions (``slide2expr.synth.write_truth_tiles``).
+TRUTH_TILES_SCHEMA = pa.schema(
+    [("slide_id", pa.string()), ("tile_id", pa.int32()), ("gene", pa.string()), ("driver_frac", pa.float32())]
+)
+
+
 # ---- layouts -------------------------------------------------------------------------------------------------
 
 
