@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
 #: Defaults chosen so the whole demo runs in well under 15 minutes on 2 CPU cores (see README for timings).
 DEMO_PATIENTS = 40
@@ -51,49 +50,6 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     hotspot_genes: pd.DataFrame | None = None
-
-
-def write_truth_tiles(
-    cohort_dir: str | os.PathLike, *, store: str | os.PathLike, tiling: str, run: str | os.PathLike
-) -> Path:
-    """Write ``RUN/truth_tiles.parquet`` (slide_id, tile_id, gene, driver_frac) from the synthetic ground truth.
-
-    Only meaningful for a cohort written by :func:`slide2expr.synth.make_cohort`: for every tile of every slide in
-    ``STORE/tiles/<tiling>/``, the share of the tile covered by each gene's planted driver regions.
-    """
-    import pyarrow.parquet as pq
-
-    from slide2expr.contract import write_table_atomic
-    from slide2expr.synth import tile_truth
-
-    parts = []
-    for f in sorted((Path(store) / "tiles" / tiling).glob("*.parquet")):
-        tiles = pq.read_table(f).to_pandas()
-        if tiles.empty:
-            continue
-        sid = str(tiles["slide_id"].iloc[0])
-        truth = tile_truth(cohort_dir, slide_id=sid, x=tiles["x"], y=tiles["y"], w=tiles["w"], h=tiles["h"])
-        cols = [c for c in truth.columns if c.startswith("driver_frac_")]
-        long = (
-            truth[cols]
-            .assign(tile_id=tiles["tile_id"].to_numpy())
-            .melt(id_vars="tile_id", var_name="gene", value_name="driver_frac")
-        )
-        long["gene"] = long["gene"].str.removeprefix("driver_frac_")
-        long.insert(0, "slide_id", sid)
-        parts.append(long)
-    df = pd.concat(parts, ignore_index=True)
-    table = pa.Table.from_pandas(df, preserve_index=False).cast(
-        pa.schema(
-            [
-                ("slide_id", pa.string()),
-                ("tile_id", pa.int32()),
-                ("gene", pa.string()),
-                ("driver_frac", pa.float32()),
-            ]
-        )
-    )
-    return write_table_atomic(table, Path(run) / "truth_tiles.parquet", metadata={"kind": "truth_tiles"})
 
 
 class DemoError(ValueError):
@@ -190,8 +146,9 @@ def run_demo(
     """
     from slide2expr import explain as ex
     from slide2expr import regress, sql
+    from slide2expr.contract import RunLayout
     from slide2expr.featurize import featurize_cohort
-    from slide2expr.synth import make_cohort, read_truth
+    from slide2expr.synth import make_cohort, read_truth, write_truth_tiles
 
     plan = plan_demo(
         out,
@@ -258,7 +215,7 @@ def run_demo(
 
     t = time.perf_counter()
     log("[5/6] ground truth per tile (planted drivers) → run/truth_tiles.parquet")
-    write_truth_tiles(cohort_dir, store=store, tiling=tiling, run=run)
+    write_truth_tiles(cohort_dir, store=store, tiling=tiling, out=RunLayout(run).truth_tiles)
     res.seconds["truth"] = time.perf_counter() - t
     truth = read_truth(cohort_dir)
 

@@ -23,7 +23,14 @@ from slide2expr.synth._compartments import (
 )
 from slide2expr.synth._expression import GENE_DRIVERS, GENES, gene_kind
 from slide2expr.synth._slide import SlideWriteError
-from slide2expr.synth._truth import CohortError, load_label_map, patient_truth, read_truth, tile_truth
+from slide2expr.synth._truth import (
+    CohortError,
+    load_label_map,
+    patient_truth,
+    read_truth,
+    tile_truth,
+    write_truth_tiles,
+)
 
 __all__ = [
     "COMPARTMENTS",
@@ -45,4 +52,5 @@ __all__ = [
     "patient_truth",
     "read_truth",
     "tile_truth",
+    "write_truth_tiles",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from slide2expr.synth._compartments import COMPARTMENTS, TISSUE_COMPARTMENTS
 
@@ -168,3 +169,57 @@ def patient_truth(cohort_dir: str | os.PathLike) -> pd.DataFrame:
         row.update({f"frac_{c}": p["fractions"][c] for c in TISSUE_COMPARTMENTS})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_truth_tiles(
+    cohort_dir: str | os.PathLike,
+    *,
+    store: str | os.PathLike,
+    tiling: str,
+    out: str | os.PathLike,
+) -> Path:
+    """Write the tile-level ground truth of a synthetic cohort's featurized tiles to ``out``.
+
+    For every tile of every slide of ``store`` that has a tile grid at ``tiling`` and a label map in ``cohort_dir``:
+    the share of the tile covered by each gene's planted driver regions. ``explain`` reads it from a run directory
+    (``RUN/truth_tiles.parquet``, the contract's ``RunLayout.truth_tiles``) and measures localisation against it.
+
+    Returns
+    -------
+    ``out``, a Parquet file in the contract's ``TRUTH_TILES_SCHEMA``: ``slide_id, tile_id, gene, driver_frac``, one
+    row per tile and gene.
+
+    Raises
+    ------
+    CohortError
+        ``cohort_dir`` is not a synthetic cohort, or no slide of ``store`` has both tiles and a label map.
+    """
+    from slide2expr import sql
+    from slide2expr.contract import TRUTH_TILES_SCHEMA, tiles_path, write_table_atomic
+
+    read_truth(cohort_dir)
+    parts = []
+    for sid in sql.read_slides(store)["slide_id"]:
+        if not tiles_path(store, tiling, sid).exists() or not label_map_path(cohort_dir, sid).is_file():
+            continue
+        tiles = sql.read_tiles(store, tiling, sid)
+        if tiles.empty:
+            continue
+        truth = tile_truth(cohort_dir, slide_id=sid, x=tiles["x"], y=tiles["y"], w=tiles["w"], h=tiles["h"])
+        cols = [c for c in truth.columns if c.startswith("driver_frac_")]
+        long = (
+            truth[cols]
+            .assign(tile_id=tiles["tile_id"].to_numpy())
+            .melt(id_vars="tile_id", var_name="gene", value_name="driver_frac")
+        )
+        long["gene"] = long["gene"].str.removeprefix("driver_frac_")
+        long.insert(0, "slide_id", sid)
+        parts.append(long)
+    if not parts:
+        raise CohortError(
+            f"no slide of the store {store} has tiles at {tiling} and a label map in {Path(cohort_dir) / TRUTH_DIR}: "
+            "featurize this synthetic cohort's slides into the store first"
+        )
+    df = pd.concat(parts, ignore_index=True)
+    table = pa.Table.from_pandas(df, preserve_index=False).cast(TRUTH_TILES_SCHEMA)
+    return write_table_atomic(table, out, metadata={"kind": "truth_tiles"})
