@@ -24,6 +24,8 @@ app = typer.Typer(
 EXIT_BAD_ARGS = 2
 #: Exit status for a batch run in which some items failed.
 EXIT_SOME_FAILED = 3
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it); the command says what was done and how to go on.
+EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, *, code: int = EXIT_BAD_ARGS) -> typer.Exit:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import DryRunOpt, app, reported
+from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, app, reported
 
 
 @app.command()
@@ -68,8 +68,16 @@ def demo(
         console.print(plan.describe(), highlight=False)
         console.print("nothing written (--dry-run)")
         return
-    with reported(*errors):
-        res = run_demo(out, explain=not no_explain, log=console.print, **args)
+    try:
+        with reported(*errors):
+            res = run_demo(out, explain=not no_explain, log=console.print, **args)
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: rerun `slide2expr demo --out {out}` to go on; the cohort and the featurized slides "
+            "already written are reused, the comparison and explain start again",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_result(console, res)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import DryRunOpt, OverwriteOpt, app, fail, reported
+from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported
 
 
 def parse_size(text: str | None) -> int | tuple[int, int] | None:
@@ -85,8 +85,15 @@ def synth(
                 task, total=total, completed=done, description=f"slide {row['slide_id']}" if row else "slides"
             )
 
-        with reported(CohortError):
-            info = make_cohort(out, seed=seed, progress=progress, **kwargs)
+        try:
+            with reported(CohortError):
+                info = make_cohort(out, seed=seed, progress=progress, **kwargs)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(
+                f"interrupted: {out} holds an incomplete cohort; rerun with --overwrite to write it again"
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_cohort(console, info)
 
 
