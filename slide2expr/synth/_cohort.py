@@ -267,9 +267,10 @@ def check_cohort(
             raise CohortError(
                 f"out {out} exists and is not empty: choose a new folder or pass overwrite (--overwrite)"
             )
-        if not (out / TRUTH_JSON).is_file():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUTPUTS)
+        if foreign:
             raise CohortError(
-                f"refusing to overwrite {out}: it is not empty and holds no synthetic cohort ({TRUTH_JSON})"
+                f"refusing to overwrite {out}: it holds entries a synthetic cohort does not ({', '.join(foreign[:5])})"
             )
     return CohortParams(n_patients, (lo, hi), svs_fraction, two_slide_fraction, tuple(tissue_frac), label_um,
                         atlas_um, atlas_variants, quality)  # fmt: skip

@@ -44,9 +44,17 @@ def test_refuses_non_empty_out(tmp_path):
     (tmp_path / "x" / "notes.txt").write_text("keep me")
     with pytest.raises(CohortError, match="not empty"):
         make_cohort(tmp_path / "x", seed=0, **_KW)
-    with pytest.raises(CohortError, match="holds no synthetic cohort"):
+    with pytest.raises(CohortError, match="entries a synthetic cohort does not .notes.txt"):
         make_cohort(tmp_path / "x", seed=0, overwrite=True, **_KW)
     assert (tmp_path / "x" / "notes.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_an_interrupted_cohort(tmp_path):
+    out = tmp_path / "x"
+    (out / "slides").mkdir(parents=True)
+    (out / "slides" / "half.svs").write_bytes(b"partial")  # what Ctrl-C leaves: slides, no truth.json yet
+    make_cohort(out, seed=0, overwrite=True, **_KW)
+    assert not (out / "slides" / "half.svs").exists() and (out / "truth.json").is_file()
 
 
 def test_overwrite_replaces_a_cohort(tmp_path):
