@@ -3,11 +3,101 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+import os
+import sys
+from typing import Annotated, get_args
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+#: Help's name for each type of value: Click's words (``PATH``, ``TEXT``, ``INTEGER``), not Python's annotations.
+TYPE_NAMES = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN"}
+#: Path parameters by what they accept (Typer's ``file_okay``/``dir_okay``).
+PATH_NAMES = {"file": "FILE", "dir": "DIRECTORY", "path": "PATH"}
+#: Width of rich output (tables) when stdout is not a terminal: a log or a pipe keeps whole rows instead of
+#: rich's 80 columns; help (``--help``) keeps the usual width.
+WIDTH_OFF_TERMINAL = 1000
+
+
+def type_name(param: TyperArgument | TyperOption) -> str:
+    """What ``--help`` shows as the type of a parameter: ``PATH``, ``TEXT``, ``INTEGER``, ``[a|b]`` for choices, and
+    nothing for an on/off flag.
+
+    Examples
+    --------
+    >>> import typer.main
+    >>> def f(out: Annotated[list[str], typer.Option()], n: int = 3, quiet: bool = False): ...
+    >>> cmd = typer.main.get_command_from_info(typer.models.CommandInfo(callback=f), pretty_exceptions_short=True,
+    ...                                         rich_markup_mode=None)
+    >>> [type_name(p) for p in cmd.params if p.name != "help"]
+    ['TEXT', 'INTEGER', '']
+    """
+    if isinstance(param, TyperOption) and param.is_bool_flag:
+        return ""
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "[" + TyperOption.display_type(param, None)[1:-1].removeprefix("list[").removesuffix("]") + "]"
+    if desc.is_path:
+        return PATH_NAMES.get(desc.path_type, "PATH")
+    annotation = desc.annotation
+    if desc.is_list or desc.is_tuple:
+        names = [TYPE_NAMES.get(a, getattr(a, "__name__", str(a)).upper()) for a in get_args(annotation)]
+        return " ".join(n for n in names if n != "ELLIPSIS")
+    if desc.is_datetime:
+        return "DATETIME"
+    return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)).upper())
+
+
+class _PlainOption(TyperOption):
+    def display_type(self, ctx) -> str:
+        return type_name(self)
+
+
+class _PlainArgument(TyperArgument):
+    def display_type(self, ctx) -> str:
+        return type_name(self)
+
+
+def _plain(params: list) -> list:
+    # the subclasses only change how a type is shown; parsing and state stay TyperOption's and TyperArgument's
+    for p in params:
+        if type(p) is TyperOption:
+            p.__class__ = _PlainOption
+        elif type(p) is TyperArgument:
+            p.__class__ = _PlainArgument
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose ``--help`` names types as Click does (``PATH``, ``INTEGER``) instead of ``<list[Path]>``;
+    a parameter's own ``metavar`` still wins."""
+
+    def get_params(self, ctx) -> list:
+        return _plain(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The app's group: its commands and sub-groups (``targets``) show types as :class:`Command` does."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _adopt(self)
+
+    def get_params(self, ctx) -> list:
+        return _plain(super().get_params(ctx))
+
+
+def _adopt(group: TyperGroup) -> None:
+    for cmd in group.commands.values():
+        if type(cmd) is TyperCommand:
+            cmd.__class__ = Command
+        elif type(cmd) is TyperGroup:
+            cmd.__class__ = Group
+            _adopt(cmd)
+
 
 app = typer.Typer(
+    cls=Group,
     name="slide2expr",
     help=(
         "Predict bulk gene expression from H&E whole-slide images and show where in the tissue it comes from.\n\n"
@@ -15,10 +105,36 @@ app = typer.Typer(
         "`make demo` runs it all on a synthetic cohort."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from slide2expr import __version__
+
+        typer.echo(f"slide2expr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Predict bulk gene expression from H&E whole-slide images and show where in the tissue it comes from."""
+    asks_help = any(h in sys.argv[1:] for h in ctx.help_option_names)
+    if "COLUMNS" in os.environ or asks_help or sys.stdout.isatty():
+        return
+    # rich lays tables out at COLUMNS; restored when the command ends (in-process callers such as tests keep theirs)
+    os.environ["COLUMNS"] = str(WIDTH_OFF_TERMINAL)
+    ctx.call_on_close(lambda: os.environ.pop("COLUMNS", None))
+
 
 #: Exit status for bad arguments (Typer/Click usage errors use it too).
 EXIT_BAD_ARGS = 2

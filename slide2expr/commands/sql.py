@@ -169,6 +169,44 @@ def _params(items: list[str]) -> dict[str, str]:
     return params
 
 
+def _literal(text: str) -> str:
+    """A SQL string literal for the duckdb shell's ``set variable`` (the shell binds no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def shell_command(
+    store: Path, *, run: Path | None = None, encoder: str | None = None, tiling: str | None = None
+) -> list[str]:
+    """The ``duckdb`` shell command line that opens with the views of :func:`slide2expr.sql.connect` loaded.
+
+    Examples
+    --------
+    >>> cmd = shell_command(Path("/data/S"), encoder="uni")
+    >>> cmd[1:5]
+    ['-cmd', "set variable store = '/data/S'", '-cmd', "set variable encoder = 'uni'"]
+    >>> cmd[-1].startswith(".read ") and cmd[-1].endswith("_views.sql")
+    True
+    """
+    import shutil
+    import sys
+    from importlib.resources import files
+
+    exe = shutil.which("duckdb") or shutil.which("duckdb", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise fail("no duckdb shell on PATH: pip install duckdb-cli (the dev extra installs it)")
+    values = {
+        "store": store.resolve(),
+        "run": run.resolve() if run else None,
+        "encoder": encoder,
+        "tiling": tiling,
+    }
+    cmd = [exe]
+    for key, value in values.items():
+        if value is not None:
+            cmd += ["-cmd", f"set variable {key} = {_literal(str(value))}"]
+    return [*cmd, "-cmd", f".read {files('slide2expr.sql').joinpath('_views.sql')}"]
+
+
 @app.command(name="sql")
 def sql_command(
     store: Annotated[Path | None, typer.Argument(help="The store directory.")] = None,
@@ -206,11 +244,20 @@ def sql_command(
             help="Rows shown by --format table (0: every row; csv, json and parquet hold all).",
         ),
     ] = 50,
+    shell: Annotated[
+        bool,
+        typer.Option(
+            "--shell",
+            help="Open the duckdb shell with the views loaded (needs duckdb-cli, in the dev extra); SQL on stdin "
+            "runs without a prompt.",
+        ),
+    ] = False,
 ) -> None:
     r"""Query a store with SQL: a named query (`slide2expr sql STORE cohort_summary`) or `-q "select …"`.
 
     Views: slides, tiles, embeddings (embedding FLOAT\[d]), embedding_files, targets; with --run: folds,
     predictions, metrics, attention, comparisons. Parameters are bound, never formatted into the SQL.
+    `--shell` opens the duckdb shell with the same views, from any folder.
     """
     import duckdb
 
@@ -224,9 +271,21 @@ def sql_command(
         raise fail(
             "give a STORE (and a query NAME or -q SQL); `slide2expr sql --list` lists the named queries"
         )
-    if (name is None) == (query is None):
+    if shell and (name is not None or query is not None):
+        raise fail("--shell opens the duckdb shell: give no query NAME or -q with it (type queries there)")
+    if (name is None) == (query is None) and not shell:
         raise fail(
             "give either a query NAME or -q SQL (not both); named queries: " + ", ".join(list_queries())
+        )
+    if shell:
+        import subprocess
+
+        with reported(StoreError):
+            connect(
+                store, run=run, encoder=encoder, tiling=tiling
+            ).close()  # the same checks, one-line errors
+        raise typer.Exit(
+            subprocess.run(shell_command(store, run=run, encoder=encoder, tiling=tiling)).returncode
         )
     params = _params(param or [])
     with reported(QueryError, StoreError):
