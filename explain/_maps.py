@@ -200,11 +200,78 @@ def tile_score_map(
     )
 
 
+#: Plain words for the score labels of :func:`slide_score_maps`, shown on colour bars: what the score is, and what
+#: its raw values mean.
+PLAIN_LABELS = {
+    "attention × bag size": ("attention", "1 = an average tile"),
+    "tile prediction": ("predicted expression of the tile", ""),
+    "tile SHAP": ("tile's push on the prediction (SHAP)", ""),
+}
+#: Scale-bar lengths to choose from, in mm: the longest that fits in a fifth of the panel's width.
+SCALE_BAR_MM = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 20.0, 50.0)
+
+
 def scale_label(label: str, scale: str) -> str:
-    """The colour-bar text that states the scale."""
+    """The colour-bar text that states the scale in plain words.
+
+    Examples
+    --------
+    >>> scale_label("attention × bag size", "raw")
+    'attention (raw values; 1 = an average tile)'
+    >>> scale_label("tile prediction", "percentile")
+    'predicted expression of the tile: percentile in this slide'
+    """
+    what, note = PLAIN_LABELS.get(label, (label, ""))
     if scale == "raw":
-        return f"{label} (raw values)"
-    return f"{label}: percentile within slide (%)"
+        return f"{what} (raw values{'; ' + note if note else ''})"
+    return f"{what}: percentile in this slide"
+
+
+def scale_bar_mm(width_mm: float) -> float:
+    """The scale bar for a panel ``width_mm`` wide: the longest of :data:`SCALE_BAR_MM` within a fifth of it.
+
+    Examples
+    --------
+    >>> scale_bar_mm(12.0), scale_bar_mm(3.0), scale_bar_mm(0.4)
+    (2.0, 0.5, 0.05)
+    """
+    fits = [b for b in SCALE_BAR_MM if b <= width_mm / 5.0]
+    return fits[-1] if fits else SCALE_BAR_MM[0]
+
+
+def _mm_text(mm: float) -> str:
+    return f"{mm * 1000:g} µm" if mm < 1 else f"{mm:g} mm"
+
+
+def add_scale_bar(ax, *, width_px: float, mpp: float, color: str = "black") -> float:
+    """Replace ``ax``'s pixel axes by a scale bar in mm (bottom left) for an image ``width_px`` level-0 px wide at
+    ``mpp`` µm per pixel; returns the bar's length in mm."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    mm = scale_bar_mm(width_px * mpp / 1000.0)
+    bar = AnchoredSizeBar(
+        ax.transData,
+        mm * 1000.0 / mpp,
+        _mm_text(mm),
+        "lower left",
+        pad=0.3,
+        borderpad=0.4,
+        sep=3,
+        color=color,
+        frameon=True,
+        size_vertical=max(width_px / 150.0, 1.0),
+        fontproperties={"size": 7},
+    )
+    bar.patch.set_alpha(0.7)
+    ax.add_artist(bar)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return mm
+
+
+def _percentile_ticks(cb) -> None:
+    cb.set_ticks([0, 50, 100])
+    cb.set_ticklabels(["0 lowest", "50", "100 highest"])
 
 
 def draw_heatmap(
@@ -220,7 +287,8 @@ def draw_heatmap(
     hotspots=None,
     hotspot_color: str = "cyan",
 ):
-    """Draw ``score_map`` (over ``thumbnail``) on ``ax``; returns the image artist (for a colour bar)."""
+    """Draw ``score_map`` (over ``thumbnail``) on ``ax`` with a scale bar in mm; returns the image artist (for a
+    colour bar)."""
     if scale not in SCALES:
         raise ExplainError(f"scale must be one of {SCALES}, got {scale!r}")
     width, height = score_map.slide_size
@@ -248,9 +316,7 @@ def draw_heatmap(
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_aspect("equal")
-    ax.set_xlabel("level-0 x (px)")
-    ax.set_ylabel("level-0 y (px)")
-    ax.tick_params(labelsize=7)
+    add_scale_bar(ax, width_px=width, mpp=score_map.mpp[0])
     return im
 
 
@@ -310,6 +376,8 @@ def plot_heatmap(
     )
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label(scale_label(score_map.label, scale), fontsize=8)
+    if scale == "percentile":
+        _percentile_ticks(cb)
     if title:
         ax.set_title(title, fontsize=9)
     return fig
@@ -352,7 +420,9 @@ def plot_slide_maps(
         w, h = maps[names[0]].slide_size
         axes[0].imshow(thumbnail, extent=(0, w, h, 0))
         axes[0].set_title("H&E thumbnail", fontsize=8)
-        axes[0].set_axis_off()
+        add_scale_bar(axes[0], width_px=w, mpp=maps[names[0]].mpp[0])
+        for side in axes[0].spines.values():
+            side.set_visible(False)
         k = 1
     target = hotspots_on or names[0]
     for name, m, sc in panels:
@@ -361,12 +431,12 @@ def plot_slide_maps(
         im = draw_heatmap(ax, m, thumbnail=thumbnail, scale=sc, hotspots=hotspots if outline else None)
         cb = fig.colorbar(im, ax=ax, shrink=0.7)
         cb.set_label(scale_label(m.label, sc), fontsize=6)
+        if sc == "percentile":
+            _percentile_ticks(cb)
         cb.ax.tick_params(labelsize=6)
         ax.set_title(
             name + (" + hotspots" if outline else "") + (" (raw)" if sc == "raw" else ""), fontsize=8
         )
-        ax.xaxis.label.set_fontsize(7)
-        ax.yaxis.label.set_fontsize(7)
         k += 1
     if title:
         fig.suptitle(title, fontsize=9)
