@@ -39,6 +39,13 @@ from slide2expr.regress._compare import (
     summarise,
 )
 from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds
+from slide2expr.regress._genes import (
+    GeneSelection,
+    GeneSelectionError,
+    read_gene_file,
+    select_genes,
+    top_genes_of,
+)
 from slide2expr.regress._harness import CompareError, LeftOutBagsWarning
 from slide2expr.regress._meta import PerGeneRegressor, SeedEnsemble, TileScores
 from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
@@ -77,6 +84,9 @@ from slide2expr.regress._targets import (
     TargetsReport,
     import_star_counts,
     import_targets,
+    read_sample_sheet,
+    read_star_counts,
+    resolve_sample_types,
 )
 
 __all__ = [
@@ -93,6 +103,8 @@ __all__ = [
     "CompareResult",
     "EncoderMismatchError",
     "FoldOutputs",
+    "GeneSelection",
+    "GeneSelectionError",
     "HE2RNARegressor",
     "LeftOutBagsWarning",
     "MeanRegressor",
@@ -133,11 +145,17 @@ __all__ = [
     "plot_compare_pearson",
     "pooled_parts",
     "predict",
+    "read_gene_file",
+    "read_sample_sheet",
+    "read_star_counts",
+    "resolve_sample_types",
     "print_summary",
     "register_model",
     "regression_metrics",
     "ridge_regressor",
+    "select_genes",
     "summarise",
+    "top_genes_of",
     "train",
     "write_run",
 ]

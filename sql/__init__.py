@@ -27,7 +27,7 @@ True
 from __future__ import annotations
 
 from slide2expr.contract import Cohort
-from slide2expr.sql._bags import MissingTargetsWarning, iter_cohort, load_cohort
+from slide2expr.sql._bags import MissingTargetsWarning, UnpairedSlidesWarning, iter_cohort, load_cohort
 from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
 from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
 from slide2expr.sql._read import Run, open_run, read_embeddings, read_slide, read_slides, read_tiles
@@ -38,6 +38,7 @@ __all__ = [
     "STORE_VIEWS",
     "Cohort",
     "MissingTargetsWarning",
+    "UnpairedSlidesWarning",
     "QueryError",
     "QueryInfo",
     "Run",

@@ -34,6 +34,9 @@ from slide2expr.contract import (
     Cohort,
     StoreError,
     decode_metadata,
+    pair_slides,
+    parse_tcga,
+    sample_type_name,
     tcga_patient,
 )
 from slide2expr.sql._pages import read_plain_float_column
@@ -50,6 +53,11 @@ CACHE_MODES = (False, True, "mmap")
 
 class MissingTargetsWarning(UserWarning):
     """Some bags have tiles but no target values; they are listed in ``Cohort.missing_targets``."""
+
+
+class UnpairedSlidesWarning(UserWarning):
+    """Some slides pair with none of their patient's samples and are left out of its bag (listed, with the reason,
+    in ``Cohort.meta["slides_not_paired"]``)."""
 
 
 @dataclass(frozen=True)
@@ -389,10 +397,44 @@ def read_targets(store: str | os.PathLike, targets: str | os.PathLike) -> pa.Tab
     return pq.read_table(p)
 
 
+def _pairing_settings(table: pa.Table) -> tuple[str, list[str] | None]:
+    """``(pair_by, slide_types)`` recorded by the targets import; the finest pairing and every slide otherwise."""
+    pairing = decode_metadata(table.schema.metadata).get("pairing") or {}
+    return pairing.get("pair_by", "portion"), pairing.get("slide_types")
+
+
+def _sample_type(sample: str) -> str | None:
+    b = parse_tcga(sample)
+    return None if b is None else b.sample_type
+
+
+def _bag_values(samples: set[str], per_sample: pd.DataFrame, *, bag: str, n_genes: int) -> np.ndarray:
+    """The mean of ``samples``' values (one sample type only) as ``(n_genes,)``; NaN without samples."""
+    if not samples:
+        return np.full(n_genes, np.nan)
+    types = {_sample_type(s) for s in samples}
+    if len(types) > 1:
+        found = "; ".join(
+            f"{sample_type_name(t)}: {', '.join(sorted(s for s in samples if _sample_type(s) == t))}"
+            for t in sorted(types, key=str)
+        )
+        raise StoreError(
+            f"bag {bag} pairs with samples of several sample types ({found}); a bag never averages across sample "
+            "types: load one bag per slide (by='slide', --by slide), or import one sample type "
+            "(`slide2expr targets import … --sample-types 01`)"
+        )
+    return per_sample.loc[sorted(samples)].mean(axis=0).to_numpy(dtype=np.float64)
+
+
 def _target_matrix(
-    table: pa.Table, *, genes: Sequence[str] | None, groups: Sequence[str], bag_ids: Sequence[str]
-) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], dict]:
-    """(n_bags, n_genes) patient-level targets (several samples of a patient are averaged), genes, missing bags."""
+    table: pa.Table, *, genes: Sequence[str] | None, plan: _Plan
+) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], dict, tuple[int, ...]]:
+    """Bag-level targets by the pairing rule the targets import recorded (:func:`~slide2expr.contract.pair_slides`).
+
+    Returns ``y`` ``(n_bags, n_genes)`` (a bag's value is the mean of the samples its slides pair with, per gene;
+    NaN without any), the genes, the bags without values, info for ``Cohort.meta``, and the plan's files left out:
+    slides that pair with no sample while other slides of their bag do.
+    """
     all_genes = pc.unique(table["gene"]).to_pylist()  # order of first appearance
     if genes is not None:
         order_genes = list(genes)
@@ -401,37 +443,79 @@ def _target_matrix(
             raise StoreError(f"gene(s) not in the targets: {', '.join(unknown)}")
     else:
         order_genes = all_genes
-    patients = list(dict.fromkeys(groups))
+    patients = list(dict.fromkeys(plan.groups))
     all_patients = set(pc.unique(table["patient_id"]).to_pylist())
     mask = pc.and_(
         pc.is_in(table["gene"], value_set=pa.array(order_genes, pa.string())),
         pc.is_in(table["patient_id"], value_set=pa.array(patients, pa.string())),
     )
-    df = table.select(["sample_id", "patient_id", "gene", "value"]).filter(mask).to_pandas()
-    per_patient = (
-        df.groupby(["patient_id", "gene"], sort=False)["value"].mean().unstack("gene")
+    columns = ["sample_id", "patient_id", "gene", "value"]
+    has_types = "gene_type" in table.column_names and table["gene_type"].null_count < len(table)
+    df = table.select(columns + ["gene_type"] * has_types).filter(mask).to_pandas()
+    per_sample = (
+        df.groupby(["sample_id", "gene"], sort=False)["value"].mean().unstack("gene")
         if len(df)
-        else pd.DataFrame(index=pd.Index([], name="patient_id"))
+        else pd.DataFrame(index=pd.Index([], name="sample_id"))
+    ).reindex(columns=order_genes)
+    pair_by, slide_types = _pairing_settings(table)
+    pairs = df[["sample_id", "patient_id"]].drop_duplicates("sample_id")
+    sample_patient = dict(zip(pairs["sample_id"], pairs["patient_id"], strict=True))
+    pairing = pair_slides(
+        {f.slide_id: f.patient_id for f in plan.files},
+        sample_patient,
+        pair_by=pair_by,
+        slide_types=slide_types,
     )
-    per_patient = per_patient.reindex(index=patients, columns=order_genes)
-    y = per_patient.loc[list(groups)].to_numpy(dtype=np.float64)
-    n_samples = df.groupby("patient_id")["sample_id"].nunique() if len(df) else pd.Series(dtype=int)
-    missing = tuple(b for b, row in zip(bag_ids, y, strict=True) if np.all(np.isnan(row)))
+    bag_samples: list[set[str]] = [set() for _ in plan.bag_ids]
+    for j, f in enumerate(plan.files):
+        bag_samples[plan.bag_of_file[j]].update(pairing.samples_of.get(f.slide_id, ()))
+    excluded = tuple(
+        j
+        for j, f in enumerate(plan.files)
+        if f.slide_id not in pairing.samples_of and bag_samples[plan.bag_of_file[j]]
+    )
+    y = np.stack(
+        [
+            _bag_values(ss, per_sample, bag=plan.bag_ids[b], n_genes=len(order_genes))
+            for b, ss in enumerate(bag_samples)
+        ]
+    ).reshape(len(plan.bag_ids), len(order_genes))
+    missing = tuple(b for b, row in zip(plan.bag_ids, y, strict=True) if np.all(np.isnan(row)))
     info = {
-        "patients_with_several_samples_averaged": sorted(n_samples.index[n_samples > 1]),
+        "patients_with_several_samples_averaged": sorted(
+            plan.bag_ids[b] for b, ss in enumerate(bag_samples) if len(ss) > 1
+        ),
         "targets_without_tiles": sorted(all_patients - set(patients)),
+        "pairing": {"pair_by": pair_by, "slide_types": slide_types},
+        "slides_not_paired": {
+            plan.files[j].slide_id: pairing.unpaired.get(plan.files[j].slide_id, "") for j in excluded
+        },
     }
-    return y, tuple(order_genes), missing, info
+    if has_types:
+        types = df.drop_duplicates("gene").set_index("gene")["gene_type"]
+        info["gene_types"] = {g: types.get(g) for g in order_genes}
+    return y, tuple(order_genes), missing, info, excluded
 
 
 def _targets_for_plan(
-    plan: _Plan, table: pa.Table | None, genes: Sequence[str] | None
-) -> tuple[np.ndarray | None, tuple[str, ...], tuple[str, ...], dict]:
+    plan: _Plan, table: pa.Table | None, genes: Sequence[str] | None, *, stacklevel: int
+) -> tuple[np.ndarray | None, tuple[str, ...], tuple[str, ...], dict, tuple[int, ...]]:
     if table is None:
         if genes is not None:
             raise ValueError("genes= needs targets=: name the targets table to take the genes from")
-        return None, (), (), {}
-    return _target_matrix(table, genes=genes, groups=list(plan.groups), bag_ids=list(plan.bag_ids))
+        return None, (), (), {}, ()
+    y, names, missing, info, excluded = _target_matrix(table, genes=genes, plan=plan)
+    unpaired = info["slides_not_paired"]
+    if unpaired:
+        shown = ", ".join(f"{s} ({why})" for s, why in list(unpaired.items())[:SHOWN_IDS])
+        warnings.warn(
+            f"{len(unpaired)} slide(s) pair with none of their patient's samples and are left out of its bag: "
+            + shown
+            + (" …" if len(unpaired) > SHOWN_IDS else ""),
+            UnpairedSlidesWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return y, names, missing, info, excluded
 
 
 def _warn_missing(missing: Sequence[str], *, drop_missing: bool, stacklevel: int) -> None:
@@ -543,8 +627,14 @@ def load_cohort(
     -------
     Cohort
         ``features`` (N, d) float32; ``offsets`` (n_bags + 1,); ``y_true`` (n_bags, n_genes) float64 of the stored
-        (transformed) values — a patient with several samples gets their mean, per gene (listed in
-        ``meta["patients_with_several_samples_averaged"]``); ``by="slide"`` bags get their patient's values.
+        (transformed) values. Bags get targets by the pairing rule the targets import recorded
+        (:func:`~slide2expr.contract.pair_slides`): each slide pairs with the samples of its patient of the same
+        sample type (and vial and portion where both ids carry them; only slides of the recorded ``slide_types``);
+        a bag's value is the mean of the samples its slides pair with (bags averaging several samples are listed in
+        ``meta["patients_with_several_samples_averaged"]``), never across sample types (a :class:`StoreError`);
+        a slide that pairs with no sample while other slides of its bag do is left out of the bag (listed with the
+        reason in ``meta["slides_not_paired"]``, with an :class:`UnpairedSlidesWarning`). ``meta["gene_types"]``
+        maps each gene to its GENCODE type when the targets carry one (GDC STAR-counts).
 
     Raises
     ------
@@ -554,11 +644,12 @@ def load_cohort(
     """
     plan = _plan(store, encoder=encoder, tiling=tiling, by=by)
     table = read_targets(store, targets) if targets is not None else None
-    y_all, gene_names, missing, info = _targets_for_plan(plan, table, genes)
+    y_all, gene_names, missing, info, excluded = _targets_for_plan(plan, table, genes, stacklevel=2)
     _warn_missing(missing, drop_missing=drop_missing, stacklevel=2)
+    left_out = set(excluded)
     return _build(
         plan,
-        range(len(plan.files)),
+        [j for j in range(len(plan.files)) if j not in left_out],
         by=by,
         y_all=y_all,
         genes=gene_names,
@@ -593,11 +684,13 @@ def iter_cohort(
         raise ValueError(f"patients_per_chunk={patients_per_chunk}: must be ≥ 1")
     plan = _plan(store, encoder=encoder, tiling=tiling, by=by)
     table = read_targets(store, targets) if targets is not None else None
-    y_all, gene_names, missing, info = _targets_for_plan(plan, table, genes)
+    y_all, gene_names, missing, info, excluded = _targets_for_plan(plan, table, genes, stacklevel=2)
     _warn_missing(missing, drop_missing=drop_missing, stacklevel=2)
     by_patient: dict[str, list[int]] = {}
+    left_out = set(excluded)
     for j, f in enumerate(plan.files):
-        by_patient.setdefault(f.patient_id, []).append(j)
+        if j not in left_out:
+            by_patient.setdefault(f.patient_id, []).append(j)
     patients = list(by_patient)
     for i in range(0, len(patients), patients_per_chunk):
         idx = [j for p in patients[i : i + patients_per_chunk] for j in by_patient[p]]

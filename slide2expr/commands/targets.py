@@ -30,7 +30,7 @@ def import_command(
         list[Path],
         typer.Argument(
             metavar="FILES...",
-            help="A CSV/TSV/Parquet matrix, or GDC STAR-counts .tsv files / a GDC download folder."
+            help="A CSV/TSV/Parquet matrix, or GDC STAR-counts .tsv files / a GDC download folder.",
         ),
     ],
     store: StoreOpt,
@@ -43,7 +43,9 @@ def import_command(
     genes: Annotated[
         str | None,
         typer.Option(
-            "--genes", help="Comma-separated genes, or a panel: graziani2022 (default: every gene)."
+            "--genes",
+            help="Comma-separated genes, a file of gene names, or a panel: graziani2022 (default: every gene). "
+            "Unknown names are listed with the closest names in the file.",
         ),
     ] = None,
     transform: Annotated[
@@ -62,6 +64,37 @@ def import_command(
     measure: Annotated[
         str, typer.Option("--measure", help="STAR-counts column to import.")
     ] = "tpm_unstranded",
+    sample_types: Annotated[
+        str,
+        typer.Option(
+            "--sample-types",
+            help="TCGA sample types to keep, from the barcodes: codes (01 primary tumour, 11 solid tissue normal, "
+            "01,06 …), tumor (01-09), normal (10-19), control (20-29) or all. Ids that are no TCGA barcode are kept.",
+        ),
+    ] = "01",
+    slide_types: Annotated[
+        str,
+        typer.Option(
+            "--slide-types",
+            help="Slides that get these targets: all, DX (diagnostic), frozen (TS,BS,MS), or codes such as TS,BS.",
+        ),
+    ] = "all",
+    pair_by: Annotated[
+        str,
+        typer.Option(
+            "--pair-by",
+            help="How a slide pairs with its patient's samples: portion (same sample type, and vial and portion "
+            "where both ids carry them), vial, or sample_type.",
+        ),
+    ] = "portion",
+    duplicates: Annotated[
+        str,
+        typer.Option(
+            "--duplicates",
+            help="STAR-counts: a gene symbol on several Ensembl genes is summed (sum) or an error (refuse); "
+            "PAR_Y rows are dropped either way.",
+        ),
+    ] = "sum",
     strict: Annotated[
         bool, typer.Option("--strict", help="Samples with no slide in the store are an error.")
     ] = False,
@@ -72,8 +105,9 @@ def import_command(
 ) -> None:
     """Import expression targets; every problem (duplicate samples, unknown genes, bad values) is named.
 
-    Nothing is written when a check fails. Samples whose patient has no slide in the store are listed (an
-    error with --strict).
+    Nothing is written when a check fails. The summary says which samples were kept and dropped (by TCGA sample
+    type), how the store's slides pair with them, which patients' bags average several samples, and which samples
+    have no slide (an error with --strict).
     """
     from slide2expr import regress
     from slide2expr.contract import StoreError
@@ -83,6 +117,9 @@ def import_command(
         name=name,
         genes=genes,
         transform=transform,
+        sample_types=sample_types,
+        slide_types=slide_types,
+        pair_by=pair_by,
         strict=strict,
         overwrite=overwrite,
         dry_run=dry_run,
@@ -91,9 +128,15 @@ def import_command(
         warnings.simplefilter("ignore", regress.SamplesWithoutSlidesWarning)  # the report lists them
         if sample_sheet is not None:
             src = files[0] if len(files) == 1 else files
-            report = regress.import_star_counts(src, sample_sheet=sample_sheet, measure=measure, **common)
+            report = regress.import_star_counts(
+                src, sample_sheet=sample_sheet, measure=measure, duplicates=duplicates, **common
+            )
         elif len(files) != 1:
             raise fail("give one matrix file (or --sample-sheet for GDC STAR-counts files)")
+        elif duplicates != "sum":
+            raise fail(
+                "--duplicates applies to GDC STAR-counts files (with --sample-sheet); a matrix names each gene once"
+            )
         else:
             report = regress.import_targets(
                 files[0], orientation=orientation, sample_col=sample_col, patient_col=patient_col, **common

@@ -287,5 +287,7 @@ TARGETS_SCHEMA = pa.schema(
         pa.field("gene", pa.string(), nullable=False),
         pa.field("value", pa.float64()),  # transformed (e.g. log1p)
         pa.field("raw_value", pa.float64()),
+        pa.field("gene_id", pa.string()),  # Ensembl id(s) of a GDC STAR-counts gene ("+"-joined when summed)
+        pa.field("gene_type", pa.string()),  # GENCODE gene type (protein_coding, lncRNA, …) from the STAR file
     ]
 )
