@@ -21,7 +21,12 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path
 
 
 def plot_scatter(
-    predictions: pd.DataFrame, *, genes=None, models=None, metrics: pd.DataFrame | None = None
+    predictions: pd.DataFrame,
+    *,
+    genes=None,
+    models=None,
+    metrics: pd.DataFrame | None = None,
+    title: str | None = "Held-out predictions vs true expression (targets' transformed scale)",
 ) -> Figure:
     """True vs predicted (held-out) expression, one panel per gene, one colour per model.
 
@@ -31,6 +36,8 @@ def plot_scatter(
         ``RUN/predictions.parquet`` rows (model, gene, y_true, y_pred).
     metrics
         ``RUN/metrics.parquet``; pooled Pearson r per model is written into the legend when given.
+    title
+        The figure's title (None: none).
     """
     genes = list(dict.fromkeys(predictions["gene"])) if genes is None else list(genes)
     models = (
@@ -64,7 +71,8 @@ def plot_scatter(
         ax.legend(fontsize=6, loc="upper left")
     for ax in axes[len(genes) :]:
         ax.set_visible(False)
-    fig.suptitle("Held-out predictions vs true expression (targets' transformed scale)", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -85,3 +93,51 @@ def model_summary(metrics: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.DataFrame(rows)
     return out.sort_values("median_pearson_r", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
+    """``fig`` as PNG bytes (for figures drawn only for the report)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+#: JPEG quality of embedded photographs (slide thumbnails, heatmaps over H&E, tile galleries).
+JPEG_QUALITY = 80
+#: A PNG is kept when it is at most this many times the size of the JPEG of the same picture: plots and text stay
+#: sharp, photographs take a fraction of the bytes.
+PNG_OVER_JPEG = 1.3
+
+
+def compress_image(data: bytes, *, max_px: int, quality: int = JPEG_QUALITY) -> tuple[bytes, str]:
+    """A picture made smaller for embedding: its longest side at most ``max_px``, stored as PNG or JPEG, whichever
+    suits it (see :data:`PNG_OVER_JPEG`). Returns ``(bytes, mime type)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.fromarray(np.full((400, 1000, 3), 200, np.uint8)).save(buf, format="PNG")
+    >>> data, mime = compress_image(buf.getvalue(), max_px=500)
+    >>> mime, Image.open(io.BytesIO(data)).size
+    ('image/png', (500, 200))
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            rgba = im.convert("RGBA")
+            im = Image.new("RGB", rgba.size, "white")
+            im.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            im = im.convert("RGB")
+    if max(im.size) > max_px:
+        im.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    im.save(png, format="PNG", optimize=True)
+    im.save(jpeg, format="JPEG", quality=quality, optimize=True)
+    if png.tell() <= PNG_OVER_JPEG * jpeg.tell():
+        return png.getvalue(), "image/png"
+    return jpeg.getvalue(), "image/jpeg"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 
 import numpy as np
 import pandas as pd
@@ -176,38 +174,10 @@ def test_the_plan_lists_what_the_run_writes(explained, toy):
     )  # only slides without hotspots have no GeoJSON
 
 
-def test_report_is_self_contained_with_every_section(explained):
-    html = explained.report.read_text()
-    for sid in explain._report.SECTIONS:
-        assert f'<section id="{sid}">' in html
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
-    srcs = re.findall(r'src="data:image/(png|jpeg);base64,([^"]+)"', html)
-    n_figs = sum(len(v) for v in explained.figures.values()) + 1  # + the run's plots/median_r.png
-    assert len(srcs) == n_figs == html.count("<img ")
-    magic = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
-    for kind, s in srcs:
-        assert base64.b64decode(s).startswith(magic[kind])
-    assert "HOTA" in html and "well predicted" in html
+def test_manifest_lists_the_figures_by_section(explained):
     manifest = json.loads((explained.out / "manifest.json").read_text())
     assert set(manifest["figures"]) == {"scatter", "shap", "heatmaps", "gallery", "localisation"}
     assert len(manifest["figures"]["heatmaps"]) == len(GENES)  # top_slides=1: one slide per gene
-
-
-def test_report_renders_in_headless_chromium(explained, tmp_path):
-    if explain.find_chromium() is None:
-        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium); .ci/run installs it")
-    dom = explain.render_dom(explained.report)
-    for sid in explain._report.SECTIONS:
-        assert f'id="{sid}"' in dom
-    n = dom.count("<img ")
-    assert n > 5
-    assert f'data-images="{n}/{n}"' in dom  # every embedded image decoded
-    png = explain.screenshot(explained.report, out=tmp_path / "report.png", width=900, height=1200)
-    from PIL import Image
-
-    with Image.open(png) as im:
-        assert im.size == (900, 1200)
-        assert np.asarray(im.convert("L")).std() > 5  # not a blank page
 
 
 def test_missing_inputs_give_clear_errors(toy, tmp_path):
