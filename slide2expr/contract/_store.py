@@ -36,6 +36,14 @@ TARGETS_DIR = "targets"
 QC_DIR = "qc"
 #: Any one of these folders (or ``store.json``) marks a directory as a store.
 STORE_DIRS = (SLIDES_DIR, TILES_DIR, EMBEDDINGS_DIR)
+#: A slide's ``status`` in its ``slides/`` row: embedded (``ok``); no tile position with enough tissue
+#: (``no_tissue``); the slide is smaller than one tile, so the grid has no position at all (``too_small``);
+#: unreadable (``failed``: ``error`` says why). ``no_tissue`` and ``too_small`` slides have empty tiles and
+#: embeddings files (a finished slide: resume skips it); a ``failed`` one has none.
+SLIDE_STATUSES = ("ok", "no_tissue", "too_small", "failed")
+#: The kinds of per-slide files, in the order a removal takes them (the reverse of the order a run writes them:
+#: the embeddings file, which marks a slide as done, goes first and the slide's row last)
+SLIDE_FILE_KINDS = ("embeddings", "tiles", "qc", "slides")
 
 #: Parquet key-value metadata keys (bytes keys in the file; values are JSON strings).
 META_PREFIX = "slide2expr."
@@ -132,6 +140,37 @@ def qc_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Pa
 
 def targets_path(store: str | os.PathLike, name: str) -> Path:
     return Path(store) / TARGETS_DIR / f"{check_id(name, what='targets name')}.parquet"
+
+
+def store_files(
+    store: str | os.PathLike,
+    kind: str,
+    *,
+    slide_id: str | None = None,
+    tiling: str | Tiling | None = None,
+    encoder: str | None = None,
+) -> list[Path]:
+    """The store's files of one ``kind`` (see :data:`SLIDE_FILE_KINDS`), of one slide, tiling or encoder where
+    given (``tiling`` and ``encoder`` only narrow the kinds that have them), with the hidden temporaries a killed
+    writer left beside them; sorted.
+
+    >>> store_files("/no/such/store", "embeddings", encoder="uni")
+    []
+    """
+    if kind not in SLIDE_FILE_KINDS:
+        raise StoreError(f"kind={kind!r}: one of {', '.join(SLIDE_FILE_KINDS)}")
+    sid = "*" if slide_id is None else check_id(slide_id)
+    til = "*" if tiling is None else check_id(str(tiling), what="tiling")
+    enc = "*" if encoder is None else check_id(encoder, what="encoder")
+    folder, name = {
+        "slides": (SLIDES_DIR, f"{sid}.parquet"),
+        "tiles": (f"{TILES_DIR}/{til}", f"{sid}.parquet"),
+        "embeddings": (f"{EMBEDDINGS_DIR}/{til}/{enc}", f"{sid}.parquet"),
+        "qc": (f"{QC_DIR}/{til}", f"{sid}.png"),
+    }[kind]
+    root = Path(store)
+    found = set(root.glob(f"{folder}/{name}")) | set(root.glob(f"{folder}/.{name}.*.tmp"))
+    return sorted(p for p in found if p.is_file())
 
 
 def _tmp_name(path: Path) -> Path:
@@ -237,7 +276,7 @@ SLIDES_SCHEMA = pa.schema(
         pa.field("mpp_source", pa.string()),  # metadata | override
         pa.field("objective_power", pa.float64()),
         pa.field("levels", pa.int32()),
-        pa.field("status", pa.string(), nullable=False),  # ok | failed | no_tissue
+        pa.field("status", pa.string(), nullable=False),  # ok | no_tissue | too_small | failed
         pa.field("error", pa.string()),
         pa.field("n_tiles", pa.int64()),
         pa.field("tissue_area_mm2", pa.float64()),
