@@ -33,8 +33,10 @@ def connect(
     Views: ``slides``, ``tiles``, ``embeddings`` (``embedding`` as ``FLOAT[d]``, plus ``tiling`` and ``encoder``
     columns from the folder names), ``embedding_files`` (one row per file, from the footers), ``targets`` (with a
     ``name`` column, the file stem); with ``run``: ``folds``, ``predictions``, ``metrics``, ``attention``,
-    ``comparisons``. The views are those of ``sql/_views.sql``, the same file the plain ``duckdb`` shell reads;
-    the paths are bound as DuckDB variables (``store``, ``run``), never formatted into SQL.
+    ``comparisons``; and the table macro ``embeddings_of('NAME' [, tiling := 'T'])``, one encoder's rows of
+    ``embeddings`` as ``FLOAT[its d]`` whatever else the store holds. The views are those of ``sql/_views.sql``,
+    the same file the plain ``duckdb`` shell reads; the paths are bound as DuckDB variables (``store``, ``run``),
+    never formatted into SQL.
 
     Parameters
     ----------
@@ -43,9 +45,10 @@ def connect(
     run
         A run directory written by ``regress.compare``.
     encoder, tiling
-        Restrict ``embeddings`` to one encoder / tiling. Needed only when the store holds encoders whose
-        embeddings have different dimensions (``embeddings`` then raises on use, naming them); one query can
-        compare encoders of the same dimension without it.
+        Restrict ``embeddings`` (and ``embedding_files``) to one encoder / tiling. When the store holds encoders
+        whose embeddings have different dimensions, every query on ``embeddings`` that leaves the vectors alone
+        works without it, and one that reads ``embedding`` raises an error naming them and the ways to pick one
+        (this, ``--encoder``, or ``embeddings_of``); one query can compare encoders of the same dimension as it is.
     database
         DuckDB database (default in memory).
 
@@ -53,6 +56,14 @@ def connect(
     -------
     duckdb.DuckDBPyConnection
         Views over missing stages (no targets imported yet, no run) exist and raise a clear error when used.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from slide2expr.contract import init_store
+    >>> con = connect(init_store(tempfile.mkdtemp()), encoder="uni")
+    >>> con.execute("select getvariable('encoder')").fetchall()
+    [('uni',)]
     """
     root = check_store(store)
     if run is not None and not Path(run).is_dir():

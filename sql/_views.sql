@@ -11,15 +11,21 @@
 -- Variables (set before .read):
 --   store    the store directory (required)
 --   run      a run directory (optional): views folds, predictions, metrics, attention, comparisons
---   encoder  restrict `embeddings` to one encoder (optional; needed when encoders of different dims coexist)
+--   encoder  restrict `embeddings` to one encoder (optional; its vectors need it when encoders of different dims
+--            coexist)
 --   tiling   restrict `embeddings` to one tiling (optional)
 --
 -- Views (paths are never formatted into SQL: every view reads getvariable('store') / getvariable('run')):
 --   slides           one row per slide (slides/*.parquet)
 --   tiles            one row per tile and tiling: tiles/<tiling>/*.parquet + column tiling
 --   embeddings       one row per tile, tiling and encoder: slide_id, tile_id, x, y, embedding FLOAT[d], tiling,
---                    encoder. All selected files must share one dimension d (else a clear error on use: set
---                    the `encoder` variable). Files appear as soon as they are renamed into place.
+--                    encoder. Files appear as soon as they are renamed into place. When the selected encoders
+--                    have different dimensions, every column but `embedding` works (counts, joins on tile ids),
+--                    and reading an `embedding` value raises an error that says how to pick one encoder (its
+--                    type is then FLOAT[the smallest d], so that vector functions bind and reach that error).
+--   embeddings_of('NAME' [, tiling := 'T'])
+--                    table macro: one encoder's rows of `embeddings` with embedding FLOAT[its d], whatever else
+--                    the store holds and whichever encoder the connection picked (join two encoders in one query)
 --   embedding_files  one row per embeddings file (footers only, no data read): tiling, encoder, slide_id, n_tiles,
 --                    dim, dtype, weights_sha256, file
 --   targets          long targets: name (file stem), sample_id, patient_id, gene, value, raw_value
@@ -80,7 +86,7 @@ create or replace macro _tiles(root) as table
         string_split(t.filename, '/')[-2] as tiling
     from read_parquet(root || '/tiles/*/*.parquet', filename = true, union_by_name = true) as t;
 
-create or replace macro _embedding_files(root) as table
+create or replace macro _embedding_files_all(root) as table
     with kv as (
         select
             file_name,
@@ -109,12 +115,16 @@ create or replace macro _embedding_files(root) as table
 
     select f.tiling, f.encoder, f.slide_id, r.n_tiles, f.dim, f.dtype, f.weights_sha256, f.file
     from files as f
-    inner join rows_per_file as r on r.file = f.file
+    inner join rows_per_file as r on r.file = f.file;
+
+create or replace macro _embedding_files(root) as table
+    select f.*
+    from _embedding_files_all(root) as f
     where
         (getvariable('encoder') is null or f.encoder = getvariable('encoder'))
         and (getvariable('tiling') is null or f.tiling = getvariable('tiling'));
 
-create or replace macro _embeddings(root) as table
+create or replace macro _embeddings_all(root) as table
     select
         e.slide_id,
         e.tile_id,
@@ -123,10 +133,14 @@ create or replace macro _embeddings(root) as table
         e.embedding,
         string_split(e.filename, '/')[-3] as tiling,
         string_split(e.filename, '/')[-2] as encoder
-    from read_parquet(root || '/embeddings/*/*/*.parquet', filename = true) as e
+    from read_parquet(root || '/embeddings/*/*/*.parquet', filename = true) as e;
+
+create or replace macro _embeddings(root) as table
+    select e.*
+    from _embeddings_all(root) as e
     where
-        (getvariable('encoder') is null or string_split(e.filename, '/')[-2] = getvariable('encoder'))
-        and (getvariable('tiling') is null or string_split(e.filename, '/')[-3] = getvariable('tiling'));
+        (getvariable('encoder') is null or e.encoder = getvariable('encoder'))
+        and (getvariable('tiling') is null or e.tiling = getvariable('tiling'));
 
 create or replace macro _targets(root) as table
     select
@@ -156,6 +170,45 @@ set variable _embedding_sets = (
         end
     )
 );
+
+-- every encoder of the store (whatever the connection picked) → its dimension, for embeddings_of; an encoder
+-- name found with two dimensions (two tilings of a re-registered encoder) is left out, and listed in
+-- _encoder_list with both
+set variable _encoder_dims = coalesce((
+    from query(
+        case
+            when list_contains(getvariable('_stages'), 'embeddings')
+                then 'select map_from_entries(list((encoder, dim)))
+                      from (
+                          select encoder, min(dim) as dim
+                          from _embedding_files_all(getvariable(''store''))
+                          group by encoder
+                          having count(distinct dim) = 1
+                      )'
+            else 'select map()::map(varchar, integer)'
+        end
+    )
+), map()::map(varchar, integer));
+
+set variable _encoder_list = (
+    from query(
+        case
+            when list_contains(getvariable('_stages'), 'embeddings')
+                then 'select string_agg(distinct encoder || '' (dim '' || dim || '')'', '', ''
+                      order by encoder || '' (dim '' || dim || '')'')
+                      from _embedding_files_all(getvariable(''store''))'
+            else 'select ''none''::varchar'
+        end
+    )
+);
+
+-- a value read from the mixed-dimension `embeddings`: the error that says how to pick one encoder
+create or replace macro _pick_one_encoder_msg() as
+    'the store holds embeddings of different dimensions: ' || getvariable('_embedding_sets')
+    || '; only their vectors need a choice (counts and joins on tile ids work as they are): pick one encoder '
+    || 'with --encoder NAME on the command line, sql.connect(store, encoder=NAME) in Python, '
+    || 'from embeddings_of(''NAME'') in SQL, or set variable encoder = ''NAME'' and read _views.sql again in the '
+    || 'duckdb shell';
 
 create or replace view slides as
 from query(
@@ -201,13 +254,31 @@ from query(
             then 'from range(error(''no embeddings for encoder '' || coalesce(getvariable(''encoder''), ''*'')
                   || '' at tiling '' || coalesce(getvariable(''tiling''), ''*'') || '' in store ''
                   || getvariable(''store'')))'
-        else 'from range(error(''the store holds embeddings of different dimensions: ''
-              || getvariable(''_embedding_sets'')
-              || ''; pick one with --encoder NAME on the command line, sql.connect(store, encoder=NAME) ''
-              || ''in Python, or set variable encoder = ''''NAME'''' and read _views.sql again in the duckdb ''
-              || ''shell''))'
+        else 'select * replace (error(_pick_one_encoder_msg())::float[' || getvariable('_embedding_dims')[1]
+              || '] as embedding) from _embeddings(getvariable(''store''))'
     end
 );
+
+-- one encoder's embeddings as FLOAT[d], in any store; the query text holds only the dimension (a number from the
+-- footers), the encoder and tiling filter the rows outside it; a row of another length never reaches the cast
+create or replace macro embeddings_of(encoder_name, tiling := null) as table
+    select e.*
+    from query(
+        case
+            when getvariable('_stages') is null then 'from range(error(_no_setup_msg()))'
+            when getvariable('_encoder_dims')[encoder_name] is null
+                then 'from range(error(''embeddings_of: no embeddings of that encoder with one dimension in store ''
+                      || getvariable(''store'') || ''; encoders here: '' || getvariable(''_encoder_list'')))'
+            else 'select * replace (
+                      case
+                          when len(embedding) = ' || getvariable('_encoder_dims')[encoder_name] || '
+                              then embedding::float[' || getvariable('_encoder_dims')[encoder_name] || ']
+                      end as embedding
+                  )
+                  from _embeddings_all(getvariable(''store''))'
+        end
+    ) as e
+    where e.encoder = encoder_name and (tiling is null or e.tiling = tiling);
 
 create or replace view targets as
 from query(

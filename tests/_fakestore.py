@@ -175,3 +175,26 @@ def make_fake_store(
         metadata={"kind": "targets"},
     )
     return FakeStore(root, TILING, ENCODER, dim, tuple(genes), drivers, slides, comps, embs, targets)
+
+
+def add_encoder(fs: FakeStore, encoder: str, *, dim: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """Write a second encoder's embeddings (``dim`` dimensions, random) for every tile of ``fs``'s slides, with the
+    same tile ids and positions; returns slide_id -> (n_tiles, dim) float32."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for sid, emb in fs.embeddings.items():
+        n = len(emb)
+        values = rng.normal(size=(n, dim)).astype(np.float32)
+        tid = np.arange(n, dtype=np.int32)
+        schema = embeddings_schema(dim)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), type=schema.field("embedding").type)
+        x = (tid % 8).astype(np.int64) * TILE_PX0
+        y = (tid // 8).astype(np.int64) * TILE_PX0
+        table = pa.table(
+            {"slide_id": [sid] * n, "tile_id": tid, "x": x, "y": y, "embedding": col}, schema=schema
+        )
+        meta = {"kind": "embeddings", "slide_id": sid, "tiling": fs.tiling, "encoder": encoder, "dim": dim}
+        meta |= {"dtype": "float32", "weights_sha256": "1" * 64}
+        write_table_atomic(table, embeddings_path(fs.root, fs.tiling, encoder, sid), metadata=meta)
+        out[sid] = values
+    return out

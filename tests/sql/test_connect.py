@@ -127,15 +127,16 @@ def test_several_encoders(tmp_path):
     assert got == {fs.encoder: sum(len(v) for v in fs.embeddings.values()), "same-dim": 7 * len(sids)}
     for sid in sids:  # a different dimension: `embeddings` needs a choice
         _write_embeddings(fs.root, fs.tiling, "wide", sid, rng.normal(size=(5, 32)).astype(np.float32))
-    con = connect(fs.root)
+    con = connect(fs.root)  # counts work; the vectors need a choice (tests/sql/test_encoders_views.py)
+    assert con.execute("select count(distinct encoder) from embeddings").fetchall() == [(3,)]
     with pytest.raises(
         duckdb.Error, match=r"different dimensions: .*fake-encoder \(dim 16\).*wide \(dim 32\)"
     ):
-        con.execute("select count(*) from embeddings").fetchall()
+        con.execute("select embedding from embeddings").fetchall()
     with pytest.raises(
         duckdb.Error, match=r"--encoder NAME on the command line, sql.connect\(store, encoder=NAME"
     ):
-        con.execute("select count(*) from embeddings").fetchall()
+        con.execute("select embedding from embeddings").fetchall()
     assert con.execute("select count(distinct encoder) from embedding_files").fetchall() == [(3,)]
     wide = connect(fs.root, encoder="wide")
     assert wide.execute("select typeof(embedding), count(*) from embeddings group by all").fetchall() == [
