@@ -20,6 +20,7 @@ from slide2expr.featurize._inputs import (
 from slide2expr.featurize._options import FeaturizeOptions, FeaturizeOptionsError, magnification_to_mpp
 from slide2expr.featurize._plan import SlidePlan, TilingParams, plan_slide
 from slide2expr.featurize._reader import open_slide
+from slide2expr.featurize._remove import RemovalError, StoreRemoval, plan_removal, remove_from_store
 from slide2expr.featurize._run import featurize_cohort
 from slide2expr.featurize._slide import (
     MissingMPPError,
@@ -68,6 +69,7 @@ __all__ = [
     "FeaturizeSummary",
     "MissingMPPError",
     "PlannedSlide",
+    "RemovalError",
     "SlideError",
     "SlideInput",
     "SlideListError",
@@ -76,6 +78,7 @@ __all__ = [
     "SlideReadError",
     "SlideReader",
     "SlideResult",
+    "StoreRemoval",
     "TileGrid",
     "TilingParams",
     "UnknownEncoderError",
@@ -91,8 +94,10 @@ __all__ = [
     "magnification_to_mpp",
     "open_slide",
     "plan_cohort",
+    "plan_removal",
     "plan_slide",
     "register_encoder",
+    "remove_from_store",
     "select_shard",
     "tile_grid",
     "tissue_mask",
