@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
     make_s = time.perf_counter() - t_make
     # the device, batch size and readers a run would use (planned with the weight-free encoder: nothing is loaded)
     with tempfile.TemporaryDirectory() as tmp:
-        given = FeaturizeOptions(device=args.device, batch_size=args.batch, workers=args.workers)
+        given = FeaturizeOptions(
+            encoder="stain-texture", device=args.device, batch_size=args.batch, workers=args.workers
+        )
         probe = featurize.plan_cohort(path, store=Path(tmp) / "probe", options=given)
     device, batch, workers = probe.device, probe.batch_size, probe.workers
     # featurize_cohort does this on the CPU; do it first, so the encoder-only runs get the same allocator

@@ -29,7 +29,7 @@ from slide2expr.featurize._slide import (
     SlideReader,
     SlideReadError,
 )
-from slide2expr.featurize._summary import FeaturizeSummary, SlideResult
+from slide2expr.featurize._summary import FeaturizeInterrupted, FeaturizeSummary, SlideResult
 from slide2expr.featurize._tissue import TileGrid, tile_grid, tissue_mask
 
 # The encoder API imports torch and timm (seconds, hundreds of MB): load it on first use, so that `sql` and
@@ -65,6 +65,7 @@ __all__ = [
     "Encoder",
     "EncoderSpec",
     "FeaturizeOptions",
+    "FeaturizeInterrupted",
     "FeaturizeOptionsError",
     "FeaturizeSummary",
     "MissingMPPError",

@@ -9,11 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slide2expr.contract import STORE_FORMAT, STORE_JSON, StoreError, embeddings_path
+from slide2expr.contract import STORE_FORMAT, STORE_JSON, StoreError, embeddings_path, is_remote
 from slide2expr.featurize._embed import DEFAULT_BATCH, resolve_device
 from slide2expr.featurize._executors import default_workers
-from slide2expr.featurize._inputs import SlideInput, collect_slides, select_shard
-from slide2expr.featurize._options import FeaturizeOptions, FeaturizeOptionsError
+from slide2expr.featurize._inputs import (
+    SlideInput,
+    SlideListError,
+    collect_slides,
+    missing_message,
+    select_shard,
+)
+from slide2expr.featurize._options import FeaturizeOptions, FeaturizeOptionsError, square_input_px
 from slide2expr.featurize._plan import TilingParams
 
 
@@ -59,9 +65,11 @@ def plan_cohort(
 ) -> CohortPlan:
     """Check a run's arguments as :func:`featurize_cohort` does, and say what it would do; writes nothing.
 
-    Checks the store (a folder, of this format), the slides (files, folders, slide lists, patient table, shard),
-    the encoder (registered, its weights found here or on the hub: nothing is downloaded), the device (available
-    here) and ``compile`` on it.
+    Checks the store (a folder of this format, or one that can be made there), the slides (files that exist,
+    folders, slide lists, patient table, shard), the encoder (given, registered, its weights found here or on the
+    hub with a readable suffix: nothing is downloaded; a square input size), the device (available here) and
+    ``compile`` on it. Every argument the real run checks is checked here: a bad one fails the same way with and
+    without ``--dry-run``.
 
     Parameters
     ----------
@@ -71,21 +79,32 @@ def plan_cohort(
     store
         The store directory (need not exist).
     options
-        How to featurize (default: ``FeaturizeOptions()``).
+        How to featurize (:class:`FeaturizeOptions`; its ``encoder`` has no default and must be given).
 
     Returns
     -------
     CohortPlan
         The slides in order with their embeddings file, the tiling, encoder, device, batch size and readers.
+
+    Examples
+    --------
+    >>> try:
+    ...     plan_cohort("slide.svs", store="STORE", options=FeaturizeOptions())
+    ... except FeaturizeOptionsError as exc:
+    ...     print(str(exc)[:63])
+    encoder not given: choose one with --encoder NAME (Python: Feat
     """
     options = FeaturizeOptions() if options is None else options
     root = _check_store(store)
+    name = _check_encoder(options)
     if isinstance(slides, list) and slides and all(isinstance(s, SlideInput) for s in slides):
         items = sorted(slides, key=lambda s: s.slide_id)
+        missing = [str(s.path) for s in items if not Path(s.path).exists()]
+        if missing:
+            raise SlideListError(missing_message(missing))
     else:
         items = collect_slides(slides, patients=options.patients, mpp_override=options.mpp_override)
     items = select_shard(items, options.shard)
-    name = _check_encoder(options)
     device = _device(options)
     device_type = device.split(":", 1)[0]
     if options.compile == "on" and device_type != "cpu":
@@ -110,10 +129,18 @@ def plan_cohort(
 
 
 def _check_store(store: str | os.PathLike) -> Path:
-    """``store`` as a Path: a folder to create, or an existing store of this format."""
+    """``store`` as a Path: a folder that can be made (its nearest existing parent is a folder this process may
+    write in), or an existing store of this format."""
     root = Path(store)
     if root.exists() and not root.is_dir():
         raise StoreError(f"store {store} is a file, not a folder: give a new folder or an existing store")
+    if is_remote(store):  # an object store has no folders to make
+        return root
+    parent = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        raise StoreError(f"store {store}: {parent} is a file, so no folder can be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"store {store}: no permission to write in {parent}; give a folder you may write in")
     meta = root / STORE_JSON
     if meta.is_file():
         fmt = json.loads(meta.read_text()).get("format")
@@ -123,7 +150,10 @@ def _check_store(store: str | os.PathLike) -> Path:
 
 
 def _check_encoder(options: FeaturizeOptions) -> str:
-    """The encoder's registry name, once it is known and its weights are found (nothing is downloaded)."""
+    """The encoder's registry name, once it is given, known, its weights found (nothing is downloaded) and its
+    input square or ``input_px`` given."""
+    if options.encoder is None:
+        raise FeaturizeOptionsError(encoder_choices())
     if not isinstance(options.encoder, str):
         return options.encoder.spec.name
     from slide2expr.featurize.encoders import get_spec, locate_weights
@@ -135,7 +165,30 @@ def _check_encoder(options: FeaturizeOptions) -> str:
         )
     if spec.needs_weights:
         locate_weights(spec, weights=options.weights)
+    size = (spec.pretrained_cfg or {}).get("input_size")
+    if options.input_px is None and size is not None:
+        square_input_px(spec.name, int(size[-2]), int(size[-1]))
     return spec.name
+
+
+def encoder_choices() -> str:
+    """The message for a run without an encoder: how to give one, and the registry's encoders by whether their
+    weights are here (checked on this machine; nothing is downloaded)."""
+    from slide2expr.featurize.encoders import find_local_weights, list_encoders
+
+    here, free, missing = [], [], []
+    for spec in list_encoders():
+        if not spec.needs_weights:
+            free.append(f"{spec.name} ({spec.dim}-d: stain and texture statistics for quick CPU checks)")
+        elif find_local_weights(spec) is not None:
+            here.append(f"{spec.name} ({spec.dim}-d)")
+        else:
+            missing.append(spec.name)
+    return (
+        "encoder not given: choose one with --encoder NAME (Python: FeaturizeOptions(encoder=NAME)); "
+        f"weights here: {', '.join(here) or 'none'}; weight-free: {', '.join(free) or 'none'}; "
+        f"weights not found here: {', '.join(missing) or 'none'} (`slide2expr encoders` says where each file goes)"
+    )
 
 
 def _device(options: FeaturizeOptions) -> str:

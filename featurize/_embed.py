@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from slide2expr.featurize._options import FeaturizeOptionsError
+from slide2expr.featurize._options import FeaturizeOptionsError, square_input_px
 from slide2expr.featurize._tuning import keep_freed_memory
 
 #: tiles per forward pass by default: small batches on a CPU (the encoder's threads already use every core), large
@@ -103,11 +103,7 @@ def load_embedder(
         enc.to(device)
     if input_px is None:
         h, w = enc.input_size if hasattr(enc, "input_size") else enc.data_config["input_size"][1:]
-        if h != w:
-            raise FeaturizeOptionsError(
-                f"input_px: encoder {enc.spec.name!r} expects non-square {h}x{w} inputs; give input_px"
-            )
-        input_px = int(h)
+        input_px = square_input_px(enc.spec.name, int(h), int(w))
     dev = torch.device(device)
     if dev.type == "cpu":
         keep_freed_memory()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -144,14 +145,15 @@ _PROCESS_WORK: ReadWork | None = None
 
 
 def start_reader_process(ring=None) -> None:
-    """A reader process's initializer: die with the parent, one thread for numpy, PIL and torch (the other cores are
+    """A reader process's initializer: die with the parent, leave Ctrl-C to it, one thread for numpy, PIL and torch (the other cores are
     the encoder's), and this process's own :class:`ReadWork` (a forked process never uses the handles its parent
     had open: forked handles share one file offset, and concurrent reads would garble each other)."""
     global _PROCESS_WORK
+    # Ctrl-C reaches every process of the terminal's group: the main process stops the run and then its readers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):  # a killed run must not leave readers behind
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
-            import signal
 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
     os.environ["OMP_NUM_THREADS"] = "1"

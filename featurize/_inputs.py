@@ -107,6 +107,26 @@ def level0_mpp_problem(mpp: float) -> str | None:
     return None
 
 
+def _read_slide_list(p: Path, found: list, missing: list[str]) -> None:
+    """Add the rows of slide list ``p`` to ``found`` as (path, slide_id, patient_id, mpp), and those whose file
+    does not exist to ``missing``."""
+    rows = _read_table(p)
+    if "path" not in (rows[0] if rows else _header(p)):
+        raise SlideListError(f"slide list {p} needs a 'path' column (optional: slide_id, patient_id, mpp)")
+    if not rows:
+        raise SlideListError(f"slide list {p} lists no slides (a header and no rows)")
+    for i, r in enumerate(rows, start=2):
+        if not r.get("path"):
+            raise SlideListError(f"slide list {p} line {i}: empty path")
+        q = Path(r["path"])
+        q = q if q.is_absolute() else (p.parent / q)
+        if not q.exists():
+            missing.append(f"{q} ({p} line {i})")
+            continue
+        mpp = _float_or_fail(r.get("mpp", ""), where=f"{p} line {i}")
+        found.append((q, r.get("slide_id") or None, r.get("patient_id") or None, mpp))
+
+
 def collect_slides(
     inputs: str | os.PathLike | list[str | os.PathLike],
     *,
@@ -122,7 +142,17 @@ def collect_slides(
     Returns
     -------
     list[SlideInput]
-        Sorted by slide id. Raises :class:`SlideListError` for missing inputs and duplicate slide ids.
+        Sorted by slide id. Raises :class:`SlideListError` for missing inputs (a slide file that does not exist,
+        given or listed, is refused before anything is written, with the nearest names beside it) and duplicate
+        slide ids.
+
+    Examples
+    --------
+    >>> try:
+    ...     collect_slides(["no/such/slide.svs"])
+    ... except SlideListError as exc:
+    ...     print(exc)
+    1 slide file does not exist: no/such/slide.svs; fix its path (nothing was written)
     """
     items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     problem = level0_mpp_problem(float(mpp_override)) if mpp_override is not None else None
@@ -130,6 +160,7 @@ def collect_slides(
         raise SlideListError(f"mpp_override={mpp_override}: {problem}")
     pmap = read_patient_table(patients) if isinstance(patients, (str, os.PathLike)) else dict(patients or {})
     found: list[tuple[Path, str | None, str | None, float | None]] = []
+    missing: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
@@ -139,33 +170,17 @@ def collect_slides(
                 if wanted and f.is_file() and not stores.intersection(f.parents):
                     found.append((f, None, None, None))
         elif p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
-            rows = _read_table(p)
-            if "path" not in (rows[0] if rows else _header(p)):
-                raise SlideListError(
-                    f"slide list {p} needs a 'path' column (optional: slide_id, patient_id, mpp)"
-                )
-            if not rows:
-                raise SlideListError(f"slide list {p} lists no slides (a header and no rows)")
-            for i, r in enumerate(rows, start=2):
-                if not r.get("path"):
-                    raise SlideListError(f"slide list {p} line {i}: empty path")
-                q = Path(r["path"])
-                q = q if q.is_absolute() else (p.parent / q)
-                found.append(
-                    (
-                        q,
-                        r.get("slide_id") or None,
-                        r.get("patient_id") or None,
-                        _float_or_fail(r.get("mpp", ""), where=f"{p} line {i}"),
-                    )
-                )
+            _read_slide_list(p, found, missing)
         elif p.suffix.lower() in (".csv", ".tsv"):
             raise SlideListError(f"slide list {p} does not exist (or is not a file)")
-        elif p.exists() or p.suffix:
-            # a missing file is still listed: the run records it as failed ("does not exist") and goes on
+        elif p.exists():
             found.append((p, None, None, None))
+        elif p.suffix:
+            missing.append(str(p))
         else:
             raise SlideListError(f"{p} is neither a slide file, a directory nor a CSV/TSV slide list")
+    if missing:
+        raise SlideListError(missing_message(missing))
     if not found:
         raise SlideListError(
             f"no slides found in {', '.join(map(str, items))} (extensions: {' '.join(SLIDE_EXTENSIONS)})"
@@ -198,6 +213,30 @@ def collect_slides(
         )
         out[sid] = SlideInput(path=path, slide_id=sid, patient_id=pid, mpp=mpp, mpp_fallback=mpp_override)
     return [out[k] for k in sorted(out)]
+
+
+#: missing slide files named in the message at most
+MISSING_SHOWN = 5
+
+
+def missing_message(missing: list[str]) -> str:
+    """One line for slide files that do not exist: the first few, each with the nearest names in its folder."""
+    import difflib
+
+    shown = []
+    for m in missing[:MISSING_SHOWN]:
+        path = Path(m.split(" (", 1)[0])
+        near: list[str] = []
+        if path.parent.is_dir():
+            names = [f.name for f in path.parent.iterdir() if f.suffix.lower() in SLIDE_EXTENSIONS]
+            near = difflib.get_close_matches(path.name, names, n=2, cutoff=0.6)
+        shown.append(m + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+    more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+    n = len(missing)
+    return (
+        f"{n} slide file{'s do' if n > 1 else ' does'} not exist: {', '.join(shown)}{more}; "
+        f"fix {'their paths' if n > 1 else 'its path'} (nothing was written)"
+    )
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:

@@ -53,7 +53,10 @@ class FeaturizeOptions:
     Attributes
     ----------
     encoder
-        A registered encoder name (see ``list_encoders()``) or an :class:`~featurize.encoders.Encoder`.
+        A registered encoder name (see ``list_encoders()``) or an :class:`~featurize.encoders.Encoder`. There is
+        no default: a run without one is refused by :func:`plan_cohort` with the choices and which of them have
+        weights here (the encoder decides what every later stage learns from, and the store keeps one folder per
+        encoder, so it is chosen, never guessed from what happens to be installed).
     weights
         Weights file for ``encoder`` (default: the registry's search: ``$SLIDE2EXPR_WEIGHTS``, packages, hub cache).
     tiling
@@ -102,7 +105,7 @@ class FeaturizeOptions:
     batch_size=0: give at least 1 tile per forward pass
     """
 
-    encoder: Any = "stain-texture"
+    encoder: Any = None
     weights: str | os.PathLike | None = None
     tiling: Tiling | str | None = None
     mpp: float | None = None
@@ -137,6 +140,19 @@ class FeaturizeOptions:
     def tiling_params(self) -> TilingParams:
         """The run's tile grid: the :class:`~slide2expr.contract.Tiling` and which tiles are kept."""
         return self._tiling_params
+
+
+def square_input_px(encoder: str, h: int, w: int) -> int:
+    """The encoder's input size when it is square; tiles are squares, so a non-square input needs ``input_px``.
+
+    >>> square_input_px("uni", 224, 224)
+    224
+    """
+    if h != w:
+        raise FeaturizeOptionsError(
+            f"input_px: encoder {encoder!r} expects non-square {h}x{w} inputs; give input_px"
+        )
+    return h
 
 
 def _choice_problem(o: FeaturizeOptions) -> str | None:

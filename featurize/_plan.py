@@ -70,7 +70,7 @@ class SlidePlan:
 
     slide: SlideInput
     fingerprint: dict
-    status: str = "ok"  # ok | failed | no_tissue
+    status: str = "ok"  # one of SLIDE_STATUSES: ok | no_tissue | too_small | failed
     error: str | None = None
     vendor: str | None = None
     width: int | None = None
@@ -152,7 +152,7 @@ def _describe(plan: SlidePlan, r: SlideReader, tiling: TilingParams) -> None:
     plan.grid = grid
     plan.tissue_area_mm2 = float(mask.sum()) * tmpp * tmpp / 1e6
     if len(full) == 0:
-        plan.status = "no_tissue"
+        plan.status = "too_small"
         side = tiling.tile_px * tiling.mpp
         plan.error = (
             f"the slide ({plan.width * r.mpp[0] / 1000:.2f} × {plan.height * r.mpp[1] / 1000:.2f} mm) is smaller "

@@ -40,7 +40,7 @@ READS_PER_WORKER, MIN_READS_IN_FLIGHT = 3, 4
 
 @dataclass(frozen=True, eq=False)
 class SlidePlanned:
-    """A slide is planned (``plan.status`` is ``ok``, ``no_tissue`` or ``failed``); its tiles come next when ok."""
+    """A slide is planned (``plan.status`` is one of ``SLIDE_STATUSES``); its tiles come next when ok."""
 
     plan: SlidePlan
 

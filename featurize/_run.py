@@ -26,7 +26,7 @@ from slide2expr.featurize._options import FeaturizeOptions
 from slide2expr.featurize._plan import SlidePlan
 from slide2expr.featurize._pool import ReaderPool, SlideEnded, SlideFailed, SlidePlanned, TilesRead
 from slide2expr.featurize._progress import Progress
-from slide2expr.featurize._summary import FeaturizeSummary, SlideResult
+from slide2expr.featurize._summary import FeaturizeInterrupted, FeaturizeSummary, SlideResult
 from slide2expr.featurize._write import RunConfig, SlideWriter, skip_if_done
 
 #: tiles per read at most (a row run, or a block of rows in a reader process): a batch's worth on a CPU, more beside
@@ -51,15 +51,23 @@ def featurize_cohort(
     store
         The store directory (created if missing).
     options
-        How to featurize (:class:`FeaturizeOptions`; default: its defaults). :func:`plan_cohort` checks them, with
-        the slides and the store, before anything is written.
+        How to featurize (:class:`FeaturizeOptions`; its ``encoder`` has no default and must be given).
+        :func:`plan_cohort` checks them, with the slides and the store, before anything is written.
     progress
         Show rich progress bars (cohort and slide, tiles/s).
 
     Returns
     -------
     FeaturizeSummary
-        Per-slide status (``ok``, ``no_tissue``, ``failed`` with the reason, ``skipped``), tiles and tiles/s.
+        Per-slide status (``ok``, ``no_tissue``, ``too_small``, ``failed`` with the reason, ``skipped``), tiles and
+        tiles/s, and the slides whose own resolution made ``options.mpp_override`` unused.
+
+    Raises
+    ------
+    FeaturizeInterrupted
+        On Ctrl-C (a ``KeyboardInterrupt``, which it is): the slides finished before it are written and complete,
+        the one being embedded is not written at all, and its ``summary`` says which is which; the same call again
+        skips the finished slides.
 
     Writes, per slide: ``slides/<id>.parquet`` (one row), ``tiles/<tiling>/<id>.parquet``,
     ``qc/<tiling>/<id>.png`` and ``embeddings/<tiling>/<encoder>/<id>.parquet`` (``(n_tiles,)`` rows in tile_id
@@ -74,45 +82,73 @@ def featurize_cohort(
 
     options = FeaturizeOptions() if options is None else options
     plan = plan_cohort(slides, store=store, options=options)
-    embedder = load_embedder(
-        options.encoder,
-        weights=options.weights,
-        device=plan.device,
-        precision=options.precision,
-        batch_size=plan.batch_size,
-        input_px=options.input_px,
-    )
-    cfg = _run_config(plan, embedder, options.dtype)
     summary = FeaturizeSummary(
-        store=cfg.store,
+        store=plan.store,
         tiling=plan.tiling.name,
-        encoder=cfg.encoder_name,
+        encoder=plan.encoder,
         device=plan.device,
-        precision=embedder.precision,
+        mpp_override=options.mpp_override,
     )
-    todo: list[SlideInput] = []
-    for s in plan.inputs:
-        if not options.force and skip_if_done(s, cfg):
-            summary.results.append(SlideResult(s.slide_id, "skipped"))
-        else:
-            todo.append(s)
+    run: _CohortRun | None = None
     t_start = time.perf_counter()
-    if todo:
-        try:
-            _CohortRun(todo, cfg=cfg, embedder=embedder, summary=summary, compile=options.compile).run(
-                workers=plan.workers, progress=progress
-            )
-        except torch.OutOfMemoryError as exc:
-            done = sum(r.status != "skipped" for r in summary.results)
-            raise DeviceMemoryError(
-                f"encoder {cfg.encoder_name!r} ran out of {plan.device} memory at batch size {plan.batch_size} "
-                f"({embedder.precision}): rerun with --batch-size {max(1, plan.batch_size // 2)}; the {done} "
-                "slide(s) recorded before are kept and resume skips them"
-            ) from exc
+    try:
+        embedder = load_embedder(
+            options.encoder,
+            weights=options.weights,
+            device=plan.device,
+            precision=options.precision,
+            batch_size=plan.batch_size,
+            input_px=options.input_px,
+        )
+        cfg = _run_config(plan, embedder, options.dtype)
+        summary.store, summary.encoder, summary.precision = cfg.store, cfg.encoder_name, embedder.precision
+        todo: list[SlideInput] = []
+        for s in plan.inputs:
+            row = None if options.force else skip_if_done(s, cfg)
+            if row is None:
+                todo.append(s)
+            else:
+                source = row.column("mpp_source")[0].as_py()
+                summary.results.append(SlideResult(s.slide_id, "skipped", mpp_source=source))
+        t_start = time.perf_counter()
+        if todo:
+            run = _CohortRun(todo, cfg=cfg, embedder=embedder, summary=summary, compile=options.compile)
+            try:
+                run.run(workers=plan.workers, progress=progress)
+            except torch.OutOfMemoryError as exc:
+                done = sum(r.status != "skipped" for r in summary.results)
+                raise DeviceMemoryError(
+                    f"encoder {cfg.encoder_name!r} ran out of {plan.device} memory at batch size "
+                    f"{plan.batch_size} ({embedder.precision}): rerun with --batch-size "
+                    f"{max(1, plan.batch_size // 2)}; the {done} slide(s) recorded before are kept and resume "
+                    "skips them"
+                ) from exc
+    except KeyboardInterrupt as exc:
+        summary.seconds = time.perf_counter() - t_start
+        raise _interrupted(summary, plan, run) from exc
     summary.seconds = time.perf_counter() - t_start
+    _in_plan_order(summary, plan)
+    return summary
+
+
+def _in_plan_order(summary: FeaturizeSummary, plan: CohortPlan) -> None:
     order = {s.slide_id: i for i, s in enumerate(plan.inputs)}
     summary.results.sort(key=lambda r: order[r.slide_id])
-    return summary
+
+
+def _interrupted(summary: FeaturizeSummary, plan: CohortPlan, run: _CohortRun | None) -> FeaturizeInterrupted:
+    """What a run stopped by Ctrl-C did: the slides written (and those skipped), the ones begun and not written,
+    and the rest."""
+    written = set(run.writer.written) if run is not None and run.writer is not None else set()
+    summary.results = [r for r in summary.results if r.status == "skipped" or r.slide_id in written]
+    finished = {r.slide_id for r in summary.results}
+    begun = run.started if run is not None else []
+    summary.interrupted = tuple(s for s in begun if s not in finished)
+    summary.not_started = tuple(
+        s.slide_id for s in plan.inputs if s.slide_id not in finished and s.slide_id not in begun
+    )
+    _in_plan_order(summary, plan)
+    return FeaturizeInterrupted(summary)
 
 
 def _run_config(plan: CohortPlan, embedder: Embedder, dtype: str) -> RunConfig:
@@ -150,6 +186,9 @@ class _CohortRun:
         self.compiler = None
         self.decided = False
         self.t_slide = 0.0
+        #: slide ids in the order their reading began
+        self.started: list[str] = []
+        self.writer: SlideWriter | None = None
 
     def run(self, *, workers: int, progress: bool) -> None:
         import torch
@@ -192,6 +231,7 @@ class _CohortRun:
 
     def _start(self, plan: SlidePlan) -> None:
         self.t_slide = time.perf_counter()
+        self.started.append(plan.slide.slide_id)
         n = len(plan.grid) if (plan.status == "ok" and plan.grid is not None) else 0
         if plan.status == "ok":
             if not self.decided:
@@ -229,7 +269,7 @@ class _CohortRun:
             self.writer.put(p, emb, seconds)
             n = len(emb) if emb is not None else 0
             self.summary.results.append(
-                SlideResult(p.slide.slide_id, p.status, n, round(seconds, 3), p.error, note=p.note)
+                SlideResult(p.slide.slide_id, p.status, n, round(seconds, 3), p.error, p.note, p.mpp_source)
             )
             self.bars.end_slide()
 

@@ -168,7 +168,8 @@ def clean_stale_tmp(slide: SlideInput, cfg: RunConfig) -> None:
 
 def write_slide(plan: SlidePlan, cfg: RunConfig, emb: np.ndarray | None, *, seconds_total: float) -> None:
     """Write one slide's files: ``slides/``, ``tiles/<tiling>/``, ``qc/<tiling>/`` and, last (the commit marker
-    that resume checks), ``embeddings/<tiling>/<encoder>/`` (empty for ``no_tissue``; none for ``failed``)."""
+    that resume checks), ``embeddings/<tiling>/<encoder>/`` (empty for ``no_tissue`` and ``too_small``; none for
+    ``failed``)."""
     sid = plan.slide.slide_id
     sp, tp, ep, qp = _slide_files(cfg, sid)
     for p in (sp, tp, ep, qp):
@@ -251,13 +252,14 @@ def _embedding_column(values: np.ndarray, type_: pa.DataType) -> pa.ChunkedArray
     return pa.chunked_array(chunks, type=type_)
 
 
-def skip_if_done(slide: SlideInput, cfg: RunConfig) -> bool:
+def skip_if_done(slide: SlideInput, cfg: RunConfig) -> pa.Table | None:
     """Resume's step for one slide: when its outputs match this config and file, remove the hidden temporaries a killed
     run left beside them, bring its ``slides/`` row up to date with this run's patient id and path (a new patient
-    table or a moved file changes neither pixels nor embeddings), and return True."""
+    table or a moved file changes neither pixels nor embeddings), and return that row; None when the slide is to
+    be done."""
     row = _done_row(slide, cfg)
     if row is None:
-        return False
+        return None
     clean_stale_tmp(slide, cfg)
     want = {"patient_id": slide.patient_id, "path": os.path.abspath(slide.path)}
     changed = {k: v for k, v in want.items() if row.column(k)[0].as_py() != v}
@@ -265,7 +267,7 @@ def skip_if_done(slide: SlideInput, cfg: RunConfig) -> bool:
         row = row.set_column(row.schema.get_field_index(k), row.schema.field(k), pa.array([v], pa.string()))
     if changed:
         write_table_atomic(row, slide_path(cfg.store, slide.slide_id))  # the schema keeps the file's metadata
-    return True
+    return row
 
 
 def _done_row(slide: SlideInput, cfg: RunConfig) -> pa.Table | None:
@@ -309,6 +311,8 @@ class SlideWriter:
         self.cfg = cfg
         self.q: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE)
         self.error: BaseException | None = None
+        #: slide ids whose files are all written, in order
+        self.written: list[str] = []
         self.thread = threading.Thread(target=self._run, name="slide2expr-writer", daemon=True)
         self.thread.start()
 
@@ -322,6 +326,7 @@ class SlideWriter:
                 continue
             try:
                 write_slide(plan, self.cfg, emb, seconds_total=seconds)
+                self.written.append(plan.slide.slide_id)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread by close()
                 self.error = exc
 

@@ -149,6 +149,7 @@ def locate_weights(spec: EncoderSpec, *, weights: str | os.PathLike | None = Non
             raise WeightsNotFoundError(
                 f"weights file {str(path)!r} given for encoder {spec.name!r} does not exist or is not a file"
             )
+        check_weights_suffix(path)
         return WeightsSource(path.resolve(), "argument")
     found = find_local_weights(spec)
     if found is not None:
@@ -247,17 +248,28 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "teacher")
 _PREFIXES = ("module.", "backbone.", "model.", "dinov2.")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.pth``/``.pt``/``.bin``/``.ckpt`` state dict onto the CPU.
+def check_weights_suffix(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when its suffix names a state-dict format :func:`read_state_dict` reads; else a
+    :class:`WeightsMismatchError` (a run's plan checks it before anything is written).
 
-    Checkpoints that wrap the state dict (``{"state_dict": …}``, ``{"model": …}``) are unwrapped; pickled files
-    are read with ``weights_only=True`` (no code runs).
+    >>> check_weights_suffix("uni.bin").name
+    'uni.bin'
     """
     path = Path(path)
     if path.suffix not in _STATE_DICT_SUFFIXES:
         raise WeightsMismatchError(
             f"weights file {str(path)!r}: unsupported suffix {path.suffix!r}; use one of {', '.join(_STATE_DICT_SUFFIXES)}"
         )
+    return path
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.pth``/``.pt``/``.bin``/``.ckpt`` state dict onto the CPU.
+
+    Checkpoints that wrap the state dict (``{"state_dict": …}``, ``{"model": …}``) are unwrapped; pickled files
+    are read with ``weights_only=True`` (no code runs).
+    """
+    path = check_weights_suffix(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

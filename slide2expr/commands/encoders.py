@@ -61,7 +61,9 @@ def encoders(
     from slide2expr.featurize.encoders import WEIGHTS_ENV
 
     table = Table(
-        title="slide2expr encoders", caption=f"weights directory: ${WEIGHTS_ENV} (--json for paths)"
+        title="slide2expr encoders",
+        caption=f"featurize --encoder NAME picks one (there is no default); weights directory: ${WEIGHTS_ENV} "
+        "(--json for paths)",
     )
     table.add_column("name", no_wrap=True)
     table.add_column("dim", justify="right")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import EXIT_SOME_FAILED, DryRunOpt, app, fail, reported
+from slide2expr._app import EXIT_INTERRUPTED, EXIT_SOME_FAILED, DryRunOpt, app, fail, reported
 
 
 @app.command(no_args_is_help=True)
@@ -28,7 +28,14 @@ def featurize(
     store: Annotated[Path, typer.Option("--store", "-s", help="Store directory (created if missing).")],
     encoder: Annotated[
         str | None,
-        typer.Option("--encoder", "-e", help="Encoder name (`slide2expr encoders`; default stain-texture)."),
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="Encoder name; required, no default (it decides what every later stage learns from). "
+            "`slide2expr encoders` lists them and which have weights here: a pathology foundation model (uni, "
+            "virchow2, …) once its weights file is in place; efficientnet-lite0, whose ImageNet weights ship "
+            "with slide2expr, offline; stain-texture, weight-free, for quick CPU checks only.",
+        ),
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights file for the encoder.")] = None,
     mpp: Annotated[
@@ -49,7 +56,10 @@ def featurize(
     ] = None,
     mpp_override: Annotated[
         float | None,
-        typer.Option(help="Level-0 µm/px for slides whose metadata lacks it (a CSV mpp column wins)."),
+        typer.Option(
+            help="Level-0 µm/px for slides whose metadata lacks it; a slide's own resolution is kept (the "
+            "summary names those slides). To replace a slide's own, give it in a CSV list's mpp column."
+        ),
     ] = None,
     patients: Annotated[
         Path | None, typer.Option(help="Slide→patient CSV/TSV (columns patient_id and slide_id or path).")
@@ -96,15 +106,18 @@ def featurize(
 ) -> None:
     """Featurize slides into a store, resumably: a slide whose outputs match is skipped (--force redoes it).
 
-    Exit status: 0 all slides ok (or no tissue), 3 some slides failed (each failure is recorded in its
-    slides/ row with the reason), 2 bad arguments.
+    Every argument is checked before anything is written (a slide file that does not exist included), the same
+    way with and without --dry-run. Ctrl-C stops after the slides already embedded are written, says which, and
+    the same command resumes. Exit status: 0 all slides ok (or no tissue, or smaller than a tile), 3 some slides
+    failed (each failure is recorded in its slides/ row with the reason), 2 bad arguments, 130 interrupted.
     """
-    import json
 
     from slide2expr import featurize as fz
 
     if json_out is not None and not json_out.parent.is_dir():
         raise fail(f"--json {json_out}: folder {json_out.parent} does not exist")
+    if json_out is not None and json_out.is_dir():
+        raise fail(f"--json {json_out} is a folder: give a file name for the summary")
     given = {
         "encoder": encoder, "weights": weights, "mpp": mpp, "magnification": magnification, "tile_px": tile_px,
         "overlap_px": overlap_px, "min_tissue": min_tissue, "mpp_override": mpp_override, "patients": patients,
@@ -116,14 +129,34 @@ def featurize(
         if dry_run:
             _print_plan(fz.plan_cohort([str(s) for s in slides], store=store, options=options), shard=shard)
             return
-        summary = fz.featurize_cohort(
-            [str(s) for s in slides], store=store, options=options, progress=progress
-        )
+        try:
+            summary = fz.featurize_cohort(
+                [str(s) for s in slides], store=store, options=options, progress=progress
+            )
+        except fz.FeaturizeInterrupted as exc:
+            raise _interrupted(exc, json_out) from None
     _print_summary(summary)
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    _write_json(json_out, summary)
     if summary.n_failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _interrupted(exc, json_out: Path | None) -> typer.Exit:
+    """After Ctrl-C: the slides finished, the one interrupted and how to resume; exit status 130."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    _print_summary(exc.summary)
+    _write_json(json_out, exc.summary)
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
+    return typer.Exit(EXIT_INTERRUPTED)
+
+
+def _write_json(json_out: Path | None, summary) -> None:
+    import json
+
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary.as_dict(), indent=2, default=str))
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:
@@ -149,10 +182,18 @@ def _print_summary(summary) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from slide2expr.contract import SLIDE_STATUSES
+
     table = Table(title=f"featurize → {summary.store} ({summary.tiling}, {summary.encoder})")
     for col in ("slide", "status", "tiles", "seconds", "error"):
         table.add_column(col, overflow="fold")
-    style = {"ok": "green", "no_tissue": "yellow", "failed": "bold red", "skipped": "dim"}
+    style = {
+        "ok": "green",
+        "no_tissue": "yellow",
+        "too_small": "yellow",
+        "failed": "bold red",
+        "skipped": "dim",
+    }
     for r in summary.results:
         table.add_row(
             r.slide_id,
@@ -163,7 +204,7 @@ def _print_summary(summary) -> None:
         )
     out = Console()
     out.print(table)
-    counts = ", ".join(f"{summary.count(s)} {s}" for s in ("ok", "no_tissue", "failed", "skipped"))
+    counts = ", ".join(f"{summary.count(s)} {s}" for s in (*SLIDE_STATUSES, "skipped"))
     out.print(
         f"{counts}; {summary.tiles} tiles in {summary.seconds:.1f} s ({summary.tiles_per_s:.1f} tiles/s, "
         f"{summary.device}, {summary.precision}"
@@ -174,6 +215,15 @@ def _print_summary(summary) -> None:
         )
         + ")"
     )
+    unused = summary.mpp_override_unused
+    if unused:
+        named = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        out.print(
+            f"[yellow]note:[/] --mpp-override {summary.mpp_override:g} was not used for {len(unused)} slide(s) "
+            f"that carry their own resolution ({escape(named)}); to replace a slide's own, list it in a CSV slide "
+            "list with an mpp column (path,mpp) and run again",
+            highlight=False,
+        )
 
 
 def _print_plan(plan, *, shard: str | None) -> None:
@@ -190,7 +240,8 @@ def _print_plan(plan, *, shard: str | None) -> None:
     for p in plan.slides:
         s = p.slide
         state = "exists (skipped if it matches)" if p.exists and not plan.force else "to do"
-        table.add_row(
-            s.slide_id, s.patient_id, str(s.path), "metadata" if s.mpp is None else f"{s.mpp}", state
-        )
+        mpp = f"{s.mpp}" if s.mpp is not None else "metadata"
+        if s.mpp is None and s.mpp_fallback is not None:
+            mpp += f", else {s.mpp_fallback:g}"
+        table.add_row(s.slide_id, s.patient_id, str(s.path), mpp, state)
     Console().print(table)

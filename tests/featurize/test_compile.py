@@ -293,7 +293,7 @@ def test_compile_arguments(slide_dir: Path, tmp_path: Path, monkeypatch: pytest.
     res = CliRunner().invoke(
         app,
         ["featurize", str(slide_dir / "s2.svs"), "--store", str(tmp_path / "c"), "--compile", "on", "--mpp", "1",
-         "--tile-px", "112", "--workers", "0", "--no-progress"],
+         "--tile-px", "112", "--workers", "0", "--no-progress", "--encoder", "stain-texture"],
     )  # fmt: skip
     assert res.exit_code == 2, res.output
     assert "could not compile encoder 'test-cnn-tiny'" in res.output and "--compile off" in res.output

@@ -18,7 +18,7 @@ from slide2expr.featurize import (
     plan_cohort,
 )
 from slide2expr.featurize._tissue import TISSUE_VERSION
-from slide2expr.featurize.encoders import UnknownEncoderError, WeightsNotFoundError
+from slide2expr.featurize.encoders import UnknownEncoderError, WeightsMismatchError, WeightsNotFoundError
 from tests.featurize.conftest import FAST
 
 
@@ -109,6 +109,7 @@ def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(slide_dir, tmp_pat
     again = plan_cohort(slide_dir, store=store, options=FeaturizeOptions(patients=csv, **FAST))
     assert again.n_existing == 3 and [p.slide.patient_id for p in again.slides][1] == "PX"
     args = [str(slide_dir), "--store", str(store), "--mpp", "1", "--tile-px", "112", "--patients", str(csv)]
+    args += ["--encoder", "stain-texture"]
     res = CliRunner().invoke(app, ["featurize", *args, "--dry-run"], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
     assert "3 slides" in res.output and "exists (skipped if it matches)" in res.output
@@ -123,6 +124,7 @@ def test_the_plan_refuses_what_the_run_would_refuse(slide_dir, tmp_path, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SLIDE2EXPR_WEIGHTS", str(tmp_path / "weights"))
     slide = slide_dir / "s2.svs"
+    st = "stain-texture"
     with pytest.raises(UnknownEncoderError, match="unknown encoder 'nosuch'"):
         plan_cohort(slide, store=tmp_path / "a", options=FeaturizeOptions(encoder="nosuch"))
     with pytest.raises(WeightsNotFoundError, match="no weights for encoder 'uni' here"):
@@ -131,13 +133,27 @@ def test_the_plan_refuses_what_the_run_would_refuse(slide_dir, tmp_path, monkeyp
         plan_cohort(
             slide, store=tmp_path / "a", options=FeaturizeOptions(encoder="uni", weights=tmp_path / "x.bin")
         )
+    (tmp_path / "uni.txt").write_text("not weights")
+    with pytest.raises(WeightsMismatchError, match="unsupported suffix '.txt'"):
+        plan_cohort(
+            slide, store=tmp_path / "a", options=FeaturizeOptions(encoder="uni", weights=tmp_path / "uni.txt")
+        )
     with pytest.raises(FeaturizeOptionsError, match="weight-free"):
-        plan_cohort(slide, store=tmp_path / "a", options=FeaturizeOptions(weights=tmp_path / "x.bin"))
+        plan_cohort(
+            slide, store=tmp_path / "a", options=FeaturizeOptions(encoder=st, weights=tmp_path / "x.bin")
+        )
     with pytest.raises(SlideListError, match="no slides found"):
-        plan_cohort(tmp_path, store=tmp_path / "a")
+        plan_cohort(tmp_path, store=tmp_path / "a", options=FeaturizeOptions(encoder=st))
+    with pytest.raises(
+        SlideListError,
+        match=r"^1 slide file does not exist: .*s9.svs \(did you mean s3.svs or s2.svs\?\); fix its",
+    ):
+        plan_cohort(slide_dir / "s9.svs", store=tmp_path / "a", options=FeaturizeOptions(encoder=st))
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match="is a file, not a folder"):
         plan_cohort(slide, store=tmp_path / "file")
+    with pytest.raises(StoreError, match="file is a file, so no folder can be made under it"):
+        plan_cohort(slide, store=tmp_path / "file" / "store", options=FeaturizeOptions(encoder=st))
     newer = tmp_path / "newer"
     newer.mkdir()
     (newer / "store.json").write_text('{"format": 999}')
@@ -145,5 +161,67 @@ def test_the_plan_refuses_what_the_run_would_refuse(slide_dir, tmp_path, monkeyp
         plan_cohort(slide, store=newer)
     if not torch.cuda.is_available():
         with pytest.raises(FeaturizeOptionsError, match="device='cuda': no CUDA device"):
-            plan_cohort(slide, store=tmp_path / "a", options=FeaturizeOptions(device="cuda"))
+            plan_cohort(slide, store=tmp_path / "a", options=FeaturizeOptions(encoder=st, device="cuda"))
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_run_without_an_encoder_is_refused_with_the_choices_and_their_weights_here(
+    slide_dir, tmp_path, monkeypatch
+):
+    """No default encoder: the weight-free one is never used unasked, and the message says what can be used here."""
+    from slide2expr.cli import app
+    from slide2expr.featurize.encoders import list_encoders, weights_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SLIDE2EXPR_WEIGHTS", str(tmp_path / "weights"))
+    assert FeaturizeOptions().encoder is None
+    with pytest.raises(FeaturizeOptionsError) as err:
+        plan_cohort(slide_dir / "s2.svs", store=tmp_path / "a", options=FeaturizeOptions())
+    msg = str(err.value)
+    assert msg.startswith(
+        "encoder not given: choose one with --encoder NAME (Python: FeaturizeOptions(encoder=NAME))"
+    )
+    head, _, rest = msg.partition("; weight-free: ")
+    free, _, missing = rest.partition("; weights not found here: ")
+    here = [n.split(" (")[0] for n in head.partition("weights here: ")[2].split(", ")]
+    missing = missing.removesuffix(" (`slide2expr encoders` says where each file goes)").split(", ")
+    assert free.startswith("stain-texture (102-d")
+    for spec in list_encoders():
+        if spec.needs_weights:  # each named once, under whether its weights are found here
+            assert (spec.name in here) == (weights_available(spec) is not None) != (spec.name in missing)
+    res = CliRunner().invoke(
+        app, ["featurize", str(slide_dir), "--store", str(tmp_path / "a"), "--no-progress"]
+    )
+    assert res.exit_code == 2 and "encoder not given" in res.output and "Traceback" not in res.output
+    with pytest.raises(FeaturizeOptionsError, match="encoder not given"):
+        featurize_cohort(slide_dir, store=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    help_text = " ".join(
+        CliRunner().invoke(app, ["featurize", "--help"], env={"COLUMNS": "200"}).output.split()
+    )
+    assert "required, no default" in help_text and "weights here" in help_text
+
+
+def test_a_non_square_encoder_input_needs_input_px_before_anything_runs(slide_dir, tmp_path):
+    from slide2expr.featurize.encoders import EncoderSpec, register_encoder, unregister_encoder
+
+    spec = EncoderSpec(
+        name="test-rect-input",
+        architecture="resnet10t",
+        dim=512,
+        output_mode="pooled",
+        timm_kwargs={"num_classes": 0},
+        pretrained_cfg={"input_size": (3, 64, 96), "mean": (0.5,) * 3, "std": (0.25,) * 3},
+        family="cnn",
+    )
+    register_encoder(spec)
+    try:
+        with pytest.raises(FeaturizeOptionsError, match="expects non-square 64x96 inputs; give input_px"):
+            plan_cohort(
+                slide_dir / "s2.svs", store=tmp_path / "a", options=FeaturizeOptions(encoder=spec.name)
+            )
+        options = FeaturizeOptions(encoder=spec.name, input_px=64)
+        assert plan_cohort(slide_dir / "s2.svs", store=tmp_path / "a", options=options).encoder == spec.name
+    finally:
+        unregister_encoder(spec.name)
     assert not (tmp_path / "a").exists()

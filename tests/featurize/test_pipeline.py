@@ -508,10 +508,20 @@ def test_mpp_override_only_fills_in_and_resume_follows_where_the_resolution_came
     rows = {r: pq.read_table(slide_path(store, r)).to_pylist()[0] for r in ("s2", "plain")}
     assert (rows["s2"]["mpp_x"], rows["s2"]["mpp_source"]) == (0.5, "metadata")  # the slide's own 0.5 stays
     assert (rows["plain"]["mpp_x"], rows["plain"]["mpp_source"]) == (2.0, "override")
+    # the summary says the override was not used for the slide that carries its own resolution
+    assert s.mpp_override_unused == ["s2"] and s.as_dict()["mpp_override_unused"] == ["s2"]
     again = featurize_cohort(
         [slide_dir / "s2.svs", png], store=store, options=FeaturizeOptions(mpp_override=2.0, **FAST)
     )
-    assert again.count("skipped") == 2
+    assert again.count("skipped") == 2 and again.mpp_override_unused == ["s2"]
+    from slide2expr.cli import app
+
+    args = [str(slide_dir / "s2.svs"), str(png), "--store", str(store), *ENC, "--mpp-override", "2"]
+    res = CliRunner().invoke(app, ["featurize", *args, "--mpp", "1", "--tile-px", "112", "--input-px", "112"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "--mpp-override 2 was not used for 1 slide(s) that carry their own" in text
+    assert "(s2); to replace a slide's own, list it in a CSV slide list with an mpp column" in text
+    assert featurize_cohort([png], store=store, options=FeaturizeOptions(**FAST)).mpp_override_unused == []
     # another override for the PNG is another resolution: redone, not skipped
     other = featurize_cohort([png], store=store, options=FeaturizeOptions(mpp_override=1.0, **FAST))
     assert other.count("ok") == 1
@@ -598,38 +608,61 @@ def test_slide_list_csv_and_errors(slide_dir, tmp_path):
         collect_slides(dup)
 
 
+#: the weight-free encoder, named as every run must name its encoder
+ENC = ["--encoder", "stain-texture"]
+NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here")
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--batch-size", "0"], "batch_size=0: give at least 1"),
-        (["--input-px", "0"], "input_px=0"),
-        (["--workers", "-1"], "workers=-1"),
-        (["--device", "cuda:x"], "cuda:N"),
-        (["--mpp-override", "-2"], "mpp_override=-2"),
-        (["--json", "nodir/x.json"], "folder nodir does not exist"),
+        ([*ENC, "--batch-size", "0"], "batch_size=0: give at least 1"),
+        ([*ENC, "--input-px", "0"], "input_px=0"),
+        ([*ENC, "--workers", "-1"], "workers=-1"),
+        ([*ENC, "--device", "cuda:x"], "cuda:N"),
+        pytest.param([*ENC, "--device", "cuda"], "no CUDA device is available here", marks=NO_CUDA),
+        ([*ENC, "--mpp-override", "-2"], "mpp_override=-2"),
+        ([*ENC, "--json", "nodir/x.json"], "folder nodir does not exist"),
+        ([*ENC, "--json", "adir"], "--json adir is a folder"),
         (["--encoder", "nosuch"], "nosuch"),
-        (["--mpp", "0"], "mpp=0"),
-        (["--weights", "nowhere.pth"], "weight-free"),
-        (["--tile-px", "64", "--overlap-px", "64"], "tile_px=64, overlap_px=64"),
-        (["--shard", "1/1"], "shard='1/1'"),
+        (["--mpp", "1"], "encoder not given: choose one with --encoder NAME"),
+        (["--encoder", "uni"], "no weights for encoder 'uni' here"),
+        (["--encoder", "uni", "--weights", "uni.txt"], "uni.txt': unsupported suffix '.txt'"),
+        ([*ENC, "--mpp", "0"], "mpp=0"),
+        ([*ENC, "--weights", "nowhere.pth"], "weight-free"),
+        ([*ENC, "--tile-px", "64", "--overlap-px", "64"], "tile_px=64, overlap_px=64"),
+        ([*ENC, "--shard", "1/1"], "shard='1/1'"),
+        ([*ENC, "s2-typo.svs"], "1 slide file does not exist: s2-typo.svs"),
+        ([*ENC, "list.csv"], "1 slide file does not exist: gone.svs (list.csv line 3)"),
+        ([*ENC, "--patients", "nobody.csv"], "patient table nobody.csv does not exist"),
+        ([*ENC, "--store", "afile"], "is a file, not a folder"),
+        ([*ENC, "--store", "afile/st"], "afile is a file, so no folder can be made under it"),
     ],
 )
-@pytest.mark.parametrize("dry_run", [False, True])
-def test_bad_arguments_exit_2_before_anything_is_written(
-    slide_dir, tmp_path, monkeypatch, args, match, dry_run
+def test_bad_arguments_fail_the_same_way_with_and_without_dry_run_and_write_nothing(
+    slide_dir, tmp_path, monkeypatch, args, match
 ):
+    """Every argument the real run checks, --dry-run checks: each bad one gives the same one-line error and exit
+    status 2 both ways, before anything is written."""
     from slide2expr.cli import app
 
     monkeypatch.chdir(tmp_path)
-    base = [str(slide_dir / "s2.svs"), "--store", "st", "--encoder", "stain-texture", "--no-progress"]
-    dry = ["--dry-run"] if dry_run else []
-    res = CliRunner().invoke(app, ["featurize", *base, *args, *dry], env={"COLUMNS": "300"})
-    assert res.exit_code == 2, res.output
-    assert match in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "st").exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SLIDE2EXPR_WEIGHTS", str(tmp_path / "weights"))
     (tmp_path / "afile").write_text("")
-    res = CliRunner().invoke(app, ["featurize", *base[:1], "--store", "afile"], env={"COLUMNS": "300"})
-    assert res.exit_code == 2 and "is a file, not a folder" in res.output
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "uni.txt").write_text("not weights")
+    (tmp_path / "list.csv").write_text(f"path\n{slide_dir / 's3.svs'}\ngone.svs\n")
+    base = [str(slide_dir / "s2.svs"), "--store", "st", "--no-progress"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    errors = {}
+    for dry in ([], ["--dry-run"]):
+        res = CliRunner().invoke(app, ["featurize", *base, *args, *dry], env={"COLUMNS": "300"})
+        assert res.exit_code == 2, res.output
+        assert match in res.output and "Traceback" not in res.output, res.output
+        errors[bool(dry)] = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, no store made
+    assert errors[True] == errors[False] and len(errors[True]) == 1
 
 
 def test_tiles_finer_than_the_scan_are_noted_and_a_slide_smaller_than_a_tile_says_so(slide_dir, tmp_path):
@@ -648,14 +681,29 @@ def test_tiles_finer_than_the_scan_are_noted_and_a_slide_smaller_than_a_tile_say
         [slide_dir / "s2.svs"], store=tmp_path / "c", options=FeaturizeOptions(**{**FAST, "tile_px": 1000})
     )
     (r,) = big.results
-    assert r.status == "no_tissue" and "smaller than one tile (1.00 mm" in r.error
+    assert r.status == "too_small" and "smaller than one tile (1.00 mm" in r.error
+    row = pq.read_table(slide_path(tmp_path / "c", "s2")).to_pylist()[0]
+    assert (row["status"], row["n_tiles"]) == ("too_small", 0)
+    # a finished slide like no_tissue: empty tiles and embeddings, skipped on resume, listed by failed_slides
+    assert (
+        pq.read_table(embeddings_path(tmp_path / "c", "mpp1.00_px1000_ov0", "stain-texture", "s2")).num_rows
+        == 0
+    )
+    again = featurize_cohort(
+        [slide_dir / "s2.svs"], store=tmp_path / "c", options=FeaturizeOptions(**{**FAST, "tile_px": 1000})
+    )
+    assert again.count("skipped") == 1 and big.as_dict()["counts"]["too_small"] == 1
+    from slide2expr.sql import connect, run_query
+
+    failed = run_query(connect(tmp_path / "c"), "failed_slides").to_pylist()
+    assert [(f["slide_id"], f["status"]) for f in failed] == [("s2", "too_small")]
 
 
 def test_bad_cohort_completes_records_reasons_and_exits_3(bad_dir, tmp_path):
     from slide2expr.cli import app
 
     store = tmp_path / "bad store"
-    args = [str(bad_dir), "--store", str(store), "--mpp", "1", "--tile-px", "112", "--input-px", "112"]
+    args = [str(bad_dir), "--store", str(store), *ENC, "--mpp", "1", "--tile-px", "112", "--input-px", "112"]
     res = CliRunner().invoke(app, ["featurize", *args, "--workers", "0", "--no-progress"])
     assert res.exit_code == 3, res.output
     rows = {
@@ -693,7 +741,16 @@ def test_dry_run_shows_the_plan(slide_dir, tmp_path):
 
     res = CliRunner().invoke(
         app,
-        ["featurize", str(slide_dir), "--store", str(tmp_path / "s"), "--dry-run", "--magnification", "10"],
+        [
+            "featurize",
+            str(slide_dir),
+            "--store",
+            str(tmp_path / "s"),
+            *ENC,
+            "--dry-run",
+            "--magnification",
+            "10",
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "3 slides" in res.output and "mpp1.00_px224_ov0" in res.output and not (tmp_path / "s").exists()
@@ -739,6 +796,98 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(base_store, slide_dir, tm
     assert snapshot(store) == snapshot(base_store)
     for p in (store / "slides").glob("*.parquet"):
         assert pq.read_table(p).num_rows == 1
+
+
+def _interrupt_at_second_slide(monkeypatch, second: str) -> None:
+    """Ctrl-C as the first tiles of slide ``second`` reach the encoder."""
+    from slide2expr.featurize import _run
+
+    real = _run._CohortRun._on
+
+    def on(self, event):
+        if isinstance(event, TilesRead) and event.plan.slide.slide_id == second:
+            raise KeyboardInterrupt
+        return real(self, event)
+
+    monkeypatch.setattr(_run._CohortRun, "_on", on)
+
+
+def test_ctrl_c_keeps_the_finished_slides_says_which_and_the_same_run_resumes(
+    base_store, slide_dir, tmp_path, monkeypatch
+):
+    from slide2expr.cli import app
+    from slide2expr.featurize import FeaturizeInterrupted
+
+    first = "TCGA-AA-0001-01Z-00-DX1"
+    store = tmp_path / "store"
+    with monkeypatch.context() as m:
+        _interrupt_at_second_slide(m, "s2")
+        with pytest.raises(FeaturizeInterrupted) as err:
+            featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
+    s = err.value.summary
+    assert isinstance(err.value, KeyboardInterrupt)
+    assert [(r.slide_id, r.status) for r in s.results] == [(first, "ok")]
+    assert (s.interrupted, s.not_started) == (("s2",), ("s3",))
+    assert str(err.value) == (
+        f"interrupted: 1 slide finished and kept ({first}); s2 interrupted, nothing of it written; 1 not started. "
+        "Run the same command again to resume: finished slides are skipped."
+    )
+    # the finished slide is whole, the interrupted one absent, nothing half-written
+    assert sorted(p.stem for p in store.glob("*/**/*.parquet")) == [first] * 3
+    assert not hidden_files(store)
+    again = featurize_cohort(slide_dir, store=store, options=FeaturizeOptions(**FAST))
+    assert (again.count("skipped"), again.count("ok")) == (1, 2)
+    assert snapshot(store) == snapshot(base_store)
+    # the command prints what was done and how to resume, with exit status 130
+    args = [str(slide_dir), "--store", str(tmp_path / "cli"), *ENC, "--mpp", "1", "--tile-px", "112"]
+    args += ["--input-px", "112", "--workers", "0", "--no-progress", "--json", str(tmp_path / "s.json")]
+    with monkeypatch.context() as m:
+        _interrupt_at_second_slide(m, "s2")
+        res = CliRunner().invoke(app, ["featurize", *args], env={"COLUMNS": "300"})
+    assert res.exit_code == 130, res.output
+    assert first in res.output and "1 ok" in res.output and "Traceback" not in res.output
+    assert "s2 interrupted, nothing of it written; 1 not started. Run the same command again" in res.output
+    import json
+
+    assert json.loads((tmp_path / "s.json").read_text())["interrupted"] == ["s2"]
+
+
+def test_ctrl_c_from_the_terminal_stops_the_command_and_its_readers_cleanly(slide_dir, tmp_path):
+    """SIGINT to the terminal's process group (the command and its reader process): exit 130 with what was done,
+    no traceback from any process, only whole files; the same command then finishes the cohort."""
+    import shutil
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i in range(4):
+        shutil.copy(slide_dir / "s2.svs", slides / f"c{i}.svs")
+    store = tmp_path / "store"
+    args = [str(slides), "--store", str(store), *ENC, "--mpp", "1", "--tile-px", "112", "--input-px", "112"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slide2expr.cli", "featurize", *args, "--workers", "1", "--no-progress"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not list(store.glob("embeddings/*/*/*.parquet")) and proc.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in out + err and "Run the same command again to resume" in err
+    done = sorted(p.stem for p in store.glob("embeddings/*/*/*.parquet"))
+    assert done and len(done) < 4 and not hidden_files(store)
+    again = featurize_cohort(slides, store=store, options=FeaturizeOptions(**FAST))
+    assert again.count("skipped") == len(done) and again.count("ok") == 4 - len(done)
 
 
 def test_real_cmu_slide_featurizes(cmu_slide, tmp_path):
@@ -835,7 +984,7 @@ def test_running_out_of_device_memory_says_which_batch_size_to_try(
 
     monkeypatch.setattr(featurize_run, "featurize_cohort", oom)
     res = CliRunner().invoke(
-        app, ["featurize", str(slide_dir), "--store", str(tmp_path / "s2"), "--no-progress"]
+        app, ["featurize", str(slide_dir), "--store", str(tmp_path / "s2"), *ENC, "--no-progress"]
     )
     assert res.exit_code == 2 and "--batch-size 128" in res.output
 
