@@ -42,11 +42,12 @@ from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds
 from slide2expr.regress._genes import (
     GeneSelection,
     GeneSelectionError,
+    GeneSelectionWarning,
     read_gene_file,
     select_genes,
     top_genes_of,
 )
-from slide2expr.regress._harness import CompareError, LeftOutBagsWarning
+from slide2expr.regress._harness import CompareError, CompareInterrupted, LeftOutBagsWarning
 from slide2expr.regress._meta import PerGeneRegressor, SeedEnsemble, TileScores
 from slide2expr.regress._mil import GRAZIANI2022, AttentionMILRegressor, HE2RNARegressor
 from slide2expr.regress._models import (
@@ -99,12 +100,14 @@ __all__ = [
     "BagInputError",
     "BagPooler",
     "CompareError",
+    "CompareInterrupted",
     "ComparePlan",
     "CompareResult",
     "EncoderMismatchError",
     "FoldOutputs",
     "GeneSelection",
     "GeneSelectionError",
+    "GeneSelectionWarning",
     "HE2RNARegressor",
     "LeftOutBagsWarning",
     "MeanRegressor",

@@ -2,11 +2,22 @@
 
 ``compare`` composes three steps that can be called on their own: :func:`plan_compare` (every check, nothing
 written), :func:`~slide2expr.regress.cross_fit` (the fold loop) and the run writer.
+
+Genes: a fixed choice (a panel, a file or list of names, protein-coding only) is made once; a top-N choice by
+variance or mean is made per fold on its training patients (:mod:`slide2expr.regress._genes`), and a gene chosen in
+some folds only is reported pooled over those folds, with their count (``folds_selected``).
+
+Resume: each finished model × fold is written to ``RUN/partial/`` as it finishes, with the settings' fingerprint; a
+rerun with the same settings and ``out`` fits only the rest and writes the same run directory as an uninterrupted
+run (``partial/`` is removed at the end); other settings are refused (``overwrite`` restarts).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,15 +37,35 @@ from slide2expr.contract import (
 )
 from slide2expr.regress._checks import check_device
 from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds
+from slide2expr.regress._genes import (
+    MAX_ATTENTION_GENES,
+    GeneSelection,
+    GeneSelectionWarning,
+    attention_columns,
+    default_selection_message,
+    fold_gene_columns,
+    select_genes,
+)
 from slide2expr.regress._harness import (
     CompareError,
+    CompareInterrupted,
     check_cohort_targets,
+    check_fold_sizes,
+    check_targets_vary,
     complete_bags,
     jsonable,
+    plan_cohort,
     target_transform,
 )
 from slide2expr.regress._models import list_models, make_model, model_info
-from slide2expr.regress._runs import save_fold_model, write_run
+from slide2expr.regress._runs import (
+    PartialRun,
+    check_resume,
+    interrupted_run,
+    run_settings,
+    save_fold_model,
+    write_run,
+)
 from slide2expr.regress._stats import metrics_table, paired_comparison
 
 #: The floor every comparison includes.
@@ -52,11 +83,20 @@ class ComparePlan:
     model_params
         Per model, its parameters (``device`` filled in for the models that take one).
     genes
-        Target columns.
+        The compared genes: those any fold chose, in the cohort's order (a panel's or file's order for one).
     keep
         ``(n_bags,)`` rows of the cohort with every target value; the others' ids are in ``dropped``.
     bag_ids, patients, folds
         ``(n_bags,)`` per kept bag: its id, its patient and its fold.
+    fold_genes, attention_genes
+        Per fold, the indices into ``genes`` it fits and predicts (chosen on its training patients), and those whose
+        attention it records (at most :data:`~slide2expr.regress._genes.MAX_ATTENTION_GENES`).
+    selection
+        The gene choice (:class:`~slide2expr.regress.GeneSelection`).
+    settings
+        What the outputs depend on and its fingerprint (``RUN/partial/settings.json``); None without ``out``.
+    resume
+        The (model, fold) fits an interrupted run with the same settings left in ``out``, which compare loads.
     """
 
     models: tuple[str, ...]
@@ -70,6 +110,11 @@ class ComparePlan:
     patients: np.ndarray
     folds: np.ndarray
     out: Path | None = None
+    fold_genes: tuple[np.ndarray, ...] = ()
+    attention_genes: tuple[np.ndarray, ...] = ()
+    selection: GeneSelection | None = None
+    settings: dict | None = None
+    resume: tuple[tuple[str, int], ...] | None = None
 
     def describe(self) -> str:
         """The plan in a few lines (what ``--dry-run`` prints)."""
@@ -80,8 +125,20 @@ class ComparePlan:
             f"held-out bags per fold {sizes}",
             *(f"  {m}: {self.model_params[m]}" for m in self.models if self.model_params.get(m)),
         ]
+        if self.selection is not None:
+            per_fold = sorted({len(c) for c in self.fold_genes})
+            lines.append(
+                f"  genes: {self.selection.describe()}; {len(self.genes)} compared in all, "
+                f"{'-'.join(map(str, per_fold[:: max(1, len(per_fold) - 1)]))} per fold; attention recorded for "
+                f"at most {MAX_ATTENTION_GENES} genes per fold"
+            )
         if self.dropped:
             lines.append(f"  {len(self.dropped)} bag(s) without complete targets left out")
+        if self.resume is not None:
+            lines.append(
+                f"  resumes the interrupted run in {self.out}: {len(self.resume)} of "
+                f"{len(self.models) * self.n_folds} model × fold fits are done"
+            )
         where = (
             "nothing (out=None)"
             if self.out is None
@@ -100,14 +157,33 @@ def plan_compare(
     model_params: Mapping[str, Mapping] | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    genes=None,
+    top_genes: int | None = None,
+    rank_genes_by: str = "variance",
+    protein_coding: bool = False,
+    save_models: bool = True,
 ) -> ComparePlan:
     """Check everything :func:`compare` checks and return its plan; writes nothing.
 
-    Raises :class:`CompareError` (no targets, repeated genes, bad ``model_params`` or ``n_folds``),
+    Chooses the genes of each fold on its training patients (:func:`~slide2expr.regress.select_genes`; the
+    parameters are :func:`compare`'s). Raises :class:`CompareError` (no targets, repeated genes, bad
+    ``model_params`` or ``n_folds``, fewer than 3 patients in a held-out fold, a gene with one value for every bag,
+    no bag with every value), :class:`GeneSelectionError` (unknown genes, bad ``top_genes``),
     :class:`UnknownModelError` (unknown models or parameters), :class:`BagInputError` (``device``) and
-    :class:`OutputExistsError` (``out`` not replaceable); warns :class:`LeftOutBagsWarning`.
+    :class:`OutputExistsError` (``out`` not replaceable, or holding an interrupted run with other settings); warns
+    :class:`LeftOutBagsWarning` and, above 2,000 genes with no choice made, :class:`GeneSelectionWarning`.
     """
-    genes = check_cohort_targets(cohort)
+    check_cohort_targets(cohort)
+    selection = select_genes(
+        cohort.genes,
+        genes=genes,
+        top_genes=top_genes,
+        rank_genes_by=rank_genes_by,
+        protein_coding=protein_coding,
+        gene_types=(cohort.meta or {}).get("gene_types"),
+    )
+    if selection.defaulted:
+        warnings.warn(default_selection_message(len(selection.genes)), GeneSelectionWarning, stacklevel=2)
     names = list(dict.fromkeys([models] if isinstance(models, str) else models))
     if not names:
         raise CompareError(f"models is empty: choose from {', '.join(list_models())}")
@@ -123,17 +199,19 @@ def plan_compare(
         names.append(FLOOR_MODEL)
     for m in names:
         make_model(m, params=params.get(m), random_state=seed)
-    if out is not None:
+    resuming = out is not None and not overwrite and PartialRun.read(out) is not None
+    if out is not None and not resuming:
         check_output_dir(out, overwrite=overwrite)
-    keep, dropped = complete_bags(cohort, what="the comparison")
+    keep, dropped, y = _complete_targets(cohort, selection)
     bag_ids = np.asarray(cohort.bag_ids, dtype=object)[keep].astype(str)
     patients = np.asarray(cohort.groups, dtype=object)[keep].astype(str)
     folds = make_folds(patients, n_folds=n_folds, seed=seed)
-    out = None if out is None else Path(out)
-    return ComparePlan(
+    check_fold_sizes(patients, folds, n_folds=n_folds)
+    compared, fold_genes, attention_genes = _fold_genes(y, folds, selection, n_folds=int(n_folds))
+    plan = ComparePlan(
         tuple(names),
         params,
-        tuple(genes),
+        tuple(selection.genes[i] for i in compared),
         int(n_folds),
         int(seed),
         keep,
@@ -141,8 +219,76 @@ def plan_compare(
         bag_ids,
         patients,
         folds,
-        out,
+        None if out is None else Path(out),
+        fold_genes=fold_genes,
+        attention_genes=attention_genes,
+        selection=selection,
     )
+    if out is None:
+        return plan
+    settings = run_settings(cohort, plan, save_models=save_models)
+    if not resuming:
+        return dataclasses.replace(plan, settings=settings)
+    check_resume(out, settings)
+    done = tuple(PartialRun(RunLayout(out), settings).finished(plan.models, plan.n_folds))
+    return dataclasses.replace(plan, settings=settings, resume=done)
+
+
+def _complete_targets(cohort: Cohort, selection: GeneSelection) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``(kept rows, left-out bag ids, (n_kept, n_candidates) targets)``: the bags with every candidate gene's
+    value; :class:`CompareError` for a gene with no value at all, no complete bag, or (with no top-N choice, which
+    never keeps such genes) a gene with one value for every kept bag."""
+    y_all = np.asarray(cohort.y_true, dtype=np.float64)[:, selection.index]
+    some = ~np.isnan(y_all).all(axis=1)
+    empty = (
+        [selection.genes[i] for i in np.flatnonzero(np.isnan(y_all[some]).all(axis=0))] if some.any() else []
+    )
+    if empty:
+        raise CompareError(
+            f"{len(empty)} gene(s) have no value for any bag: {', '.join(empty[:10])}"
+            + (" …" if len(empty) > 10 else "")
+            + "; leave them out with genes= (--genes)"
+        )
+    if np.isnan(y_all).any(axis=1).all():
+        raise CompareError(
+            "no bag has a value for every gene compared: check that the targets' patients are the store's "
+            "(`slide2expr targets list`) or choose genes with genes= (--genes)"
+        )
+    keep, dropped = complete_bags(cohort, what="the comparison", columns=selection.index)
+    y = y_all[keep]
+    if selection.top_genes is None:
+        check_targets_vary(
+            y,
+            selection.genes,
+            what="leave them out with genes= (--genes), or choose top_genes= (--top-genes), which keeps only genes "
+            "that vary on each fold's training patients",
+        )
+    return keep, dropped, y
+
+
+def _fold_genes(
+    y: np.ndarray, folds: np.ndarray, selection: GeneSelection, *, n_folds: int
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """``(compared, fold_genes, attention_genes)``: the candidates any fold chose (indices into
+    ``selection.genes``), and per fold its genes and recorded-attention genes as indices into the compared ones."""
+    per_fold = fold_gene_columns(
+        y, folds, n_folds=n_folds, top=selection.top_genes, rank_by=selection.rank_genes_by
+    )
+    for k, cols in enumerate(per_fold):
+        if not len(cols):
+            raise CompareError(
+                f"no gene varies on the training patients of fold {k}: the targets cannot be compared"
+            )
+    compared = np.unique(np.concatenate(per_fold))
+    if selection.top_genes is None:  # a fixed choice keeps its own order (a panel's, a file's)
+        compared = np.arange(y.shape[1])
+    where = {c: i for i, c in enumerate(compared)}
+    fold_genes = tuple(np.array([where[c] for c in cols], dtype=np.int64) for cols in per_fold)
+    attention = tuple(
+        attention_columns(y[folds != k][:, compared], cols, rank_by=selection.rank_genes_by)
+        for k, cols in enumerate(fold_genes)
+    )
+    return compared, fold_genes, attention
 
 
 def _model_params(model_params, *, models: list[str]) -> dict[str, dict]:
@@ -164,6 +310,30 @@ def _model_params(model_params, *, models: list[str]) -> dict[str, dict]:
                 f'{{"{k}": {{…}}}}; got {v!r}'
             )
     return {k: dict(v) for k, v in model_params.items()}
+
+
+def with_folds_selected(metrics: pd.DataFrame, plan: ComparePlan) -> pd.DataFrame:
+    """``metrics`` with ``folds_selected``: how many folds compared each gene (its pooled rows use those folds)."""
+    counts = np.bincount(np.concatenate(plan.fold_genes), minlength=len(plan.genes))
+    out = metrics.copy()
+    count = dict(zip(plan.genes, counts.tolist(), strict=True))
+    out["folds_selected"] = out["gene"].map(count).astype("int32")
+    return out
+
+
+def _says_how_to_resume(run):
+    """``compare`` raising :class:`CompareInterrupted` on Ctrl-C: what finished and how to resume it."""
+
+    @functools.wraps(run)
+    def wrapper(cohort: Cohort, **kwargs) -> CompareResult:
+        try:
+            return run(cohort, **kwargs)
+        except CompareInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise interrupted_run(kwargs.get("out")) from None
+
+    return wrapper
 
 
 @dataclass
@@ -193,6 +363,7 @@ class CompareResult:
     seconds: dict = field(default_factory=dict)
 
 
+@_says_how_to_resume
 def compare(
     cohort: Cohort,
     *,
@@ -207,6 +378,10 @@ def compare(
     targets: str | None = None,
     save_models: bool = True,
     overwrite: bool = False,
+    genes=None,
+    top_genes: int | None = None,
+    rank_genes_by: str = "variance",
+    protein_coding: bool = False,
 ) -> CompareResult:
     """Cross-validate ``models`` on the same patient-grouped folds and write a run directory.
 
@@ -226,7 +401,9 @@ def compare(
     out
         The run directory to write (created); None computes without writing. A folder that is not empty is
         refused (:class:`OutputExistsError`) unless ``overwrite``, which replaces what slide2expr wrote there (an
-        earlier run with its fold models, ``explain/`` output and report) and refuses anything else.
+        earlier run with its fold models, ``explain/`` output and report) and refuses anything else. A folder
+        holding a compare interrupted with the same settings is resumed: its finished model × fold fits are
+        loaded, the others fitted (other settings are refused; ``overwrite`` restarts).
     model_params
         Per model name, its parameters (:func:`regress.make_model`), e.g. ``{"mil": {"max_epochs": 30}}``.
     device
@@ -238,13 +415,29 @@ def compare(
         Recorded in ``config.json`` (where the cohort came from), with the targets' transform.
     save_models
         Write ``models/<model>/fold<k>.joblib``.
+    genes
+        None (every gene of the cohort; above 2,000 genes, with no ``top_genes``, the 2,000 of highest variance per
+        fold, with a :class:`GeneSelectionWarning` that says how to choose), ``"all"`` (every gene however many), a
+        panel name (``"graziani2022"``), a file of gene names, or a list.
+    top_genes, rank_genes_by
+        Per fold, compare the ``top_genes`` genes of highest ``"variance"`` or ``"mean"`` on its training patients
+        (genes constant there are never chosen). A gene chosen in some folds only is scored on those folds' held-out
+        bags (``folds_selected`` in ``metrics.parquet``).
+    protein_coding
+        Only genes whose GENCODE ``gene_type`` is ``protein_coding`` (targets imported from GDC STAR-counts).
+
+    Raises
+    ------
+    CompareInterrupted
+        Ctrl-C: how many model × fold fits finished (kept in ``RUN/partial/``) and how to resume.
 
     Writes
     ------
     ``RUN/config.json``, ``folds.parquet`` (one row per bag), ``predictions.parquet`` (model × bag × gene),
     ``metrics.parquet`` (model × gene × fold, fold -1 pooled), ``comparisons.parquet`` (model pairs),
-    ``attention.parquet`` (attention models, held-out tiles × genes), ``models/<model>/fold<k>.joblib``,
-    ``plots/compare_pearson.png``.
+    ``attention.parquet`` (attention models, held-out tiles × at most 50 genes per fold: all of a fold's genes
+    when that few, else those of highest ``rank_genes_by`` on its training patients), ``models/<model>/fold<k>.joblib``,
+    ``plots/compare_pearson.png``; while running, ``partial/`` (removed at the end).
     """
     plan = plan_compare(
         cohort,
@@ -255,16 +448,31 @@ def compare(
         model_params=model_params,
         device=device,
         overwrite=overwrite,
+        genes=genes,
+        top_genes=top_genes,
+        rank_genes_by=rank_genes_by,
+        protein_coding=protein_coding,
+        save_models=save_models,
     )
-    layout = None if plan.out is None else RunLayout(prepare_output_dir(plan.out, overwrite=overwrite))
+    cohort = plan_cohort(cohort, plan)  # y_true of the compared genes only
+    layout = checkpoint = None
+    if plan.out is not None:
+        fresh = plan.resume is None
+        layout = RunLayout(prepare_output_dir(plan.out, overwrite=overwrite) if fresh else plan.out)
+        checkpoint = PartialRun.start(layout, plan.settings)
     saving = layout is not None and save_models
     fits = cross_fit(
-        cohort, plan, on_fitted=partial(save_fold_model, layout) if saving else None, progress=progress
+        cohort,
+        plan,
+        on_fitted=partial(save_fold_model, layout) if saving else None,
+        progress=progress,
+        checkpoint=checkpoint,
     )
     result = summarise(plan, fits, config=run_config(cohort, plan, store=store, targets=targets))
     if layout is not None:
         tables = {k: getattr(result, k) for k in ("folds", "predictions", "metrics", "comparisons")}
         write_run(layout, config=result.config, attention=fits.attention, models=list(plan.models), **tables)
+        checkpoint.remove()
     if progress:
         print_summary(result)
     return result
@@ -283,10 +491,23 @@ def run_config(cohort: Cohort, plan: ComparePlan, *, store=None, targets: str | 
         "n_folds": plan.n_folds,
         "seed": plan.seed,
         "genes": list(plan.genes),
+        "gene_selection": _selection_config(plan),
         "transform": target_transform(store, targets),
         "version": package_version(),
-        "encoder_meta": jsonable(dict(cohort.meta)),
+        "encoder_meta": jsonable({k: v for k, v in cohort.meta.items() if k != "gene_types"}),
         "dropped_bags": list(plan.dropped),
+    }
+
+
+def _selection_config(plan: ComparePlan) -> dict | None:
+    """``config.json``'s ``gene_selection``: the choice, genes per fold, and the genes whose attention is kept."""
+    if plan.selection is None:
+        return None
+    recorded = sorted({plan.genes[i] for cols in plan.attention_genes for i in cols})
+    return {
+        **plan.selection.config(),
+        "genes_per_fold": [len(c) for c in plan.fold_genes],
+        "attention_genes": recorded,
     }
 
 
@@ -302,7 +523,7 @@ def summarise(plan: ComparePlan, fits: FoldOutputs, *, config: dict) -> CompareR
         config,
         folds,
         fits.predictions.drop(columns="y_baseline"),
-        metrics,
+        with_folds_selected(metrics, plan),
         _comparisons(metrics, models=models, seed=plan.seed),
         _summary(metrics, models=models, seconds=fits.seconds),
         attention_rows=fits.attention.num_rows,

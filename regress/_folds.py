@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from slide2expr.contract import ATTENTION_SCHEMA, Cohort
-from slide2expr.regress._harness import CompareError, fit_model
+from slide2expr.regress._harness import CompareError, fit_model, plan_targets
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import make_model, model_info
 
@@ -66,51 +66,83 @@ def cross_fit(
     *,
     on_fitted: Callable[[str, int, object], None] | None = None,
     progress: bool = False,
+    checkpoint=None,
 ) -> FoldOutputs:
     """Fit each model of ``plan`` (a :class:`~slide2expr.regress.ComparePlan`) on every fold's training patients
-    (``random_state = seed + fold``) and predict the held-out bags; ``on_fitted(model, fold, estimator)`` sees
-    each fitted estimator. ``progress`` shows a bar over models × folds."""
+    (``random_state = seed + fold``) and predict the held-out bags.
+
+    In fold ``k`` the models fit and predict the genes ``plan.fold_genes[k]``, chosen on that fold's training
+    patients only (every compared gene unless a top-N selection is made), and record attention for
+    ``plan.attention_genes[k]``. ``on_fitted(model, fold, estimator)`` sees each fitted estimator; ``checkpoint``
+    (a :class:`~slide2expr.regress._runs.PartialRun`) returns the outputs of fits finished by an earlier,
+    interrupted run instead of fitting them again, and saves each new one as it finishes. ``progress`` shows a bar
+    over models × folds.
+    """
     all_bags = cohort.bags
     bags = [all_bags[i] for i in plan.keep]
-    Y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
+    Y = plan_targets(cohort, plan)
     pred_parts, att_parts, seconds = [], [], dict.fromkeys(plan.models, 0.0)
     with _Progress(enabled=progress, total=len(plan.models) * plan.n_folds) as bar:
         for name in plan.models:
             params = plan.model_params.get(name)
             for k in range(plan.n_folds):
                 bar.describe(f"{name} fold {k + 1}/{plan.n_folds}")
-                tr, te = np.flatnonzero(plan.folds != k), np.flatnonzero(plan.folds == k)
-                est = make_model(name, params=params, random_state=plan.seed + k)
-                t0 = time.perf_counter()
-                fit_model(est, [bags[i] for i in tr], Y[tr], plan.patients[tr], name=name, params=params)
-                test_bags = [bags[i] for i in te]
-                yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(plan.genes))
-                seconds[name] += time.perf_counter() - t0
-                pred_parts.append(_prediction_rows(plan, name, k, te, Y, yp, base=Y[tr].mean(axis=0)))
-                if model_info(name).attention:
-                    scores = est.predict_tiles(test_bags)
-                    att_parts.append(
-                        attention_rows(
-                            scores, cohort, plan.keep[te], name=name, fold=k, genes=list(plan.genes)
-                        )
-                    )
-                if on_fitted is not None:
-                    on_fitted(name, k, est)
+                done = None if checkpoint is None else checkpoint.load(name, k)
+                if done is None:
+                    tr, te = np.flatnonzero(plan.folds != k), np.flatnonzero(plan.folds == k)
+                    cols = np.asarray(plan.fold_genes[k])
+                    y_tr = Y[tr] if len(cols) == Y.shape[1] else Y[tr][:, cols]
+                    est = make_model(name, params=params, random_state=plan.seed + k)
+                    t0 = time.perf_counter()
+                    fit_model(est, [bags[i] for i in tr], y_tr, plan.patients[tr], name=name, params=params)
+                    test_bags = [bags[i] for i in te]
+                    yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(cols))
+                    spent = time.perf_counter() - t0
+                    pred = _prediction_rows(plan, name, k, te, Y, yp, base=y_tr.mean(axis=0), cols=cols)
+                    att = None
+                    if model_info(name).attention:
+                        att_cols = np.asarray(plan.attention_genes[k])
+                        within = np.searchsorted(cols, att_cols)
+                        scores = [
+                            TileScores(*(None if a is None else a[:, within] for a in s))
+                            for s in est.predict_tiles(test_bags)
+                        ]
+                        genes = [plan.genes[i] for i in att_cols]
+                        att = attention_rows(scores, cohort, plan.keep[te], name=name, fold=k, genes=genes)
+                    if on_fitted is not None:
+                        on_fitted(name, k, est)
+                    if checkpoint is not None:
+                        checkpoint.save(name, k, pred, att, spent)
+                    done = (pred, att, spent)
+                pred, att, spent = done
+                pred_parts.append(pred)
+                if att is not None:
+                    att_parts.append(att)
+                seconds[name] += spent
                 bar.advance()
     attention = pa.concat_tables(att_parts) if att_parts else ATTENTION_SCHEMA.empty_table()
     return FoldOutputs(pd.concat(pred_parts, ignore_index=True), attention, seconds)
 
 
-def _prediction_rows(plan, name: str, fold: int, te: np.ndarray, Y, yp, *, base) -> pd.DataFrame:
-    n_genes = len(plan.genes)
+def _prediction_rows(plan, name: str, fold: int, te: np.ndarray, Y, yp, *, base, cols=None) -> pd.DataFrame:
+    """The held-out rows of one model × fold, for the fold's genes ``cols`` (default ``plan.fold_genes[fold]``).
+
+    ``Y`` (``(n_kept_bags, n_genes)``) holds every compared gene; ``yp`` (``(len(te), ·)``) and ``base`` hold the
+    fold's genes, or every compared gene (a fit on all of them), of which the fold's are taken.
+    """
+    cols = np.asarray(plan.fold_genes[fold] if cols is None else cols)
+    yp, base = np.asarray(yp), np.asarray(base)
+    if yp.shape[1] != len(cols):
+        yp, base = yp[:, cols], base[cols]
+    n_genes = len(cols)
     return pd.DataFrame(
         {
             "model": name,
             "fold": np.int32(fold),
             "bag_id": np.repeat(plan.bag_ids[te], n_genes),
             "patient_id": np.repeat(plan.patients[te], n_genes),
-            "gene": np.tile(list(plan.genes), len(te)),
-            "y_true": Y[te].ravel(),
+            "gene": np.tile(np.asarray(plan.genes, dtype=object)[cols], len(te)),
+            "y_true": Y[te][:, cols].ravel(),
             "y_pred": yp.ravel(),
             "y_baseline": np.tile(base, len(te)),
         }

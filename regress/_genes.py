@@ -71,6 +71,9 @@ RANKINGS = ("variance", "mean")
 #: Above this many genes and with no choice made, ``compare`` keeps the top :data:`DEFAULT_TOP_GENES` by variance.
 MAX_GENES_WITHOUT_SELECTION = 2000
 DEFAULT_TOP_GENES = 2000
+#: Attention is recorded for at most this many genes per fold (``attention.parquet`` grows with tiles × genes): a
+#: fold's genes when that few, else those of highest ``rank_genes_by`` on its training patients.
+MAX_ATTENTION_GENES = 50
 #: The GENCODE gene type that ``protein_coding=True`` keeps.
 PROTEIN_CODING = "protein_coding"
 #: Items a message lists before "… (+n more)"; unknown names that get a did-you-mean.
@@ -79,6 +82,10 @@ MAX_LISTED = 12
 
 class GeneSelectionError(ValueError):
     """A gene choice that cannot be made: unknown names (with a did-you-mean), an empty list, a bad ``top_genes``."""
+
+
+class GeneSelectionWarning(UserWarning):
+    """The targets hold many genes and no choice was made: ``compare`` keeps the top genes by variance per fold."""
 
 
 def listing(items: Sequence[str]) -> str:
@@ -94,7 +101,7 @@ def listing(items: Sequence[str]) -> str:
 
 def did_you_mean(unknown: Sequence[str], known: Sequence[str]) -> dict[str, str]:
     """For each of the first :data:`MAX_LISTED` ``unknown`` names, the ``known`` name it most likely means: the same
-    name in another case, else the closest spelling (``difflib``, ratio ≥ 0.8); names with no candidate are left
+    name in another case, else the closest spelling (``difflib``, ratio ≥ 0.7); names with no candidate are left
     out."""
     known = list(dict.fromkeys(known))
     folded = {k.upper(): k for k in known}
@@ -103,7 +110,7 @@ def did_you_mean(unknown: Sequence[str], known: Sequence[str]) -> dict[str, str]
         if name.upper() in folded:
             out[name] = folded[name.upper()]
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
         if close:
             out[name] = close[0]
     return out
@@ -332,6 +339,41 @@ def select_genes(
         source=source,
         defaulted=defaulted,
     )
+
+
+def default_selection_message(n_genes: int) -> str:
+    """What :class:`GeneSelectionWarning` says when the default top-N applies."""
+    return (
+        f"the targets hold {n_genes:,} genes and no choice was made: comparing, per fold, the {DEFAULT_TOP_GENES:,} "
+        "of highest variance on its training patients; choose with genes= (a panel, a file of names or a list; "
+        "--genes), top_genes= and rank_genes_by= (--top-genes, --rank-genes-by), protein_coding=True "
+        "(--protein-coding), or genes='all' (--genes all) for every gene"
+    )
+
+
+def fold_gene_columns(
+    y: np.ndarray, folds: np.ndarray, *, n_folds: int, top: int | None, rank_by: str
+) -> list[np.ndarray]:
+    """Per fold ``k``, the columns of ``y`` (``(n_bags, n_genes)``) it compares: :func:`top_genes_of` of the rows
+    not in fold ``k`` (its training patients).
+
+    >>> y = np.array([[0.0, 1.0, 5.0], [0.0, 2.0, 6.0], [1.0, 2.0, 9.0], [0.0, 1.0, 5.0]])
+    >>> [c.tolist() for c in fold_gene_columns(y, np.array([0, 0, 1, 1]), n_folds=2, top=1, rank_by="variance")]
+    [[2], [1]]
+    """
+    return [top_genes_of(y[folds != k], top=top, rank_by=rank_by) for k in range(n_folds)]
+
+
+def attention_columns(y_train: np.ndarray, columns: np.ndarray, *, rank_by: str) -> np.ndarray:
+    """The subset of ``columns`` whose attention a fold records: all of them up to :data:`MAX_ATTENTION_GENES`, else
+    that many of highest ``rank_by`` on the training rows ``y_train`` (sorted)."""
+    if len(columns) <= MAX_ATTENTION_GENES:
+        return np.asarray(columns)
+    top = top_genes_of(y_train[:, columns], top=MAX_ATTENTION_GENES, rank_by=rank_by)
+    if len(top) < MAX_ATTENTION_GENES:  # fewer genes vary than recorded: the first columns fill up
+        rest = np.setdiff1d(np.arange(len(columns)), top)[: MAX_ATTENTION_GENES - len(top)]
+        top = np.sort(np.concatenate([top, rest]))
+    return np.asarray(columns)[top]
 
 
 def top_genes_of(y_train: np.ndarray, *, top: int | None, rank_by: str = "variance") -> np.ndarray:

@@ -3,6 +3,7 @@ errors, the targets' transform, and JSON-safe config values."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import warnings
@@ -16,6 +17,8 @@ from slide2expr.regress._models import UnknownModelError
 
 #: Bags whose ids a left-out warning lists before "…".
 LISTED_BAGS = 10
+#: The fewest patients a held-out fold may have: fewer make per-fold correlations meaningless (or undefined).
+MIN_PATIENTS_PER_FOLD = 3
 
 
 class CompareError(ValueError):
@@ -24,6 +27,26 @@ class CompareError(ValueError):
 
 class LeftOutBagsWarning(UserWarning):
     """Bags with missing target values were left out of a comparison or a fit (their ids are in the message)."""
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`~slide2expr.regress.compare`. Its message says how many model × fold fits finished and
+    how to resume them: each was written to ``RUN/partial/`` as it finished, and a rerun with the same settings and
+    ``out`` picks them up (``overwrite=True`` restarts). Attributes ``done``, ``total`` and ``out``."""
+
+    def __init__(self, done: int, total: int | None, out: Path | None) -> None:
+        self.done, self.total, self.out = int(done), total, out
+        if out is None:
+            super().__init__("compare interrupted; nothing was written (out=None)")
+            return
+        if total is None:
+            super().__init__("compare interrupted before fitting began: run the same command again")
+            return
+        super().__init__(
+            f"compare interrupted after {done} of {total} model × fold fits; the finished ones are kept in "
+            f"{out}/partial/: run the same compare with the same settings and out to resume them (overwrite, "
+            "--overwrite, restarts)"
+        )
 
 
 def check_cohort_targets(cohort: Cohort) -> list[str]:
@@ -43,10 +66,11 @@ def check_cohort_targets(cohort: Cohort) -> list[str]:
     return genes
 
 
-def complete_bags(cohort: Cohort, *, what: str) -> tuple[np.ndarray, list[str]]:
-    """``(rows, left_out)``: the cohort rows with every target value, and the ids of the others, which a
-    :class:`LeftOutBagsWarning` lists (``what`` says what they are left out of)."""
-    complete = ~np.isnan(np.asarray(cohort.y_true, dtype=np.float64)).any(axis=1)
+def complete_bags(cohort: Cohort, *, what: str, columns=None) -> tuple[np.ndarray, list[str]]:
+    """``(rows, left_out)``: the cohort rows with every target value (of ``columns`` of ``y_true`` when given), and
+    the ids of the others, which a :class:`LeftOutBagsWarning` lists (``what`` says what they are left out of)."""
+    y = np.asarray(cohort.y_true, dtype=np.float64)
+    complete = ~np.isnan(y if columns is None else y[:, columns]).any(axis=1)
     dropped = [str(b) for b, c in zip(cohort.bag_ids, complete, strict=True) if not c]
     if dropped:
         warnings.warn(
@@ -57,6 +81,67 @@ def complete_bags(cohort: Cohort, *, what: str) -> tuple[np.ndarray, list[str]]:
             stacklevel=3,
         )
     return np.flatnonzero(complete), dropped
+
+
+def check_fold_sizes(patients: np.ndarray, folds: np.ndarray, *, n_folds: int) -> None:
+    """:class:`CompareError` when a held-out fold has fewer than :data:`MIN_PATIENTS_PER_FOLD` patients, saying how
+    many folds the cohort supports.
+
+    >>> check_fold_sizes(np.array(list("abcdef")), np.array([0, 0, 0, 1, 1, 1]), n_folds=2)
+    >>> try:
+    ...     check_fold_sizes(np.array(list("abcde")), np.array([0, 0, 0, 1, 1]), n_folds=2)
+    ... except CompareError as exc:
+    ...     print(exc)
+    n_folds=2 leaves 2 patients in the smallest held-out fold (5 patients in all); compare needs at least 3 per
+    fold, so at least 6 patients for 2 folds: cross-validation cannot say anything at this size
+    """
+    per_fold = [len(set(patients[folds == k])) for k in range(n_folds)]
+    if min(per_fold) >= MIN_PATIENTS_PER_FOLD:
+        return
+    n = len(set(patients))
+    fits = n // MIN_PATIENTS_PER_FOLD
+    how = (
+        f"use n_folds={fits} or fewer (--n-folds)"
+        if fits >= 2
+        else "cross-validation cannot say anything at this size"
+    )
+    raise CompareError(
+        f"n_folds={n_folds} leaves {min(per_fold)} patients in the smallest held-out fold ({n} patients in all); "
+        f"compare needs at least {MIN_PATIENTS_PER_FOLD} per fold, so at least {MIN_PATIENTS_PER_FOLD * n_folds} "
+        f"patients for {n_folds} folds: {how}"
+    )
+
+
+def check_targets_vary(y: np.ndarray, genes, *, what: str) -> None:
+    """:class:`CompareError` naming the genes of ``y`` (``(n_bags, n_genes)``) with one value for every bag, which no
+    model can predict (``what`` says what to do instead)."""
+    constant = np.flatnonzero(np.ptp(y, axis=0) == 0) if len(y) else np.arange(y.shape[1])
+    if len(constant):
+        names = [str(genes[i]) for i in constant]
+        shown = ", ".join(names[:LISTED_BAGS]) + (
+            f" … (+{len(names) - LISTED_BAGS} more)" if len(names) > LISTED_BAGS else ""
+        )
+        raise CompareError(
+            f"{len(names)} gene(s) have the same value for every bag, so there is nothing to predict: {shown}; {what}"
+        )
+
+
+def plan_targets(cohort: Cohort, plan) -> np.ndarray:
+    """``(n_kept_bags, n_genes)`` float64: the targets of ``plan``'s kept bags and genes, from ``cohort``."""
+    y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
+    if tuple(cohort.genes) == tuple(plan.genes):
+        return y
+    position = {g: i for i, g in enumerate(cohort.genes)}
+    return y[:, [position[g] for g in plan.genes]]
+
+
+def plan_cohort(cohort: Cohort, plan) -> Cohort:
+    """``cohort`` with ``y_true`` and ``genes`` cut to ``plan.genes`` (the same features, bags and order)."""
+    if tuple(cohort.genes) == tuple(plan.genes):
+        return cohort
+    position = {g: i for i, g in enumerate(cohort.genes)}
+    y = np.asarray(cohort.y_true)[:, [position[g] for g in plan.genes]]
+    return dataclasses.replace(cohort, y_true=y, genes=tuple(plan.genes))
 
 
 def fit_model(est, bags: Sequence[np.ndarray], y, groups, *, name: str, params: Mapping | None):

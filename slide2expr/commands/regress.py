@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import DryRunOpt, OverwriteOpt, app, fail, reported
+from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported
 
 
 def _split(values: str | None) -> list[str]:
@@ -110,7 +110,31 @@ def compare(
     n_folds: Annotated[int, typer.Option("--n-folds", help="Patient-grouped CV folds.")] = 5,
     seed: SeedOpt = 0,
     by: ByOpt = "patient",
-    genes: GenesOpt = None,
+    genes: Annotated[
+        str | None,
+        typer.Option(
+            "--genes",
+            help="Genes to compare: comma-separated names, a file of names, a panel (graziani2022), or all. "
+            "Default: every gene, or above 2,000 genes the 2,000 of highest variance on each fold's training "
+            "patients (with a message).",
+        ),
+    ] = None,
+    top_genes: Annotated[
+        int | None,
+        typer.Option(
+            "--top-genes",
+            help="Per fold, compare the N genes of highest --rank-genes-by on its training patients only.",
+        ),
+    ] = None,
+    rank_genes_by: Annotated[
+        str, typer.Option("--rank-genes-by", help="variance or mean (of the transformed values).")
+    ] = "variance",
+    protein_coding: Annotated[
+        bool,
+        typer.Option(
+            "--protein-coding", help="Only protein-coding genes (gene_type of GDC STAR-counts targets)."
+        ),
+    ] = False,
     params: Annotated[
         str | None,
         typer.Option(
@@ -127,12 +151,16 @@ def compare(
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Cross-validate models on the same patient-grouped folds; write a run directory (metrics, attention, plots)."""
+    """Cross-validate models on the same patient-grouped folds; write a run directory (metrics, attention, plots).
+
+    An interrupted compare (Ctrl-C) keeps its finished model × fold fits in OUT/partial/: the same command resumes
+    them; --overwrite restarts.
+    """
     from slide2expr import regress
 
     model_params = _params(params, example='{"mil": {"max_epochs": 30}}')
     cohort = _load(
-        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=_genes(genes), quiet_missing=True
+        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=None, quiet_missing=True
     )
     kwargs = dict(
         models=_split(models),
@@ -142,18 +170,29 @@ def compare(
         model_params=model_params,
         device=device,
         overwrite=overwrite,
+        genes=genes,
+        top_genes=top_genes,
+        rank_genes_by=rank_genes_by,
+        protein_coding=protein_coding,
+        save_models=not no_models,
     )
     errors = (
         regress.CompareError,
+        regress.GeneSelectionError,
         regress.UnknownModelError,
         regress.BagInputError,
         regress.OutputExistsError,
     )
-    with reported(*errors), _warnings_as_lines(regress.LeftOutBagsWarning):
+    warned = (regress.LeftOutBagsWarning, regress.GeneSelectionWarning)
+    with reported(*errors), _warnings_as_lines(*warned):
         if dry_run:
             typer.echo(regress.plan_compare(cohort, **kwargs).describe())
             return
-        regress.compare(cohort, **kwargs, store=store, targets=targets, save_models=not no_models)
+        try:
+            regress.compare(cohort, **kwargs, store=store, targets=targets)
+        except regress.CompareInterrupted as exc:
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @app.command()

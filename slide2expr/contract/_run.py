@@ -11,6 +11,7 @@ A run directory::
       comparisons.parquet          model pairs, paired over genes
       attention.parquet            attention models: held-out tiles × genes
       models/<model>/fold<k>.joblib
+      partial/                     while compare runs: each finished model × fold (removed at the end)
       plots/                       figures of the comparison
       explain/                     what ``explain`` wrote (maps, hotspots, report)
       localisation.parquet         explain's localisation AUROCs (synthetic cohorts)
@@ -39,6 +40,9 @@ ATTENTION_FILE = "attention.parquet"
 MODELS_DIR = "models"
 PLOTS_DIR = "plots"
 EXPLAIN_DIR = "explain"
+#: A compare run's finished model × fold outputs while it runs (resume reads them; removed when it ends).
+PARTIAL_DIR = "partial"
+PARTIAL_SETTINGS = "settings.json"
 LOCALISATION_FILE = "localisation.parquet"
 TRUTH_TILES_FILE = "truth_tiles.parquet"
 #: The fitted estimator of a model directory (``train``).
@@ -51,6 +55,7 @@ RUN_FILES = (CONFIG_JSON, FOLDS_FILE, PREDICTIONS_FILE, METRICS_FILE, COMPARISON
 #: nothing else.
 KNOWN_OUTPUTS = frozenset(RUN_FILES) | {
     MODELS_DIR,
+    PARTIAL_DIR,
     PLOTS_DIR,
     EXPLAIN_DIR,
     LOCALISATION_FILE,
@@ -80,6 +85,7 @@ METRICS_SCHEMA = pa.schema(
         ("gene", pa.string()),
         ("fold", pa.int32()),
         ("n", pa.int64()),
+        ("folds_selected", pa.int32()),  # folds whose gene selection kept the gene (its pooled rows use those)
         *(
             (c, pa.float64())
             for c in (
@@ -206,6 +212,21 @@ class RunLayout:
             if m is not None:
                 found[int(m.group(1))] = p
         return dict(sorted(found.items()))
+
+    @property
+    def partial(self) -> Path:
+        """``partial/``: a running compare's finished model × fold outputs (:data:`PARTIAL_DIR`)."""
+        return self.root / PARTIAL_DIR
+
+    @property
+    def partial_settings(self) -> Path:
+        """``partial/settings.json``: the settings and their fingerprint, which a resumed compare must match."""
+        return self.partial / PARTIAL_SETTINGS
+
+    def partial_fold(self, model: str, fold: int, part: str = "predictions") -> Path:
+        """``partial/<model>/fold<k>.<part>.parquet``: ``predictions`` (written last: the fit is done) or
+        ``attention`` of one finished model × fold."""
+        return self.partial / model / f"fold{int(fold)}.{part}.parquet"
 
 
 @dataclass(frozen=True)
