@@ -18,6 +18,15 @@ A run directory::
       truth_tiles.parquet          tile-level ground truth (synthetic cohorts)
 
 A model directory holds ``model.joblib`` and ``config.json``.
+
+A prediction directory (``predict --out``) holds one model's outputs on bags it never saw::
+
+    PRED/
+      config.json                  kind "predictions": the model directory and its identity, store, encoder,
+                                   tiling, genes, models ([the model's name])
+      predictions.parquet          bag × gene, in PREDICTIONS_SCHEMA, fold -1 (PREDICT_FOLD)
+      attention.parquet            attention models: tiles × genes (attention, tile predictions), fold -1
+      explain/, localisation.parquet, truth_tiles.parquet      as in a run directory
 """
 
 from __future__ import annotations
@@ -51,9 +60,17 @@ MODEL_FILE = "model.joblib"
 #: The files ``compare`` writes into every run directory.
 RUN_FILES = (CONFIG_JSON, FOLDS_FILE, PREDICTIONS_FILE, METRICS_FILE, COMPARISONS_FILE, ATTENTION_FILE)
 
-#: What slide2expr writes into a run or model directory. Replacing one (``overwrite=True``) deletes these and
-#: nothing else.
-KNOWN_OUTPUTS = frozenset(RUN_FILES) | {
+#: ``kind`` in the ``config.json`` of a prediction directory.
+PREDICTION_KIND = "predictions"
+#: The ``fold`` of every row of a prediction directory: its model was fitted on all of its training bags, so no
+#: cross-validation fold held these bags out (``-1`` stands for "all folds", as in the metrics' pooled rows).
+PREDICT_FOLD = -1
+#: The files ``predict`` writes into every prediction directory (``attention.parquet`` for attention models).
+PREDICTION_FILES = (CONFIG_JSON, PREDICTIONS_FILE, ATTENTION_FILE)
+
+#: What slide2expr writes into a run, model or prediction directory. Replacing one (``overwrite=True``) deletes
+#: these and nothing else.
+KNOWN_OUTPUTS = frozenset((*RUN_FILES, *PREDICTION_FILES)) | {
     MODELS_DIR,
     PARTIAL_DIR,
     PLOTS_DIR,
@@ -255,6 +272,67 @@ class ModelLayout:
 
 class OutputExistsError(ValueError):
     """An output folder that is not empty: pass ``overwrite=True`` (``--overwrite``) or choose another folder."""
+@dataclass(frozen=True)
+class PredictionLayout:
+    """Where each file of a prediction directory (``predict``'s output) lives.
+
+    Examples
+    --------
+    >>> pred = PredictionLayout("PRED")
+    >>> pred.attention.as_posix(), pred.explain.as_posix()
+    ('PRED/attention.parquet', 'PRED/explain')
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_JSON
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS_FILE
+
+    @property
+    def attention(self) -> Path:
+        return self.root / ATTENTION_FILE
+
+    @property
+    def explain(self) -> Path:
+        return self.root / EXPLAIN_DIR
+
+    @property
+    def localisation(self) -> Path:
+        return self.root / LOCALISATION_FILE
+
+    @property
+    def truth_tiles(self) -> Path:
+        return self.root / TRUTH_TILES_FILE
+
+    def exists(self) -> bool:
+        """Whether ``root`` is a prediction directory: its ``config.json`` says kind ``"predictions"``."""
+        return is_prediction_config(_read_config(self.config))
+
+
+def is_prediction_config(config) -> bool:
+    """Whether a ``config.json`` (as a dict) is that of a prediction directory.
+
+    >>> is_prediction_config({"kind": "predictions"}), is_prediction_config({"n_folds": 5})
+    (True, False)
+    """
+    return isinstance(config, dict) and config.get("kind") == PREDICTION_KIND
+
+
+def _read_config(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 
 
 def _is_temporary(name: str) -> bool:
@@ -263,14 +341,14 @@ def _is_temporary(name: str) -> bool:
 
 
 def describe_output(root: str | os.PathLike) -> str:
-    """What ``root`` holds, in words: ``"a compare run"`` (…), ``"a model written by train"`` or ``"files"``."""
+    """What ``root`` holds, in words: ``"a compare run"`` (…), ``"a prediction directory"`` (…), ``"a model written
+    by train"`` or ``"files"``."""
     root = Path(root)
     if ModelLayout(root).model.exists():
         return "a model written by train"
-    try:
-        config = json.loads(RunLayout(root).config.read_text())
-    except (OSError, ValueError):
-        config = None
+    config = _read_config(RunLayout(root).config)
+    if is_prediction_config(config):
+        return "a prediction directory" + (" with explain output" if RunLayout(root).explain.exists() else "")
     if isinstance(config, dict) and "n_folds" in config:
         return "a compare run" + (" with explain output" if RunLayout(root).explain.exists() else "")
     return "files"
