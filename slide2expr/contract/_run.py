@@ -267,11 +267,6 @@ class ModelLayout:
         return self.model.is_file() and self.config.is_file()
 
 
-# ---- replacing an output folder ------------------------------------------------------------------------------
-
-
-class OutputExistsError(ValueError):
-    """An output folder that is not empty: pass ``overwrite=True`` (``--overwrite``) or choose another folder."""
 @dataclass(frozen=True)
 class PredictionLayout:
     """Where each file of a prediction directory (``predict``'s output) lives.
@@ -333,6 +328,11 @@ def _read_config(path: Path):
         return None
 
 
+# ---- replacing an output folder ------------------------------------------------------------------------------
+
+
+class OutputExistsError(ValueError):
+    """An output folder that is not empty: pass ``overwrite=True`` (``--overwrite``) or choose another folder."""
 
 
 def _is_temporary(name: str) -> bool:
