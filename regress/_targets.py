@@ -279,6 +279,16 @@ def _read_text_table(path: Path, *, what: str, **kwargs) -> pd.DataFrame:
         raise TargetsError(f"{path} cannot be parsed as {what}: {exc}".rstrip()) from None
 
 
+def _header_row(path: Path, *, sep: str) -> list[str]:
+    """The first row of a CSV/TSV file (gzip too) as written, with csv quoting rules."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", newline="") as fh:
+        return next(csv.reader(fh, delimiter=sep), [])
+
+
 def _read_matrix(path: Path) -> pd.DataFrame:
     """The matrix as read, its header verbatim: index columns of a pandas Parquet file come back as columns."""
     name = path.name.lower()
@@ -295,7 +305,7 @@ def _read_matrix(path: Path) -> pd.DataFrame:
     opts = {"sep": "\t" if tsv else ",", "dtype": object, "keep_default_na": False}
     df = _read_text_table(path, what=what, **opts)
     # pandas renames a repeated column name (APC, APC → APC, APC.1); the header row read as data keeps it
-    header = [str(h) for h in _read_text_table(path, what=what, header=None, nrows=1, **opts).iloc[0]]
+    header = _header_row(path, sep=opts["sep"])
     named = [h for h in header if h]
     if len(set(named)) < len(named) and len(header) == df.shape[1] and isinstance(df.index, pd.RangeIndex):
         df.columns = pd.Index([h or c for h, c in zip(header, df.columns, strict=True)], dtype=object)
