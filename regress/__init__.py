@@ -62,6 +62,7 @@ from slide2expr.regress._models import (
 )
 from slide2expr.regress._persist import (
     EncoderMismatchError,
+    PredictInterrupted,
     TrainPlan,
     TransformMismatchError,
     check_encoder,
@@ -115,6 +116,7 @@ __all__ = [
     "OutputExistsError",
     "PerGeneRegressor",
     "PooledParts",
+    "PredictInterrupted",
     "SamplesWithoutSlidesWarning",
     "SeedEnsemble",
     "TargetsError",

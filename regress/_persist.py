@@ -2,7 +2,8 @@
 
 A model directory holds ``model.joblib`` (the fitted estimator) and ``config.json`` (model name and parameters,
 genes, the targets' transform, and the encoder identity the model was trained on: encoder name, tiling, dim,
-weights sha256).
+weights sha256). A prediction directory holds what ``predict`` said about each bag and, for attention models, each
+tile (``contract.PredictionLayout``); ``explain`` draws its maps as for a compare run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +19,22 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.contract import (
+    PREDICT_FOLD,
+    PREDICTION_KIND,
+    PREDICTIONS_SCHEMA,
     Cohort,
     ModelLayout,
+    PredictionLayout,
     RunLayout,
     check_output_dir,
     describe_output,
     package_version,
     prepare_output_dir,
+    staged_output_dir,
     write_bytes_atomic,
     write_table_atomic,
 )
+from slide2expr.regress._folds import attention_rows
 from slide2expr.regress._harness import (
     CompareError,
     check_cohort_targets,
@@ -36,7 +43,7 @@ from slide2expr.regress._harness import (
     jsonable,
     target_transform,
 )
-from slide2expr.regress._models import make_model
+from slide2expr.regress._models import UnknownModelError, make_model, model_info
 
 #: Bags a model needs to be fitted on.
 MIN_TRAINING_BAGS = 2
@@ -290,14 +297,99 @@ def check_predict(
     model: str | os.PathLike,
     store: str | os.PathLike | None = None,
     targets: str | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Check everything :func:`predict` checks (the model directory, the encoder identity, the targets'
-    transform) and return the model's config; writes nothing and loads no model."""
+    transform, the output folder) and return the model's config; writes nothing and loads no model.
+
+    Raises :class:`EncoderMismatchError`, :class:`TransformMismatchError`, ``FileNotFoundError`` (not a model
+    directory) and :class:`OutputExistsError` (``out`` not empty and not ``overwrite``, or holding files
+    slide2expr did not write).
+    """
     config = load_model_config(model)
     check_encoder(config, cohort)
     if cohort.y_true is not None:
         check_transform(config, store=store, targets=targets)
+    if out is not None:
+        check_output_dir(out, overwrite=overwrite)
     return config
+
+
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`predict`: nothing was written to ``out`` (its previous contents are unchanged).
+
+    Attributes ``done`` and ``total`` count the bags predicted before the interruption; ``out`` is the prediction
+    directory that was not written.
+    """
+
+    def __init__(self, done: int, total: int, out: Path | None) -> None:
+        self.done, self.total, self.out = int(done), int(total), out
+        where = (
+            f"nothing written to {out} (its previous contents are unchanged)" if out else "nothing written"
+        )
+        super().__init__(f"interrupted after predicting {done} of {total} bags: {where}")
+
+
+def _predict_in_batches(est, cohort: Cohort, *, n_genes: int, tiles: bool, batch_bags: int, progress, out):
+    """``(n_bags, n_genes)`` predictions and, with ``tiles``, one :class:`TileScores` per bag."""
+    bags = cohort.bags
+    n = len(bags)
+    pred = np.empty((n, n_genes), dtype=np.float64)
+    scores: list = []
+    done = 0
+    try:
+        for start in range(0, n, batch_bags):
+            chunk = bags[start : start + batch_bags]
+            pred[start : start + len(chunk)] = np.asarray(est.predict(chunk), dtype=np.float64).reshape(
+                len(chunk), n_genes
+            )
+            if tiles:
+                scores += est.predict_tiles(chunk)
+            done = start + len(chunk)
+            if progress is not None:
+                progress(done, n)
+    except KeyboardInterrupt:
+        raise PredictInterrupted(done, n, out) from None
+    return pred, scores
+
+
+def _prediction_config(config: Mapping, cohort: Cohort, *, model, store, targets) -> dict:
+    """``config.json`` of a prediction directory: what was predicted with which model, and the model's identity."""
+    return {
+        "kind": PREDICTION_KIND,
+        "model_dir": str(Path(model).resolve()),
+        "model": config["model"],
+        "models": [config["model"]],
+        "model_params": config.get("model_params", {}),
+        "genes": list(config["genes"]),
+        "by": cohort.by,
+        "store": None if store is None else str(Path(store).resolve()),
+        "targets": targets,
+        "transform": config.get("transform"),
+        "n_bags": int(cohort.n_bags),
+        "fold": PREDICT_FOLD,
+        "trained_on": {k: config.get(k) for k in ("store", "targets", "n_bags", "seed", "version")},
+        "version": package_version(),
+        **_encoder_identity(cohort),
+    }
+
+
+def _write_prediction_dir(out, *, config: dict, predictions: pd.DataFrame, attention, n_bags: int) -> None:
+    """Write ``config.json``, ``predictions.parquet`` and ``attention.parquet`` into ``out`` as one swap."""
+    from slide2expr.regress._runs import as_table
+
+    try:
+        with staged_output_dir(out) as tmp:
+            layout = PredictionLayout(tmp)
+            write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
+            write_table_atomic(
+                as_table(predictions, PREDICTIONS_SCHEMA), layout.predictions, compression="zstd"
+            )
+            if attention is not None:
+                write_table_atomic(attention, layout.attention, compression="zstd")
+    except KeyboardInterrupt:
+        raise PredictInterrupted(n_bags, n_bags, Path(out)) from None
 
 
 def predict(
@@ -307,8 +399,11 @@ def predict(
     out: str | os.PathLike | None = None,
     store: str | os.PathLike | None = None,
     targets: str | None = None,
+    overwrite: bool = False,
+    batch_bags: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Predict every bag of ``cohort`` with the model directory ``model``; optionally write ``out`` (Parquet).
+    """Predict every bag of ``cohort`` with the model directory ``model``; optionally write a prediction directory.
 
     Refuses (:class:`EncoderMismatchError`) a cohort featurized with another encoder name, weights, dimension or
     tiling, and (:class:`TransformMismatchError`) targets stored under another transform than the model's
@@ -321,23 +416,47 @@ def predict(
     model
         Model directory written by :func:`train`.
     out
-        Predictions Parquet file to write.
+        Prediction directory to write (:class:`~slide2expr.contract.PredictionLayout`): ``config.json`` (kind
+        ``"predictions"``, the model directory and its encoder identity, genes, store), ``predictions.parquet``
+        (bag × gene, ``PREDICTIONS_SCHEMA``) and, for attention models, ``attention.parquet`` (tile × gene:
+        attention, attention logit, tile prediction, ``ATTENTION_SCHEMA``). Every row has fold ``-1``
+        (``PREDICT_FOLD``: the model saw none of these bags and no fold is involved). The folder is written
+        beside ``out`` and swapped in when complete; a folder that is not empty is refused
+        (:class:`regress.OutputExistsError`) unless ``overwrite``, which replaces what slide2expr wrote there.
+        ``slide2expr explain PRED --store STORE`` draws its maps.
     store, targets
         Where the cohort's targets come from (``targets/<NAME>.parquet`` of ``store``); with both, their transform
-        (log1p, log10p, none) must be the model's.
+        (log1p, log10p, none) must be the model's. ``store`` is recorded in ``config.json``.
+    overwrite
+        Replace a non-empty ``out`` that slide2expr wrote.
+    batch_bags
+        Bags predicted per call of the model.
+    progress
+        Called with ``(bags done, bags in all)`` after each batch.
 
     Returns
     -------
-    DataFrame with one row per bag × gene: ``bag_id``, ``patient_id``, ``gene``, ``y_pred`` (and ``y_true`` when
-    the cohort has targets for the model's genes, else null).
+    DataFrame with one row per bag × gene: ``model``, ``fold`` (-1), ``bag_id``, ``patient_id``, ``gene``,
+    ``y_true`` (NaN where the cohort has no target for the gene) and ``y_pred``.
+
+    Raises
+    ------
+    PredictInterrupted
+        Ctrl-C: says how many bags were predicted; nothing was written.
     """
     import joblib
-    import pyarrow as pa
 
-    config = check_predict(cohort, model=model, store=store, targets=targets)
+    config = check_predict(cohort, model=model, store=store, targets=targets, out=out, overwrite=overwrite)
+    if batch_bags < 1:
+        raise ValueError(f"batch_bags must be at least 1, got {batch_bags}")
     est = joblib.load(ModelLayout(model).model)
     genes = list(config["genes"])
-    pred = np.asarray(est.predict(cohort.bags), dtype=np.float64).reshape(cohort.n_bags, len(genes))
+    name = str(config["model"])
+    tiles = _gives_attention(name, est)
+    out_path = None if out is None else Path(out)
+    pred, scores = _predict_in_batches(
+        est, cohort, n_genes=len(genes), tiles=tiles, batch_bags=batch_bags, progress=progress, out=out_path
+    )
     y_true = np.full_like(pred, np.nan)
     if cohort.y_true is not None:
         col = {g: j for j, g in enumerate(cohort.genes)}
@@ -346,23 +465,37 @@ def predict(
                 y_true[:, j] = np.asarray(cohort.y_true, dtype=np.float64)[:, col[g]]
     df = pd.DataFrame(
         {
+            "model": name,
+            "fold": np.int32(PREDICT_FOLD),
             "bag_id": np.repeat(np.asarray(cohort.bag_ids, dtype=object).astype(str), len(genes)),
             "patient_id": np.repeat(np.asarray(cohort.groups, dtype=object).astype(str), len(genes)),
             "gene": np.tile(genes, cohort.n_bags),
-            "y_pred": pred.ravel(),
             "y_true": y_true.ravel(),
+            "y_pred": pred.ravel(),
         }
     )
-    if out is not None:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        write_table_atomic(
-            table,
-            out,
-            metadata={
-                "kind": "predictions",
-                "model": str(Path(model).resolve()),
-                "encoder": config.get("encoder"),
-                "transform": config.get("transform"),
-            },
+    if out_path is not None:
+        attention = (
+            attention_rows(
+                scores, cohort, np.arange(cohort.n_bags), name=name, fold=PREDICT_FOLD, genes=genes
+            )
+            if tiles
+            else None
+        )
+        _write_prediction_dir(
+            out_path,
+            config=_prediction_config(config, cohort, model=model, store=store, targets=targets),
+            predictions=df,
+            attention=attention,
+            n_bags=cohort.n_bags,
         )
     return df
+
+
+def _gives_attention(name: str, est) -> bool:
+    """Whether the model gives per-tile attention (the registry says so and the estimator has ``predict_tiles``)."""
+    try:
+        registered = model_info(name).attention
+    except UnknownModelError:
+        registered = True
+    return bool(registered) and hasattr(est, "predict_tiles")

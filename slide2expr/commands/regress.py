@@ -237,7 +237,16 @@ def train(
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by `slide2expr train`.")],
     store: StoreOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions Parquet file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Prediction directory to write: config.json, predictions.parquet (per bag) and, for attention "
+            "models, attention.parquet (per tile: attention and tile predictions). `slide2expr explain OUT` "
+            "draws its maps.",
+        ),
+    ],
     encoder: Annotated[
         str | None,
         typer.Option("--encoder", "-e", help="Encoder of the store's features (default: the model's)."),
@@ -249,9 +258,11 @@ def predict(
         str | None,
         typer.Option("--targets", "-t", help="Targets to report beside the predictions (optional)."),
     ] = None,
+    overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Apply a trained model to another store (refuses features from another encoder, weights, dimension or tiling)."""
+    """Apply a trained model to another store: bag-level predictions and per-tile attention and predictions
+    (refuses features from another encoder, weights, dimension or tiling)."""
     from slide2expr import regress
 
     with reported(FileNotFoundError):
@@ -262,15 +273,74 @@ def predict(
     cohort = _load(
         store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=None, quiet_missing=False
     )
-    with reported(regress.EncoderMismatchError, regress.TransformMismatchError, FileNotFoundError):
+    errors = (
+        regress.EncoderMismatchError,
+        regress.TransformMismatchError,
+        regress.OutputExistsError,
+        FileNotFoundError,
+    )
+    kwargs = dict(model=model_dir, store=store, targets=targets, out=out, overwrite=overwrite)
+    with reported(*errors):
         if dry_run:
-            regress.check_predict(cohort, model=model_dir, store=store, targets=targets)
+            regress.check_predict(cohort, **kwargs)
             typer.echo(
-                f"predict {cohort.n_bags} bags × {len(config['genes'])} genes with {model_dir}\nwould write {out}"
+                f"predict {cohort.n_bags} bags × {len(config['genes'])} genes with {model_dir}\n"
+                f"would write {out}/ (config.json, predictions.parquet"
+                + (", attention.parquet" if _has_attention(config) else "")
+                + "); nothing written (--dry-run)"
             )
             return
-        df = regress.predict(cohort, model=model_dir, out=out, store=store, targets=targets)
-    typer.echo(f"predicted {df['bag_id'].nunique()} bags × {df['gene'].nunique()} genes → {out}")
+        rerun = f"slide2expr predict {model_dir} --store {store} --out {out}" + (
+            f" --targets {targets}" if targets else ""
+        )
+        df = _predict_with_progress(
+            regress, cohort, kwargs, rerun=rerun + (" --overwrite" if overwrite else "")
+        )
+    typer.echo(
+        f"predicted {df['bag_id'].nunique()} bags × {df['gene'].nunique()} genes → {out}"
+        + (f"; maps: slide2expr explain {out} --store {store}" if _has_attention(config) else "")
+    )
+
+
+def _has_attention(config: dict) -> bool:
+    from slide2expr import regress
+
+    try:
+        return regress.model_info(config["model"]).attention
+    except regress.UnknownModelError:
+        return False
+
+
+def _predict_with_progress(regress, cohort, kwargs: dict, *, rerun: str):
+    """``regress.predict`` under a progress bar; Ctrl-C says how far it got and how to run it again."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slide2expr._app import EXIT_INTERRUPTED
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("bags"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("predict", total=cohort.n_bags)
+        try:
+            return regress.predict(
+                cohort, **kwargs, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
+        except regress.PredictInterrupted as exc:
+            bar.stop()
+            console.print(
+                f"interrupted: {exc}. predict writes its folder only once every bag is done: run `{rerun}` to "
+                "predict again from the start",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _model_tiling(

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slide2expr import regress, sql
-from slide2expr.contract import RUN_FILES, read_metadata
+from slide2expr.contract import RUN_FILES
 
 FAST_PARAMS = {"mil": {"max_epochs": 8, "device": "cpu"}, "lgbm": {"n_estimators": 30}}
 
@@ -273,10 +273,10 @@ def test_train_predict_and_encoder_mismatch(fake_store, tmp_path):
         fake_store.dim,
         "0" * 64,
     )
-    df = regress.predict(cohort, model=tmp_path / "model", out=tmp_path / "preds.parquet")
+    df = regress.predict(cohort, model=tmp_path / "model", out=tmp_path / "pred")
     assert len(df) == cohort.n_bags * len(cohort.genes)
     np.testing.assert_allclose(df["y_pred"].to_numpy().reshape(cohort.n_bags, -1), est.predict(cohort.bags))
-    assert read_metadata(tmp_path / "preds.parquet")["kind"] == "predictions"
+    assert json.loads((tmp_path / "pred" / "config.json").read_text())["kind"] == "predictions"
     for key, value, match in (
         ("weights_sha256", "f" * 64, "different weights"),
         ("dim", 999, "dimension 16"),
@@ -396,14 +396,14 @@ def test_cli_compare_train_predict(fake_store, tmp_path):
     )
     assert r.exit_code == 0, r.output
     r = runner.invoke(
-        app, ["predict", str(tmp_path / "model"), "--store", root, "--out", str(tmp_path / "p.parquet")]
+        app, ["predict", str(tmp_path / "model"), "--store", root, "--out", str(tmp_path / "p")]
     )
     assert r.exit_code == 0, r.output
-    assert pq.read_table(tmp_path / "p.parquet").num_rows == 12 * len(fake_store.genes)
+    assert pq.read_table(tmp_path / "p" / "predictions.parquet").num_rows == 12 * len(fake_store.genes)
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     (tmp_path / "model" / "config.json").write_text(json.dumps(dict(cfg, weights_sha256="a" * 64)))
     r = runner.invoke(
-        app, ["predict", str(tmp_path / "model"), "--store", root, "--out", str(tmp_path / "q.parquet")]
+        app, ["predict", str(tmp_path / "model"), "--store", root, "--out", str(tmp_path / "q")]
     )
     assert r.exit_code == 2 and "different weights" in r.output
-    assert not (tmp_path / "q.parquet").exists()
+    assert not (tmp_path / "q").exists()

@@ -151,21 +151,19 @@ def two_tilings(store, tmp_path):
 def test_predict_defaults_to_the_models_tiling(two_tilings, tmp_path):
     root, model = two_tilings
     assert json.loads((model / "config.json").read_text())["tiling"] == TILING
-    r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "p.parquet")
+    r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "pred")
     assert r.exit_code == 0, text
-    r, text = _cli(
-        "predict", model, "--store", root, "--tiling", OTHER_TILING, "--out", tmp_path / "q.parquet"
-    )
+    r, text = _cli("predict", model, "--store", root, "--tiling", OTHER_TILING, "--out", tmp_path / "pred2")
     assert r.exit_code == 2 and f"--tiling {OTHER_TILING} is not the tiling" in text and TILING in text, text
 
 
 def test_predict_refuses_a_store_without_the_models_tiling(two_tilings, tmp_path):
     root, model = two_tilings
     shutil.rmtree(root / "embeddings" / TILING)
-    r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "p.parquet")
+    r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "pred")
     assert r.exit_code == 2, text
     assert f"trained on {ENCODER} embeddings at tiling {TILING}" in text and f"only at {OTHER_TILING}" in text
-    assert "--mpp 1 --tile-px 224" in text and not (tmp_path / "p.parquet").exists()
+    assert "--mpp 1 --tile-px 224" in text and not (tmp_path / "pred").exists()
     cohort = sql.load_cohort(root, encoder=ENCODER)
     with pytest.raises(
         regress.EncoderMismatchError, match=f"tiling '{OTHER_TILING}' ≠ the model's '{TILING}'"
@@ -177,7 +175,7 @@ def test_cli_names_the_tiling_option(two_tilings, tmp_path):
     root, model = two_tilings
     cfg = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "tiling"}))
-    r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "p.parquet")
+    r, text = _cli("predict", model, "--store", root, "--out", tmp_path / "pred")
     assert r.exit_code == 2 and "with --tiling" in text, text
 
 
@@ -189,12 +187,12 @@ def test_train_records_the_transform_and_predict_checks_it(store, tmp_path):
     assert r.exit_code == 0, text
     assert json.loads((tmp_path / "model" / "config.json").read_text())["transform"] == "log1p"
     r, text = _cli(
-        "predict", tmp_path / "model", "--store", store.root, "-t", "raw", "--out", tmp_path / "p.parquet"
+        "predict", tmp_path / "model", "--store", store.root, "-t", "raw", "--out", tmp_path / "pred"
     )
     assert r.exit_code == 2 and "stored with transform 'none'" in text and "trained on 'log1p'" in text, text
-    assert not (tmp_path / "p.parquet").exists()
+    assert not (tmp_path / "pred").exists()
     r, text = _cli(
-        "predict", tmp_path / "model", "--store", store.root, "-t", "log", "--out", tmp_path / "p.parquet"
+        "predict", tmp_path / "model", "--store", store.root, "-t", "log", "--out", tmp_path / "pred"
     )
     assert r.exit_code == 0, text
     cohort = _cohort(store, targets="raw")
@@ -208,10 +206,10 @@ def test_train_records_the_transform_and_predict_checks_it(store, tmp_path):
 def test_predict_with_a_compare_run_says_so(store, tmp_path):
     r, _ = _run(store, tmp_path / "run")
     assert r.exit_code == 0, r.output
-    r, text = _cli("predict", tmp_path / "run", "--store", store.root, "--out", tmp_path / "p.parquet")
+    r, text = _cli("predict", tmp_path / "run", "--store", store.root, "--out", tmp_path / "pred")
     assert r.exit_code == 2, text
     assert "is a compare run" in text and "slide2expr train" in text and "Traceback" not in text, text
-    r, text = _cli("predict", tmp_path / "nothing", "--store", store.root, "--out", tmp_path / "p.parquet")
+    r, text = _cli("predict", tmp_path / "nothing", "--store", store.root, "--out", tmp_path / "pred")
     assert r.exit_code == 2 and "is not a model directory" in text, text
 
 
@@ -291,9 +289,9 @@ def test_repeated_genes_are_used_once(store, tmp_path):
     assert r.exit_code == 0, text
     assert "FBN1 more than once" in text and "× 2 genes" in text
     assert json.loads((tmp_path / "model" / "config.json").read_text())["genes"] == ["FBN1", "GNLY"]
-    r, text = _cli("predict", tmp_path / "model", "--store", store.root, "--out", tmp_path / "p.parquet")
+    r, text = _cli("predict", tmp_path / "model", "--store", store.root, "--out", tmp_path / "pred")
     assert r.exit_code == 0, text
-    p = pq.read_table(tmp_path / "p.parquet").to_pandas()
+    p = pq.read_table(tmp_path / "pred" / "predictions.parquet").to_pandas()
     assert not p.duplicated(["bag_id", "gene"]).any() and len(p) == 12 * 2
     one = _cohort(store, genes=["GNLY"])
     twice = dataclasses.replace(one, genes=("GNLY", "GNLY"), y_true=np.repeat(one.y_true, 2, axis=1))
