@@ -29,7 +29,9 @@
 --   embedding_files  one row per embeddings file (footers only, no data read): tiling, encoder, slide_id, n_tiles,
 --                    dim, dtype, weights_sha256, file
 --   targets          long targets: name (file stem), sample_id, patient_id, gene, value, raw_value
---   folds, predictions, metrics, attention, comparisons   the run's tables (see docs of regress.compare)
+--   folds, predictions, metrics, attention, comparisons   the run's tables (see docs of regress.compare); a
+--                    prediction directory (regress.predict) gives predictions and attention. `attention` adds each
+--                    tile's w and h (level-0 px) from the store's tiles at the run's tiling.
 -- Which stages exist is decided when this file is read (new files of an existing stage appear without re-reading;
 -- a stage that was missing needs this file read again). A view over a missing stage raises a clear error on use.
 
@@ -55,6 +57,26 @@ set variable _run_tables = coalesce((
     select list(parse_filename(file, true))
     from glob(coalesce(getvariable('run'), getvariable('store') || '/.no-run') || '/*.parquet')
 ), []::varchar[]);
+
+-- the run's tiling (its config.json), when the store has tiles at it: `attention` takes each tile's w and h there
+set variable _run_tiling = exists (
+    from glob(coalesce(getvariable('run'), getvariable('store') || '/.no-run') || '/config.json')
+);
+set variable _run_tiling = (
+    from query(
+        case
+            when getvariable('_run_tiling')
+                then 'select json_extract_string(json, ''$.tiling'') from read_json_objects(getvariable(''run'')
+                      || ''/config.json'')'
+            else 'select null::varchar'
+        end
+    )
+);
+set variable _run_tiling = case
+    when exists (from glob(getvariable('store') || '/tiles/' || coalesce(getvariable('_run_tiling'), '.none')
+                           || '/*.parquet'))
+        then getvariable('_run_tiling')
+end;
 
 -- Table macros take the store as a parameter: DuckDB binds a macro when it is created, and a store without a
 -- stage must still get its view. The view of a missing stage raises its message when a query binds it
@@ -323,12 +345,20 @@ from query(
     end
 );
 
+-- attention carries each tile's w and h (level-0 px) from the tiles of the run's tiling (null when the store has none)
 create or replace view attention as
 from query(
     case
         when getvariable('_stages') is null then 'from range(error(_no_setup_msg()))'
+        when list_contains(getvariable('_run_tables'), 'attention') and getvariable('_run_tiling') is not null
+            then 'select a.*, t.w, t.h
+                  from read_parquet(getvariable(''run'') || ''/attention.parquet'') as a
+                  left join read_parquet(getvariable(''store'') || ''/tiles/'' || getvariable(''_run_tiling'')
+                                         || ''/*.parquet'') as t
+                      on t.slide_id = a.slide_id and t.tile_id = a.tile_id'
         when list_contains(getvariable('_run_tables'), 'attention')
-            then 'from read_parquet(getvariable(''run'') || ''/attention.parquet'')'
+            then 'select *, null::bigint as w, null::bigint as h
+                  from read_parquet(getvariable(''run'') || ''/attention.parquet'')'
         when getvariable('_creating') then 'select null as missing'
         else 'from range(error(_run_msg(''attention'')))'
     end

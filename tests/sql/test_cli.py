@@ -65,7 +65,8 @@ def test_sql_adhoc_and_errors(fake_store):
     assert r.exit_code == 2 and "$gene" in r.output
     r = invoke("sql", fake_store.root, "-q", "select * from nosuchview")
     assert r.exit_code == 2 and "nosuchview" in r.output
-    r = invoke("sql", fake_store.root, "top_attention_tiles", "-p", "model=mil", "-p", "k=3")
+    r = invoke("sql", fake_store.root, "top_attention_tiles", "-p", "model=mil", "-p", "gene=", "-p", "rank_by=relative",
+               "-p", "k=3")  # fmt: skip
     assert r.exit_code == 2 and "no run directory given: pass --run RUN" in " ".join(r.output.split())
 
 

@@ -227,7 +227,7 @@ def test_same_files_run_in_the_duckdb_shell(fake_store, fake_run):
         "nearest_tiles": f"slide_id := '{fake_store.slides[0][0]}', tile_id := 3, k := 4",
         "nearest_tiles_to_vector": f"vector := {[1.0] + [0.0] * (fake_store.dim - 1)}, encoder := 'fake-encoder', k := 4",
         "targets_with_tiles": "name := 'expr'",
-        "top_attention_tiles": "model := 'mil', k := 2",
+        "top_attention_tiles": "model := 'mil', gene := null, rank_by := 'relative', k := 2",
         "well_predicted_genes": "model := 'lgbm'",
     }
     py_params = {
@@ -239,7 +239,7 @@ def test_same_files_run_in_the_duckdb_shell(fake_store, fake_run):
             "k": 4,
         },
         "targets_with_tiles": {"name": "expr"},
-        "top_attention_tiles": {"model": "mil", "k": 2},
+        "top_attention_tiles": {"model": "mil", "gene": None, "rank_by": "relative", "k": 2},
         "well_predicted_genes": {"model": "lgbm"},
     }
     for name, info in list_queries().items():

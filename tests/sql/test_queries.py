@@ -206,10 +206,14 @@ def test_targets_with_tiles(con, fake_store):
 
 
 def test_top_attention_tiles(con, fake_run):
-    got = q(con, "top_attention_tiles", model="mil", k=3)
+    got = q(con, "top_attention_tiles", model="mil", gene=None, rank_by="relative", k=3)
     att = pq.read_table(fake_run / "attention.parquet").to_pandas()
-    att = att[att.model == "mil"].sort_values(
-        ["gene", "attention", "bag_id", "slide_id", "tile_id"], ascending=[True, False, True, True, True]
+    att = att[att.model == "mil"]
+    att = att.assign(
+        relative=att["attention"] * att.groupby(["gene", "bag_id"])["attention"].transform("size")
+    )
+    att = att.sort_values(
+        ["gene", "relative", "bag_id", "slide_id", "tile_id"], ascending=[True, False, True, True, True]
     )
     exp = att.groupby("gene").head(3)
     assert list(got.gene) == list(exp.gene)
@@ -219,6 +223,9 @@ def test_top_attention_tiles(con, fake_run):
     np.testing.assert_array_equal(got.x, exp.x)
     np.testing.assert_array_equal(got.y, exp.y)
     np.testing.assert_allclose(got.attention, exp.attention)
+    np.testing.assert_allclose(got.relative_attention, exp.relative, rtol=1e-6)
+    one = q(con, "top_attention_tiles", model="mil", gene=exp.gene.iloc[0], rank_by="percentile", k=2)
+    assert set(one.gene) == {exp.gene.iloc[0]} and (one.bag_percentile == 100).all()
 
 
 def test_run_views(con, fake_run, fake_store):
@@ -240,7 +247,9 @@ def test_parameter_errors(con):
     with pytest.raises(QueryError, match=r"has no parameter\(s\) \$gene; it takes no parameters"):
         run_query(con, "cohort_summary", params={"gene": "GNLY"})
     with pytest.raises(QueryError, match=r"\$k must be integer, got 'ten'"):
-        run_query(con, "top_attention_tiles", params={"model": "mil", "k": "ten"})
+        run_query(
+            con, "top_attention_tiles", params={"model": "mil", "gene": "", "rank_by": "relative", "k": "ten"}
+        )
 
 
 def test_hostile_parameter_values_are_data(con, fake_store):
