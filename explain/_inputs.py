@@ -9,7 +9,7 @@ import os
 import pandas as pd
 
 from slide2expr import sql
-from slide2expr.contract import StoreError, check_store
+from slide2expr.contract import StoreError, check_store, is_prediction_config, tiles_path
 from slide2expr.sql import Run
 
 
@@ -42,6 +42,22 @@ def load_run(run: str | os.PathLike | Run) -> Run:
     """
     with as_explain_error():
         return sql.open_run(run)
+
+
+def is_prediction_dir(run: Run) -> bool:
+    """Whether ``run`` is a prediction directory (``regress.predict``'s output) rather than a compare run."""
+    return is_prediction_config(run.config)
+
+
+def read_slides(store: str | os.PathLike) -> pd.DataFrame:
+    """The store's slides table (:func:`sql.read_slides`)."""
+    with as_explain_error():
+        return sql.read_slides(store)
+
+
+def tile_grid_exists(store: str | os.PathLike, tiling: str, slide_id: str) -> bool:
+    """Whether ``slide_id`` has a tile grid file at ``tiling`` in ``store`` (the file is not read)."""
+    return tiles_path(store, tiling, slide_id).is_file()
 
 
 def check_store_dir(store: str | os.PathLike) -> None:
@@ -78,8 +94,7 @@ def fold_models(run: Run, model: str) -> dict[int, object]:
 
 def slide_bag_ids(run: Run, store: str | os.PathLike) -> dict[str, str]:
     """slide_id → bag id (the patient for ``by="patient"`` runs, else the slide itself), for ok slides."""
-    with as_explain_error():
-        slides = sql.read_slides(store)
+    slides = read_slides(store)
     slides = slides[slides["status"] == "ok"]
     if run.by == "slide":
         return {s: s for s in slides["slide_id"]}

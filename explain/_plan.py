@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from slide2expr.explain._gallery import check_gallery_args
 from slide2expr.explain._hotspots import check_hotspot_args
 from slide2expr.explain._inputs import (
     ExplainError,
     Run,
+    as_explain_error,
     check_store_dir,
+    is_prediction_dir,
     load_run,
-    read_tiles,
-    slide_row,
+    read_slides,
+    tile_grid_exists,
 )
-from slide2expr.explain._layout import ExplainLayout
+from slide2expr.explain._layout import ExplainLayout, check_explain_out
 from slide2expr.explain._maps import check_sigma
 from slide2expr.explain._shap import check_genes, tree_fits
 
 #: The attention model drawn in maps, hotspots and the gallery when the run has it.
 PREFERRED_MAP_MODEL = "mil"
+#: The score maps written as pyramidal TIFF overlays (``overlays=True``), by their file-name suffix.
+OVERLAY_SCORES = {"attention": "attention", "prediction": "tile prediction"}
+
+
+class LearnedNothingWarning(UserWarning):
+    """A model of the run predicts the same value for every bag (``regress.learned_nothing``): it is not
+    explained with SHAP, whose values would all be zero."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +58,20 @@ class ExplainPlan:
         Gene → the slides whose heatmaps are drawn.
     localisation
         Whether the run has ``truth_tiles.parquet`` (localisation is measured and written to the run).
-    percentile, min_cells, sigma, n_bins, top_k, report
-        As given to :func:`explain_run`.
+    percentile, min_cells, sigma, n_bins, top_k, report, overwrite, detections, overlays
+        As given to :func:`explain_run` (``report`` False where the report does not apply).
     fitted
         Tree model → its fitted estimators by fold.
+    kind
+        ``"run"`` (a compare run) or ``"predictions"`` (a prediction directory written by ``predict``).
+    scatter, gallery
+        Whether the scatter plot and the gallery apply (both need true expression).
+    learned_nothing
+        Tree models left out of SHAP because every fold model predicts the same for every bag.
+    map_slides_by
+        What ranks the bags whose slides get heatmaps: ``"true expression"`` or ``"predicted expression"``.
+    notes
+        What is left out and why, known before anything is written.
     """
 
     run: Run
@@ -70,6 +92,15 @@ class ExplainPlan:
     top_k: int = 5
     report: bool = True
     fitted: dict[str, dict[int, object]] = field(default_factory=dict, repr=False)
+    kind: str = "run"
+    overwrite: bool = False
+    detections: bool = True
+    overlays: bool = False
+    scatter: bool = True
+    gallery: bool = True
+    learned_nothing: tuple[str, ...] = ()
+    map_slides_by: str = "true expression"
+    notes: tuple[str, ...] = ()
 
     @property
     def layout(self) -> ExplainLayout:
@@ -81,18 +112,29 @@ class ExplainPlan:
         Hotspot tables and GeoJSON are written only for slides where hotspots are found, tile SHAP tables only
         when held-out tiles are explained, and a heatmap only where its slide has attention for the gene.
         """
-        lay, paths = self.layout, [self.layout.scatter]
+        lay = self.layout
+        paths = [lay.scatter] if self.scatter else []
         for m in self.trees:
             paths += [lay.shap_global(m), lay.shap_tiles(m), lay.shap_importance(m)]
             paths += [lay.shap_summary(m, g) for g in self.genes]
         if self.map_model is not None:
             paths.append(lay.hotspots)
             paths += [lay.geojson(s) for s in self.hotspot_slides]
+            if self.detections:
+                paths += [lay.detections(s) for s in self.hotspot_slides]
             paths += [
                 lay.heatmap(self.map_model, g, s) for g in self.genes for s in self.map_slides.get(g, [])
             ]
-            paths += [lay.gallery_figure(self.map_model, g) for g in self.genes]
-            paths.append(lay.gallery)
+            if self.overlays:
+                paths += [
+                    lay.overlay(self.map_model, g, s, score)
+                    for g in self.genes
+                    for s in self.map_slides.get(g, [])
+                    for score in OVERLAY_SCORES
+                ]
+            if self.gallery:
+                paths += [lay.gallery_figure(self.map_model, g) for g in self.genes]
+                paths.append(lay.gallery)
         if self.localisation:
             paths += [self.run.layout.localisation, lay.localisation_figure]
         paths.append(lay.manifest)
@@ -101,17 +143,25 @@ class ExplainPlan:
         return paths
 
 
-def _choose_slides(run: Run, *, genes, model: str, top_slides: int) -> dict[str, list[str]]:
-    """gene → the slides (with attention) of the ``top_slides`` bags with the highest true expression."""
+def _has_truth(run: Run) -> bool:
+    """Whether the run's predictions carry any true expression (a prediction directory may have none)."""
+    return bool(np.isfinite(run.table("predictions")["y_true"].to_numpy(dtype=np.float64)).any())
+
+
+def _choose_slides(run: Run, *, genes, model: str, top_slides: int, by: str) -> dict[str, list[str]]:
+    """gene → the slides (with attention) of the ``top_slides`` bags with the highest ``by`` (``"y_true"`` or
+    ``"y_pred"``) expression of ``model``."""
     att = run.table("attention")
     att = att[att["model"] == model]
     slides_of_bag = att.groupby("bag_id")["slide_id"].unique()
     preds = run.table("predictions")
+    if by == "y_pred":
+        preds = preds[preds["model"] == model]
     out = {}
     for g in genes:
-        truth = preds[preds["gene"] == g].groupby("bag_id")["y_true"].first()
-        truth = truth[truth.index.isin(slides_of_bag.index)].dropna()
-        top = truth.sort_values(ascending=False, kind="stable").head(top_slides).index
+        value = preds[preds["gene"] == g].groupby("bag_id")[by].first()
+        value = value[value.index.isin(slides_of_bag.index)].dropna()
+        top = value.sort_values(ascending=False, kind="stable").head(top_slides).index
         out[g] = [sorted(slides_of_bag[b])[0] for b in top]
     return out
 
@@ -124,11 +174,110 @@ def _check_models(run: Run, models) -> list[str]:
     return models
 
 
-def _check_slides(run: Run, store, slides) -> None:
-    """Each given slide has a slides/ row and a tile grid at the run's tiling."""
+def _check_slides(run: Run, store, slides, *, what: str) -> None:
+    """Each slide has an ok slides/ row with a usable size and resolution, and a tile grid at the run's tiling."""
+    if not len(slides):
+        return
+    rows = read_slides(store).set_index("slide_id")
+    missing = [s for s in slides if s not in rows.index]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise ExplainError(
+            f"{what} {shown} {'is' if len(missing) == 1 else 'are'} not in the store {store}: pass the store the "
+            f"run was made from (its config.json says {run.config.get('store')})"
+        )
     for sid in slides:
-        slide_row(store, sid)
-        read_tiles(store, run.tiling, sid)
+        row = rows.loc[sid]
+        size = np.asarray([row.get("width"), row.get("height"), row.get("mpp_x")], dtype=np.float64)
+        if row.get("status") != "ok" or not np.isfinite(size).all() or (size <= 0).any():
+            raise ExplainError(
+                f"slide {sid!r} has status {row.get('status')!r} and no usable width/height/mpp in {store}/slides: "
+                "re-featurize it"
+            )
+        if not tile_grid_exists(store, run.tiling, sid):
+            raise ExplainError(
+                f"slide {sid!r} has no tile grid at tiling {run.tiling} in {store}: featurize it at that tiling"
+            )
+
+
+def _learned_nothing(fitted: dict[str, dict[int, object]]) -> tuple[dict, list[str], list[str]]:
+    """(the tree models that learned something, the models that learned nothing, notes)."""
+    from slide2expr import regress
+
+    keep, nothing, notes = {}, [], []
+    for m, folds in fitted.items():
+        empty = sorted(k for k, est in folds.items() if regress.learned_nothing(est))
+        if len(empty) == len(folds):
+            nothing.append(m)
+            continue
+        keep[m] = folds
+        if empty:
+            notes.append(
+                f"{m}: the models of folds {empty} predict the same value for every bag (no split); their "
+                "held-out bags have SHAP values of 0"
+            )
+    return keep, nothing, notes
+
+
+def _shap_models(run: Run, models, *, predicted: bool, notes: list[str]) -> tuple[dict, list[str]]:
+    """(tree model → fitted fold estimators to explain with SHAP, the tree models that learned nothing); appends
+    to ``notes`` what is left out and warns :class:`LearnedNothingWarning`."""
+    if predicted:
+        notes.append(
+            "SHAP explains the cross-validation fold models of a compare run; a prediction directory holds one "
+            "model applied to new slides: no SHAP"
+        )
+        return {}, []
+    fitted, nothing, more = _learned_nothing(tree_fits(run, models=models))
+    notes += more
+    for m in nothing:
+        message = (
+            f"{m} learned nothing: every fold model predicts the same value for every bag (for LightGBM: no "
+            "split, too few patients for its minimum leaf size), so it is not explained with SHAP"
+        )
+        warnings.warn(message, LearnedNothingWarning, stacklevel=3)
+        notes.append(message)
+    if fitted:
+        run.table("folds")
+    return fitted, nothing
+
+
+def _report_applies(run: Run, out: Path, report: bool) -> tuple[bool, str | None]:
+    """Whether the HTML report can be written for ``run`` (and why not)."""
+    from slide2expr.explain._report import report_path
+
+    if not report:
+        return False, None
+    try:
+        with as_explain_error():
+            report_path(run, explain_dir=out)
+    except ExplainError as exc:
+        if not is_prediction_dir(run):
+            raise
+        return False, (
+            "no report.html: the report summarises a compare run's metrics, which a prediction directory has "
+            f"not ({exc.__class__.__name__}: {str(exc).split(':')[0]}); the figures are listed in manifest.json"
+        )
+    return True, None
+
+
+def check_explain_args(
+    *, top_slides: int = 3, percentile: float = 90.0, min_cells: int = 2, sigma: float = 0.0, n_bins: int = 7,
+    top_k: int = 5,
+) -> None:  # fmt: skip
+    """Raise :class:`ExplainError` unless the numeric arguments of :func:`explain_run` are in range.
+
+    >>> try:
+    ...     check_explain_args(top_slides=0)
+    ... except ExplainError as exc:
+    ...     print(exc)
+    top_slides must be at least 1, got 0
+    """
+    if top_slides < 1:
+        raise ExplainError(f"top_slides must be at least 1, got {top_slides}")
+    check_hotspot_args(percentile, min_cells)
+    check_sigma(sigma)
+    check_gallery_args(n_bins, top_k)
 
 
 def plan_explain(
@@ -146,12 +295,17 @@ def plan_explain(
     n_bins: int = 7,
     top_k: int = 5,
     report: bool = True,
+    overwrite: bool = False,
+    detections: bool = True,
+    overlays: bool = False,
 ) -> ExplainPlan:
     """Check the arguments of :func:`explain_run` against the run, the store and the models; write nothing.
 
     Raises :class:`ExplainError` naming what is wrong (a run directory or store that is not one, genes or models
-    the run lacks, slides without a tile grid, a missing run table, parameters out of range). The arguments are
-    those of :func:`explain_run`.
+    the run lacks, slides not in the store or without a tile grid, a missing run table, parameters out of range)
+    and :class:`~slide2expr.contract.OutputExistsError` (``out`` not empty and not ``overwrite``, or holding files
+    explain did not write); warns :class:`LearnedNothingWarning` for a tree model that learned nothing. The
+    arguments are those of :func:`explain_run`.
 
     Returns
     -------
@@ -161,35 +315,51 @@ def plan_explain(
     check_store_dir(store)
     genes = check_genes(run, genes)
     models = _check_models(run, models)
-    if top_slides < 1:
-        raise ExplainError(f"top_slides must be at least 1, got {top_slides}")
-    check_hotspot_args(percentile, min_cells)
-    check_sigma(sigma)
-    check_gallery_args(n_bins, top_k)
+    check_explain_args(
+        top_slides=top_slides,
+        percentile=percentile,
+        min_cells=min_cells,
+        sigma=sigma,
+        n_bins=n_bins,
+        top_k=top_k,
+    )
+    out = Path(out) if out is not None else run.layout.explain
+    check_explain_out(out, overwrite=overwrite)
     if slides is not None:
-        _check_slides(run, store, slides)
+        _check_slides(run, store, list(slides), what="slides")
+    predicted = is_prediction_dir(run)
     run.table("predictions")
-    run.table("metrics")
+    if not predicted:
+        run.table("metrics")
+    truth = _has_truth(run)
+    notes = []
     att = run.table("attention", required=False)
     att_models = [m for m in dict.fromkeys(att["model"]) if m in models] if att is not None else []
     map_model = (
         PREFERRED_MAP_MODEL if PREFERRED_MAP_MODEL in att_models else (att_models[0] if att_models else None)
     )
-    fitted = tree_fits(run, models=models)
-    if fitted:
-        run.table("folds")
+    fitted, nothing = _shap_models(run, models, predicted=predicted, notes=notes)
+    if not truth:
+        notes.append(
+            "no true expression in the predictions (predict without --targets): no scatter plot and no gallery; "
+            "heatmaps show the slides with the highest predicted expression"
+        )
     hotspot_slides, map_slides = (), {}
+    by = "y_true" if truth else "y_pred"
     if map_model is not None:
         hotspot_slides = tuple(sorted(att.loc[att["model"] == map_model, "slide_id"].unique()))
+        _check_slides(run, store, list(hotspot_slides), what="slides with attention")
         map_slides = (
             {g: list(slides) for g in genes}
             if slides is not None
-            else _choose_slides(run, genes=genes, model=map_model, top_slides=top_slides)
+            else _choose_slides(run, genes=genes, model=map_model, top_slides=top_slides, by=by)
         )
+    report, why = _report_applies(run, out, report)
+    notes += [why] if why else []
     return ExplainPlan(
         run=run,
         store=Path(store),
-        out=Path(out) if out is not None else run.layout.explain,
+        out=out,
         genes=tuple(genes),
         models=tuple(models),
         trees=tuple(fitted),
@@ -205,4 +375,13 @@ def plan_explain(
         top_k=top_k,
         report=report,
         fitted=fitted,
+        kind="predictions" if predicted else "run",
+        overwrite=overwrite,
+        detections=detections,
+        overlays=overlays,
+        scatter=truth,
+        gallery=truth,
+        learned_nothing=tuple(nothing),
+        map_slides_by="true expression" if truth else "predicted expression",
+        notes=tuple(notes),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -12,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from slide2expr.contract import write_bytes_atomic, write_table_atomic
+from slide2expr.contract import staged_output_dir, write_bytes_atomic, write_table_atomic
 from slide2expr.explain._figures import plot_scatter, save_figure
 from slide2expr.explain._gallery import gallery, plot_gallery
 from slide2expr.explain._hotspots import find_hotspots, gene_colors, hotspots_to_geojson, write_geojson
 from slide2expr.explain._inputs import ExplainError, Run, load_run, read_tiles, slide_row
-from slide2expr.explain._layout import heatmap_path
+from slide2expr.explain._layout import check_explain_out, heatmap_path
 from slide2expr.explain._localisation import (
     attention_scores,
     localisation_auroc,
@@ -25,7 +26,9 @@ from slide2expr.explain._localisation import (
     shap_scores,
 )
 from slide2expr.explain._maps import ScoreMap, plot_slide_maps, tile_score_map
-from slide2expr.explain._plan import ExplainPlan, plan_explain
+from slide2expr.explain._overlay import write_overlay
+from slide2expr.explain._plan import OVERLAY_SCORES, ExplainPlan, plan_explain
+from slide2expr.explain._qupath import write_detections
 from slide2expr.explain._report import write_report
 from slide2expr.explain._shap import ShapResult, explain_folds, plot_shap_importance, plot_shap_summary
 from slide2expr.explain._slides import slide_thumbnail
@@ -48,6 +51,10 @@ class ExplainResult:
         All hotspots (``out/hotspots.parquet``): model, score, gene, slide_id + :func:`find_hotspots` columns.
     geojson
         ``out/geojson/<slide_id>.geojson`` files, one per slide with hotspots.
+    detections
+        ``out/detections/<slide_id>.geojson`` files: every tile of each slide with attention, as QuPath detections.
+    overlays
+        ``out/overlays/<model>/<gene>/<slide_id>_<score>.tiff`` pyramidal TIFF overlays (``overlays=True``).
     shap
         Tree-model name → :class:`ShapResult`.
     localisation
@@ -61,6 +68,8 @@ class ExplainResult:
     figures: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
     hotspots: pd.DataFrame | None = None
     geojson: list[Path] = field(default_factory=list)
+    detections: list[Path] = field(default_factory=list)
+    overlays: list[Path] = field(default_factory=list)
     shap: dict[str, ShapResult] = field(default_factory=dict)
     localisation: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
@@ -69,13 +78,50 @@ class ExplainResult:
         self.figures.setdefault(section, []).append((caption, Path(path)))
 
     def manifest(self) -> dict:
+        def rel(paths):
+            return [str(p.relative_to(self.out)) for p in paths]
+
         return {
             "figures": {
                 s: [[c, str(p.relative_to(self.out))] for c, p in v] for s, v in self.figures.items()
             },
-            "geojson": [str(p.relative_to(self.out)) for p in self.geojson],
+            "geojson": rel(self.geojson),
+            "detections": rel(self.detections),
+            "overlays": rel(self.overlays),
             "notes": list(self.notes),
         }
+
+    def moved(self, to: Path) -> ExplainResult:
+        """The same result with every path under ``out`` moved under ``to`` (the staged folder swapped in)."""
+
+        def move(p: Path | None) -> Path | None:
+            return None if p is None else Path(to) / Path(p).relative_to(self.out)
+
+        return dataclasses.replace(
+            self,
+            out=Path(to),
+            report=move(self.report),
+            figures={s: [(c, move(p)) for c, p in v] for s, v in self.figures.items()},
+            geojson=[move(p) for p in self.geojson],
+            detections=[move(p) for p in self.detections],
+            overlays=[move(p) for p in self.overlays],
+        )
+
+
+class ExplainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_plan`: nothing was written to ``out`` (its previous contents, and the run's
+    ``localisation.parquet``, are unchanged).
+
+    Attributes ``done`` (the stages finished, in order), ``stage`` (the one interrupted) and ``out``.
+    """
+
+    def __init__(self, done: list[str], stage: str | None, out: Path) -> None:
+        self.done, self.stage, self.out = list(done), stage, Path(out)
+        finished = f" after {', '.join(done)}" if done else ""
+        super().__init__(
+            f"interrupted during {stage or 'the start'}{finished}: nothing written to {out} (its previous "
+            "contents are unchanged)"
+        )
 
 
 def _slide_geometry(store, slide_id: str) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -233,23 +279,33 @@ def explain_run(
     n_bins: int = 7,
     top_k: int = 5,
     report: bool = True,
+    overwrite: bool = False,
+    detections: bool = True,
+    overlays: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ExplainResult:
-    """Explain a run: maps, hotspots + GeoJSON, gallery, SHAP, localisation and the HTML report.
+    """Explain a run: maps, hotspots + GeoJSON, QuPath detections, gallery, SHAP, localisation and the HTML report.
 
-    Everything is checked first (:func:`plan_explain`, the checks of ``--dry-run``), then written.
+    Everything is checked first (:func:`plan_explain`, the checks of ``--dry-run``), then written into a hidden
+    folder beside ``out`` that replaces ``out`` only once complete: a failed or interrupted run leaves an earlier
+    output (and the run's ``localisation.parquet``) byte for byte as it was.
 
     Parameters
     ----------
     run
-        Run directory written by ``regress.compare``.
+        Run directory written by ``regress.compare``, or prediction directory written by ``regress.predict`` (new
+        slides: maps, hotspots and detections as for a run; no SHAP, and no scatter plot or gallery without true
+        expression; the plan's notes say what is left out).
     store
-        The store it was trained on.
+        The store the run was made from.
     out
-        Output folder (default ``RUN/explain``).
+        Output folder (default ``RUN/explain``). A folder that is not empty is refused
+        (:class:`~slide2expr.contract.OutputExistsError`) unless ``overwrite``, which replaces it as a whole when
+        it holds only explain's outputs.
     slides
         Slides to draw maps for (default, per gene, the slides of the ``top_slides`` bags with the highest true
-        expression). Hotspots and GeoJSON cover every slide with attention either way.
+        expression, or predicted expression when there is none). Hotspots, GeoJSON and detections cover every
+        slide with attention either way.
     genes, models
         Subsets of the run's genes and models (default all).
     percentile, min_cells
@@ -258,18 +314,29 @@ def explain_run(
         Gaussian smoothing of the maps, in cells.
     n_bins, top_k
         Gallery: expression bins and tiles per bin.
+    detections
+        Write every tile of each slide with attention as a QuPath detection with its measurements.
+    overlays
+        Write a pyramidal TIFF per map slide, gene and score (attention, tile prediction), aligned to the slide's
+        level-0 pixels (:func:`write_overlay`).
     progress
         Called with a short message before each stage.
 
     Writes under ``out``: ``maps/<model>/<gene>/<slide_id>_percentile.png``, ``hotspots.parquet``,
-    ``geojson/<slide_id>.geojson``, ``gallery/<model>_<gene>.png`` + ``gallery.parquet``,
-    ``shap/global_<model>.parquet``, ``shap/tiles_<model>.parquet`` and figures, ``figures/*.png``,
-    ``manifest.json``, ``report.html``; and ``RUN/localisation.parquet`` when ``RUN/truth_tiles.parquet`` exists
-    (:meth:`ExplainPlan.outputs` lists them).
+    ``geojson/<slide_id>.geojson`` (hotspots as annotations), ``detections/<slide_id>.geojson`` (tiles as
+    detections), ``overlays/<model>/<gene>/<slide_id>_<score>.tiff``, ``gallery/<model>_<gene>.png`` +
+    ``gallery.parquet``, ``shap/global_<model>.parquet``, ``shap/tiles_<model>.parquet`` and figures,
+    ``figures/*.png``, ``manifest.json``, ``report.html``; and ``RUN/localisation.parquet`` when
+    ``RUN/truth_tiles.parquet`` exists (:meth:`ExplainPlan.outputs` lists them).
 
     Returns
     -------
     ExplainResult
+
+    Raises
+    ------
+    ExplainInterrupted
+        Ctrl-C: says which stages were done; nothing was written.
     """
     plan = plan_explain(
         run,
@@ -285,31 +352,86 @@ def explain_run(
         n_bins=n_bins,
         top_k=top_k,
         report=report,
+        overwrite=overwrite,
+        detections=detections,
+        overlays=overlays,
     )
     return run_plan(plan, progress=progress)
 
 
+class _Stages:
+    """The stage being written and those finished, reported to ``progress``."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress, self.done, self.current = progress, [], None
+
+    def __call__(self, stage: str) -> None:
+        if self.current is not None:
+            self.done.append(self.current)
+        self.current = stage
+        if self.progress is not None:
+            self.progress(stage)
+
+
+class _KeepFile:
+    """A file's bytes as they were (or its absence), to put back when a run fails after replacing it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.data = self.path.read_bytes() if self.path.is_file() else None
+
+    def restore(self) -> None:
+        if self.data is not None:
+            write_bytes_atomic(self.path, self.data)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
 def run_plan(plan: ExplainPlan, *, progress: Callable[[str], None] | None = None) -> ExplainResult:
-    """Write what ``plan`` (from :func:`plan_explain`) lists; see :func:`explain_run`."""
-    say = progress or (lambda msg: None)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    res = ExplainResult(out=plan.out)
-    say("scatter plots")
-    _write_scatter(plan, res)
-    shap_tiles = _write_shap(plan, res, say)
+    """Write what ``plan`` (from :func:`plan_explain`) lists into a staged folder swapped in at ``plan.out``;
+    see :func:`explain_run`."""
+    check_explain_out(plan.out, overwrite=plan.overwrite)
+    stages = _Stages(progress)
+    kept = _KeepFile(plan.run.layout.localisation) if plan.localisation else None
+    try:
+        with staged_output_dir(plan.out) as tmp:
+            res = _write_all(dataclasses.replace(plan, out=tmp), stages)
+    except KeyboardInterrupt:
+        if kept is not None:
+            kept.restore()
+        raise ExplainInterrupted(stages.done, stages.current, plan.out) from None
+    except BaseException:
+        if kept is not None:
+            kept.restore()
+        raise
+    return res.moved(plan.out)
+
+
+def _write_all(plan: ExplainPlan, stage: _Stages) -> ExplainResult:
+    """Every output of ``plan`` under ``plan.out``, then ``RUN/localisation.parquet`` and the report."""
+    res = ExplainResult(out=plan.out, notes=list(plan.notes))
+    if plan.scatter:
+        stage("scatter plots")
+        _write_scatter(plan, res)
+    shap_tiles = _write_shap(plan, res, stage)
     if plan.map_model is None:
-        res.notes.append(
-            "no MIL model with attention in the run: maps, hotspots and the gallery are left out"
-        )
+        res.notes.append("no model with attention in the run: maps, hotspots and the gallery are left out")
     else:
-        say(f"hotspots ({plan.map_model} attention)")
+        stage(f"hotspots ({plan.map_model} attention)")
         res.hotspots = _write_hotspots(plan, res)
-        say("heatmaps")
+        if plan.detections:
+            stage("QuPath detections")
+            _write_detections(plan, res)
+        stage("heatmaps")
         _write_heatmaps(plan, res, shap_tiles)
-        say("gallery")
-        _write_gallery(plan, res)
+        if plan.overlays:
+            stage("pyramidal TIFF overlays")
+            _write_overlays(plan, res)
+        if plan.gallery:
+            stage("gallery")
+            _write_gallery(plan, res)
     if plan.localisation:
-        say("localisation")
+        stage("localisation")
         _write_localisation(plan, res, shap_tiles)
     else:
         res.notes.append(
@@ -317,8 +439,10 @@ def run_plan(plan: ExplainPlan, *, progress: Callable[[str], None] | None = None
         )
     write_bytes_atomic(plan.layout.manifest, json.dumps(res.manifest(), indent=1).encode())
     if plan.report:
-        say("report")
+        stage("report")
         res.report = write_report(plan.run, explain_dir=plan.out)
+    stage.done.append(stage.current)
+    stage.current = None
     return res
 
 
@@ -327,16 +451,19 @@ def _write_table(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _write_scatter(plan: ExplainPlan, res: ExplainResult) -> None:
-    """``figures/scatter.png``: held-out predictions against truth, per gene."""
+    """``figures/scatter.png``: held-out (or new) bags' predictions against truth, per gene."""
     preds = plan.run.table("predictions")
     fig = plot_scatter(
         preds[preds["gene"].isin(plan.genes) & preds["model"].isin(plan.models)],
         genes=plan.genes,
-        metrics=plan.run.table("metrics"),
+        metrics=plan.run.table("metrics", required=False),
     )
-    res.add_figure(
-        "scatter", "Held-out predictions vs true expression", save_figure(fig, plan.layout.scatter)
+    caption = (
+        "Predictions on new slides vs true expression"
+        if plan.kind == "predictions"
+        else "Held-out predictions vs true expression"
     )
+    res.add_figure("scatter", caption, save_figure(fig, plan.layout.scatter))
 
 
 def _write_shap(plan: ExplainPlan, res: ExplainResult, say) -> pd.DataFrame | None:
@@ -384,6 +511,48 @@ def _write_hotspots(plan: ExplainPlan, res: ExplainResult) -> pd.DataFrame:
     for sid, d in hotspots.groupby("slide_id", sort=True):
         res.geojson.append(write_geojson(hotspots_to_geojson(d, colors=colors), plan.layout.geojson(sid)))
     return hotspots
+
+
+def _write_detections(plan: ExplainPlan, res: ExplainResult) -> None:
+    """``detections/<slide_id>.geojson``: every tile of each slide with attention, as QuPath detections."""
+    scores = attention_scores(plan.run, models=[plan.map_model])
+    scores = scores[scores["gene"].isin(plan.genes)]
+    by_slide = dict(tuple(scores.groupby("slide_id", sort=False)))
+    for sid in plan.hotspot_slides:
+        size, _ = _slide_geometry(plan.store, sid)
+        res.detections.append(
+            write_detections(
+                plan.run,
+                store=plan.store,
+                slide_id=sid,
+                path=plan.layout.detections(sid),
+                model=plan.map_model,
+                genes=list(plan.genes),
+                scores=by_slide.get(sid, scores.iloc[:0]),
+                slide_size=size,
+            )
+        )
+
+
+def _write_overlays(plan: ExplainPlan, res: ExplainResult) -> None:
+    """``overlays/<model>/<gene>/<slide_id>_<score>.tiff``: the heatmaps' score maps as pyramidal TIFFs."""
+    model = plan.map_model
+    for g in plan.genes:
+        for sid in plan.map_slides.get(g, []):
+            maps = slide_score_maps(
+                plan.run, store=plan.store, slide_id=sid, gene=g, model=model, sigma=plan.sigma
+            )
+            for suffix, score in OVERLAY_SCORES.items():
+                m = maps.get(f"{model} {score}")
+                if m is None:
+                    continue
+                description = (
+                    f"slide2expr overlay of {sid}: {g} {score} of {model}, percentile within the slide, inferno "
+                    "colour map (dark: lowest, pale yellow: highest), white: no tile"
+                )
+                res.overlays.append(
+                    write_overlay(m, plan.layout.overlay(model, g, sid, suffix), description=description)
+                )
 
 
 def _write_heatmaps(plan: ExplainPlan, res: ExplainResult, shap_tiles: pd.DataFrame | None) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import DryRunOpt, app, reported
+from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -19,8 +19,17 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 @app.command()
 def explain(
-    run: Annotated[Path, typer.Argument(help="Run directory written by `slide2expr compare`.")],
-    store: Annotated[Path, typer.Option("--store", "-s", help="The store the run was trained on.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run directory written by `slide2expr compare`, prediction directory written by `slide2expr "
+            "predict`, or model directory written by `slide2expr train` (then --out names the prediction "
+            "directory to write first).",
+        ),
+    ],
+    store: Annotated[
+        Path, typer.Option("--store", "-s", help="The store the run (or predictions) was made from.")
+    ],
     slides: Annotated[
         list[str] | None,
         typer.Option(
@@ -38,7 +47,21 @@ def explain(
         typer.Option("--models", metavar="MODEL", help="Models (default: all of the run's)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/explain).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder (default RUN/explain); with a model directory, the prediction directory to write "
+            "(explain output in OUT/explain).",
+        ),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            "-t",
+            help="With a model directory: the store's targets to report beside the predictions.",
+        ),
     ] = None,
     top_slides: Annotated[int, typer.Option(help="Slides per gene when --slides is not given.")] = 3,
     percentile: Annotated[
@@ -49,38 +72,137 @@ def explain(
     n_bins: Annotated[int, typer.Option(help="Gallery: bins of true expression.")] = 7,
     top_k: Annotated[int, typer.Option(help="Gallery: tiles per bin.")] = 5,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
+    detections: Annotated[
+        bool,
+        typer.Option(
+            "--detections/--no-detections",
+            help="Write every tile as a QuPath detection with its attention and prediction per gene.",
+        ),
+    ] = True,
+    overlays: Annotated[
+        bool,
+        typer.Option(
+            "--overlays",
+            help="Also write a pyramidal TIFF per map slide, gene and score, aligned to the slide (OpenSlide and "
+            "QuPath open it).",
+        ),
+    ] = False,
+    overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Explain a run: heatmaps, hotspots (Parquet + QuPath GeoJSON), gallery, SHAP, localisation, report.html."""
-    from rich.console import Console
+    """Explain a run or new slides: heatmaps, hotspots (Parquet + QuPath GeoJSON), QuPath tile detections,
+    gallery, SHAP, localisation, report.html. Writes its folder only once complete."""
+    from slide2expr.explain import ExplainError, is_model_dir, plan_explain, run_plan
+    from slide2expr.regress import OutputExistsError
 
-    from slide2expr.explain import ExplainError, plan_explain, run_plan
-
-    console = Console(stderr=True)
-    with reported(ExplainError):
-        plan = plan_explain(
-            run,
-            store=store,
-            out=out,
-            slides=_split(slides),
-            genes=_split(genes),
-            models=_split(models),
-            top_slides=top_slides,
-            percentile=percentile,
-            min_cells=min_cells,
-            sigma=sigma,
-            n_bins=n_bins,
-            top_k=top_k,
-            report=report,
+    args = dict(
+        slides=_split(slides),
+        genes=_split(genes),
+        models=_split(models),
+        top_slides=top_slides,
+        percentile=percentile,
+        min_cells=min_cells,
+        sigma=sigma,
+        n_bins=n_bins,
+        top_k=top_k,
+        report=report,
+        detections=detections,
+        overlays=overlays,
+    )
+    if is_model_dir(run):
+        _explain_model(
+            run, store=store, out=out, targets=targets, overwrite=overwrite, dry_run=dry_run, args=args
         )
+        return
+    if targets is not None:
+        raise fail(
+            f"--targets applies when RUN is a model directory; {run} is not one (its predictions carry the "
+            "targets they were made with)"
+        )
+    with reported(ExplainError, OutputExistsError):
+        plan = plan_explain(run, store=store, out=out, overwrite=overwrite, **args)
     if dry_run:
         _print_plan(plan)
         return
-    with reported(ExplainError), console.status("explaining …") as status:
-        res = run_plan(plan, progress=lambda msg: status.update(f"explain: {msg} …"))
+    res = _run_with_status(
+        lambda progress: run_plan(plan, progress=progress),
+        rerun="run the same command again to explain from the start",
+    )
+    _print_result(res)
+
+
+def _explain_model(
+    model: Path, *, store: Path, out: Path | None, targets, overwrite: bool, dry_run: bool, args
+):
+    """``explain MODEL --store NEW --out PRED``: predict the new store into PRED, then explain it."""
+    from slide2expr.explain import ExplainError, explain_run, plan_explain_model
+    from slide2expr.regress import OutputExistsError, predict
+
+    if out is None:
+        raise fail(
+            f"{model} is a model directory: give --out PRED, the prediction directory to write (its maps go to "
+            "PRED/explain), or predict first with `slide2expr predict MODEL --store STORE --out PRED`"
+        )
+    with reported(ExplainError, OutputExistsError):
+        plan = plan_explain_model(model, store=store, out=out, targets=targets, overwrite=overwrite, **args)
+    if dry_run:
+        print(plan.describe())
+        return
+    from rich.console import Console
+
+    from slide2expr.regress import PredictInterrupted
+
+    console = Console(stderr=True)
+    try:
+        with console.status(f"predicting {plan.cohort.n_bags} bags …"):
+            predict(plan.cohort, model=model, out=out, store=store, targets=targets, overwrite=overwrite)
+    except PredictInterrupted as exc:
+        console.print(
+            f"interrupted: {exc}. Run the same command again to predict and explain.", highlight=False
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    console.print(f"predictions of {plan.cohort.n_bags} bags → {out}", highlight=False)
+    res = _run_with_status(
+        lambda progress: explain_run(out, store=store, progress=progress, **args),
+        rerun=f"the predictions in {out} are written: run `slide2expr explain {out} --store {store}` (with the same "
+        "options) to explain them",
+    )
+    _print_result(res)
+
+
+def _run_with_status(work, *, rerun: str):
+    """Run ``work(progress)`` under a status line; Ctrl-C says what was done and how to run it again."""
+    from rich.console import Console
+
+    from slide2expr.explain import ExplainError, ExplainInterrupted
+    from slide2expr.regress import OutputExistsError
+
+    console = Console(stderr=True)
+    try:
+        with reported(ExplainError, OutputExistsError), console.status("explaining …") as status:
+            return work(lambda msg: status.update(f"explain: {msg} …"))
+    except ExplainInterrupted as exc:
+        console.print(
+            f"interrupted: {exc}. explain writes its folder only once complete; {rerun}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _print_result(res) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
     n_fig = sum(len(v) for v in res.figures.values())
     n_hot = 0 if res.hotspots is None else len(res.hotspots)
-    console.print(f"{n_fig} figures, {n_hot} hotspots in {len(res.geojson)} GeoJSON files under {res.out}")
+    console.print(
+        f"{n_fig} figures, {n_hot} hotspots in {len(res.geojson)} GeoJSON files, tile detections of "
+        f"{len(res.detections)} slides"
+        + (f", {len(res.overlays)} TIFF overlays" if res.overlays else "")
+        + f" under {res.out}",
+        highlight=False,
+    )
     for note in res.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if res.localisation is not None and not res.localisation.empty:
@@ -94,15 +216,18 @@ def explain(
 def _print_plan(plan) -> None:
     """What ``explain --dry-run`` prints: what would be explained, and every file that may be written."""
     maps = sorted({s for v in plan.map_slides.values() for s in v})
-    print(f"would explain {plan.run.path} (store {plan.store}): genes {', '.join(plan.genes)}")
+    what = "predictions" if plan.kind == "predictions" else "run"
+    print(f"would explain the {what} {plan.run.path} (store {plan.store}): genes {', '.join(plan.genes)}")
     print(f"  models {', '.join(plan.models)}; SHAP for {', '.join(plan.trees) or 'none'}")
     if plan.map_model is None:
         print("  no model with attention: no maps, hotspots or gallery")
     else:
         print(
             f"  {plan.map_model} attention: hotspots on {len(plan.hotspot_slides)} slides, heatmaps of "
-            f"{len(maps)} ({', '.join(maps)})"
+            f"{len(maps)} ({', '.join(maps)}), chosen by {plan.map_slides_by}"
         )
+    for note in plan.notes:
+        print(f"  note: {note}")
     paths = plan.outputs()
     print(f"would write up to {len(paths)} files (nothing written, --dry-run):")
     for p in paths:

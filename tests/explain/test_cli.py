@@ -144,3 +144,69 @@ def test_report_dry_run_writes_nothing(toy, tmp_path):
     )
     assert res.exit_code == 2 and "width and height must be at least 320" in _flat(res.stderr)
     assert not list(tmp_path.iterdir())
+
+
+def test_explain_a_prediction_directory_and_refuse_a_non_empty_out(toy, tmp_path):
+    from tests.explain.test_new_slides import make_prediction_dir
+
+    pred = make_prediction_dir(toy, tmp_path / "pred", truth=False)
+    args = ["explain", str(pred), "--store", str(toy.store), "--genes", "HOTA", "--top-slides", "1"]
+    res = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "would explain the predictions" in res.stdout and "chosen by predicted expression" in res.stdout
+    assert f"  detections/{toy.slides[0]}.geojson\n" in res.stdout and "no SHAP" in _flat(res.stdout)
+    res = CliRunner().invoke(app, [*args, "--overlays"])
+    assert res.exit_code == 0, res.output
+    err = _flat(res.stderr)
+    assert (
+        f"tile detections of {len(toy.slides)} slides" in err
+        and "2 TIFF overlays" in err
+        and "no SHAP" in err
+    )
+    assert (pred / "explain" / "detections").is_dir() and not (pred / "explain" / "report.html").exists()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "is not empty" in _flat(res.stderr) and "--overwrite" in _flat(res.stderr)
+    res = CliRunner().invoke(app, [*args, "--overwrite", "--no-detections"])
+    assert res.exit_code == 0, res.output
+    assert not (pred / "explain" / "detections").exists() and not (pred / "explain" / "overlays").exists()
+
+
+def test_ctrl_c_in_explain_says_what_was_done(toy, tmp_path, monkeypatch):
+    from slide2expr import explain as ex
+
+    def interrupted(plan, progress=None):
+        raise ex.ExplainInterrupted(["scatter plots", "hotspots (mil attention)"], "heatmaps", plan.out)
+
+    monkeypatch.setattr(ex, "run_plan", interrupted)
+    out = tmp_path / "ex"
+    res = CliRunner().invoke(app, ["explain", str(toy.run), "--store", str(toy.store), "--out", str(out)])
+    err = _flat(res.stderr)
+    assert res.exit_code == 130, res.output
+    assert "interrupted during heatmaps after scatter plots, hotspots (mil attention)" in err
+    assert "nothing written to" in err and "run the same command again" in err and not out.exists()
+
+
+def test_explain_a_model_directory_on_a_new_store(fake_store, tmp_path):
+    import warnings
+
+    from slide2expr import regress, sql
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sql.MissingTargetsWarning)
+        cohort = sql.load_cohort(fake_store.root, encoder=fake_store.encoder, targets="expr")
+    params = {"max_epochs": 2, "device": "cpu", "hidden_dim": 8, "attention_dim": 4}
+    regress.train(cohort, model="mil", model_params=params, out=tmp_path / "model")
+    base = ["explain", str(tmp_path / "model"), "--store", str(fake_store.root), "--genes", "GNLY"]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 2 and "is a model directory: give --out PRED" in _flat(res.stderr)
+    res = CliRunner().invoke(app, [*base, "--genes", "XYZ", "--out", str(tmp_path / "pred"), "--dry-run"])
+    assert res.exit_code == 2 and "genes ['XYZ'] are not the model's" in _flat(res.stderr)
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "pred"), "--dry-run"])
+    assert res.exit_code == 0 and "nothing written" in res.stdout and not (tmp_path / "pred").exists()
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "pred"), "--targets", "expr"])
+    assert res.exit_code == 0, res.output
+    ex = tmp_path / "pred" / "explain"
+    assert (tmp_path / "pred" / "attention.parquet").exists() and (ex / "maps" / "mil" / "GNLY").is_dir()
+    assert (ex / "figures" / "scatter.png").exists()  # with --targets: predictions against the truth
+    n_ok = len({s for s, _ in fake_store.slides})
+    assert len(list((ex / "detections").glob("*.geojson"))) == n_ok

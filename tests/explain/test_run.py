@@ -164,7 +164,7 @@ def test_gallery_bins_patients_and_reads_full_resolution_tiles(toy):
 
 
 def test_the_plan_lists_what_the_run_writes(explained, toy):
-    plan = explain.plan_explain(toy.run, store=toy.store, out=explained.out, top_slides=1)
+    plan = explain.plan_explain(toy.run, store=toy.store, out=explained.out, top_slides=1, overwrite=True)
     assert plan.trees == ("lgbm",) and plan.map_model == "mil" and plan.localisation
     written = {p for p in explained.out.rglob("*") if p.is_file()} | {toy.run / "localisation.parquet"}
     listed = set(plan.outputs())
@@ -172,6 +172,7 @@ def test_the_plan_lists_what_the_run_writes(explained, toy):
     assert {explained.out / "geojson" / f"{s}.geojson" for s in plan.hotspot_slides} - written == (
         listed - written
     )  # only slides without hotspots have no GeoJSON
+    assert {explained.out / "detections" / f"{s}.geojson" for s in plan.hotspot_slides} <= written
 
 
 def test_manifest_lists_the_figures_by_section(explained):
