@@ -1,0 +1,739 @@
+"""A TCGA-sized cohort on one machine: a benchmark store larger than memory, and what each stage costs on it.
+
+``write`` writes a valid store straight from the contract (``init_store``, ``write_table_atomic``, the slides,
+tiles and embeddings schemas, the Parquet metadata featurize writes), without slides: by default 600 patients
+(a third with two slides, 800 slides), tile counts per slide between 2,000 and 30,000 (median about 8,000; a
+mixture of small sections and whole resections), 1,536-d embeddings in float16 (float32 with ``--dtype float32``),
+tiles on a grid (level-0 px of 224-px tiles at 0.5 µm/px on 0.25 µm/px slides), and targets for the paper's 35
+genes imported through ``slide2expr.regress.import_targets``. About 9.3 M tiles, 28.6 GB of float16 embeddings.
+
+The planted signal (``STORE/.cohort_scale/truth.json`` records it):
+
+- each tile belongs to a tissue compartment of :data:`slide2expr.synth.TISSUE_COMPARTMENTS`, laid out in blocks of
+  6 × 6 tiles drawn from the patient's composition, with the two hotspot compartments (``tls``, ``high_grade``) as
+  blobs covering 0–10 % of the tissue;
+- a tile's embedding is its compartment's centroid, plus within-compartment variation in a low-rank basis of its
+  own (spatially correlated through its 6 × 6 block), plus variation shared by every compartment, a per-slide
+  stain offset, and isotropic noise;
+- each gene follows :data:`slide2expr.synth.GENE_DRIVERS`: ``compartment`` genes the patient's share of a main
+  compartment (a tissue-wide shift of the pooled embedding), ``hotspot`` genes the share of a hotspot compartment
+  (a small fraction of tiles), ``noise`` genes nothing; drivers explain 70–85 % of each driven gene's variance.
+
+Every slide's files are written in featurize's order (slide row, tiles, then embeddings: the commit marker), each
+atomically; a rerun skips finished slides whose embeddings carry this configuration's hash (resumable), and
+removes the hidden temporaries a killed run left. The write is measured: embedding GB/s and tiles/s.
+
+Run::
+
+    python benchmarks/cohort_scale.py write --out /work/scale-store          # the full store (check df -h first)
+    python benchmarks/cohort_scale.py write --out /tmp/s --patients 30       # a small store in seconds
+
+The store is never written inside the repository; delete it when done (``rm -rf DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from slide2expr.contract import (  # noqa: E402
+    SLIDES_SCHEMA,
+    STORE_FORMAT,
+    TILES_SCHEMA,
+    Tiling,
+    embeddings_path,
+    embeddings_schema,
+    init_store,
+    package_version,
+    read_metadata,
+    slide_path,
+    tiles_path,
+    write_table_atomic,
+)
+from slide2expr.synth import GENE_DRIVERS, GENES, HOTSPOT_COMPARTMENTS, MAIN_COMPARTMENTS  # noqa: E402
+from slide2expr.synth import TISSUE_COMPARTMENTS as COMPARTMENTS  # noqa: E402
+
+#: Bumped when the generator changes what it writes (part of the configuration hash: resume redoes old slides).
+GENERATOR_VERSION = 1
+TILING = Tiling(mpp=0.5, tile_px=224)
+SLIDE_MPP = 0.25  # level 0 of a 40x scan
+TILE_PX0 = round(TILING.tile_px * TILING.mpp / SLIDE_MPP)  # 448 level-0 px per tile
+MARGIN_PX0 = 4 * TILE_PX0
+TARGETS_NAME = "expression"
+TRUTH_DIR = ".cohort_scale"
+RESULTS = ROOT / "benchmarks" / "results" / "cohort_scale.json"
+#: Tile counts per slide: a mixture of small sections and whole resections, each log-normal, truncated to
+#: [MIN_TILES, MAX_TILES]; (share, median, sigma) per component. 800 slides give 9.33 M tiles, median 8,090.
+TILE_MIXTURE = ((0.62, 5200.0, 0.5), (0.38, 21000.0, 0.22))
+MIN_TILES, MAX_TILES = 2000, 30000
+BLOCK = 6  # tiles per side of a compartment block
+#: Embedding design: centroid norm, within-compartment rank and scale, shared rank and scale, stain offset sd,
+#: isotropic (uniform) noise sd per dimension, block share of a tile's within-compartment latent.
+CENTROID_NORM, RANK_OWN, SCALE_OWN, RANK_SHARED, SCALE_SHARED = 6.0, 24, 1.5, 32, 1.0
+STAIN_SD, NOISE_SD, BLOCK_SHARE = 0.5, 0.08, 0.6
+COMPOSITION_ALPHA = {"tumour": 3.0, "stroma": 3.0, "lymphocytes": 1.2, "mucin": 0.8, "necrosis": 0.8}
+HOTSPOT_ZERO_P, HOTSPOT_MIN, HOTSPOT_MAX = 0.15, 0.005, 0.10
+R2_RANGE = (0.70, 0.85)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything that fixes the store's content (its hash is each file's ``config_hash``)."""
+
+    patients: int
+    dim: int
+    dtype: str
+    seed: int
+    tile_scale: float
+
+    @property
+    def encoder(self) -> str:
+        return f"synthetic-{self.dim}"
+
+    @property
+    def config(self) -> dict:
+        return {"generator": GENERATOR_VERSION, "dim": self.dim, "dtype": self.dtype, "seed": self.seed,
+                "tile_scale": self.tile_scale, "tiling": TILING.name}  # fmt: skip
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def weights_sha256(self) -> str:
+        return hashlib.sha256(f"cohort_scale basis seed={self.seed} dim={self.dim}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SlideSpec:
+    slide_id: str
+    patient_id: str
+    index: int
+    n_tiles: int
+
+
+def _truncated_lognormal(n: int, median: float, sigma: float) -> np.ndarray:
+    """``n`` evenly spaced quantiles of a log-normal truncated to [MIN_TILES, MAX_TILES] (deterministic)."""
+    nd = NormalDist()
+    lo = nd.cdf((np.log(MIN_TILES) - np.log(median)) / sigma)
+    hi = nd.cdf((np.log(MAX_TILES) - np.log(median)) / sigma)
+    q = lo + (np.arange(n) + 0.5) / n * (hi - lo)
+    return np.exp(np.log(median) + sigma * np.array([nd.inv_cdf(float(v)) for v in q]))
+
+
+def cohort_slides(design: Design) -> list[SlideSpec]:
+    """The cohort's slides in patient order: every third patient has two slides; tile counts from
+    :data:`TILE_MIXTURE`, shuffled by the seed and scaled by ``tile_scale``."""
+    ids = []
+    for p in range(design.patients):
+        pid = f"TCGA-CS-{p + 1:04d}"
+        ids += [(f"{pid}-01Z-00-DX{s + 1}", pid) for s in range(2 if p % 3 == 0 else 1)]
+    n = len(ids)
+    sizes = [round(share * n) for share, _, _ in TILE_MIXTURE[:-1]]
+    sizes.append(n - sum(sizes))
+    counts = np.concatenate(
+        [_truncated_lognormal(k, m, s) for k, (_, m, s) in zip(sizes, TILE_MIXTURE, strict=True)]
+    )
+    counts = np.random.default_rng([design.seed, 1]).permutation(counts)
+    counts = np.maximum(1, np.round(counts * design.tile_scale)).astype(int)
+    return [SlideSpec(sid, pid, i, int(c)) for i, ((sid, pid), c) in enumerate(zip(ids, counts, strict=True))]
+
+
+def patient_composition(design: Design, patient: int) -> np.ndarray:
+    """Shares of :data:`COMPARTMENTS` the patient's tissue is drawn from (hotspots carved out of the rest)."""
+    rng = np.random.default_rng([design.seed, 2, patient])
+    main = rng.dirichlet([COMPOSITION_ALPHA[c] for c in MAIN_COMPARTMENTS])
+    hot = [
+        0.0 if rng.random() < HOTSPOT_ZERO_P else rng.uniform(HOTSPOT_MIN, HOTSPOT_MAX)
+        for _ in HOTSPOT_COMPARTMENTS
+    ]
+    return np.concatenate([main * (1.0 - sum(hot)), hot])
+
+
+def slide_layout(design: Design, spec: SlideSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Grid columns, rows, compartment labels and 6 × 6 block ids of a slide's tiles, in tile_id (row-major) order.
+
+    The tissue is one bumpy ellipse of ``n_tiles`` grid cells; main compartments fill whole blocks, drawn from the
+    patient's composition; each hotspot compartment takes the tiles nearest a few random centres.
+    """
+    rng = np.random.default_rng([design.seed, 3, spec.index])
+    n = spec.n_tiles
+    side = int(np.ceil(np.sqrt(n / 0.55))) + 2
+    gy, gx = np.divmod(np.arange(side * side), side)
+    dx, dy = gx - side / 2, (gy - side / 2) / rng.uniform(0.6, 1.0)
+    ang = np.arctan2(dy, dx)
+    bump = 1.0 + sum(rng.uniform(0, 0.08) * np.cos(k * ang + rng.uniform(0, 2 * np.pi)) for k in range(2, 6))
+    keep = np.sort(np.argsort(np.hypot(dx, dy) / bump, kind="stable")[:n])
+    col, row = gx[keep], gy[keep]
+    nb = side // BLOCK + 1
+    block = (row // BLOCK) * nb + col // BLOCK
+    comp = patient_composition(design, int(spec.patient_id.rsplit("-", 1)[1]) - 1)
+    main = comp[: len(MAIN_COMPARTMENTS)] / comp[: len(MAIN_COMPARTMENTS)].sum()
+    labels = rng.choice(len(MAIN_COMPARTMENTS), size=nb * nb, p=main)[block].astype(np.int8)
+    for h in range(len(HOTSPOT_COMPARTMENTS)):
+        m = int(round(comp[len(MAIN_COMPARTMENTS) + h] * n))
+        if m == 0:
+            continue
+        centres = rng.choice(n, size=1 + m // 400, replace=False)
+        d = np.min(np.hypot(col[:, None] - col[centres], row[:, None] - row[centres]), axis=1)
+        labels[np.argsort(d, kind="stable")[:m]] = len(MAIN_COMPARTMENTS) + h
+    return col.astype(np.int64), row.astype(np.int64), labels, block
+
+
+class Basis:
+    """The fixed directions of the embedding space (from the seed): centroids, within-compartment bases, shared
+    basis, and their scales. Hotspot centroids lie near their parent's (tls near lymphocytes, high_grade near
+    tumour)."""
+
+    def __init__(self, design: Design):
+        rng = np.random.default_rng([design.seed, 4])
+        d = design.dim
+        unit = rng.standard_normal((len(COMPARTMENTS), d))
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        parent = {"tls": "lymphocytes", "high_grade": "tumour"}
+        for h, p in parent.items():
+            i, j = COMPARTMENTS.index(h), COMPARTMENTS.index(p)
+            unit[i] = 0.7 * unit[j] + 0.71 * unit[i]
+        self.centroids = (CENTROID_NORM * unit).astype(np.float32)
+        decay = lambda r, s: (s * (np.arange(r) + 1.0) ** -0.5).astype(np.float32)  # noqa: E731
+        self.own = (rng.standard_normal((len(COMPARTMENTS), RANK_OWN, d)) / np.sqrt(d)).astype(np.float32)
+        self.own *= decay(RANK_OWN, SCALE_OWN)[None, :, None]
+        self.shared = (rng.standard_normal((RANK_SHARED, d)) / np.sqrt(d)).astype(np.float32)
+        self.shared *= decay(RANK_SHARED, SCALE_SHARED)[:, None]
+
+
+def slide_embeddings(
+    design: Design, basis: Basis, spec: SlideSpec, labels: np.ndarray, block: np.ndarray
+) -> np.ndarray:
+    """``(n_tiles, dim)`` float32 embeddings of one slide (see the module docstring)."""
+    rng = np.random.default_rng([design.seed, 5, spec.index])
+    n, d = len(labels), design.dim
+    emb = rng.random((n, d), dtype=np.float32)  # uniform noise of sd NOISE_SD: 8× cheaper than normal draws
+    emb -= 0.5
+    emb *= np.float32(NOISE_SD * np.sqrt(12.0))
+    stain = rng.standard_normal(RANK_SHARED, dtype=np.float32) * STAIN_SD
+    z = rng.standard_normal((n, RANK_SHARED), dtype=np.float32) + stain
+    emb += z @ basis.shared
+    _, block_of_tile = np.unique(block, return_inverse=True)
+    z_block = rng.standard_normal((int(block_of_tile.max()) + 1, RANK_OWN), dtype=np.float32)
+    other = np.sqrt(1.0 - BLOCK_SHARE**2, dtype=np.float32)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        zc = BLOCK_SHARE * z_block[block_of_tile[idx]] + other * rng.standard_normal(
+            (len(idx), RANK_OWN), dtype=np.float32
+        )
+        emb[idx] += zc @ basis.own[c] + basis.centroids[c]
+    return emb
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+
+
+def _file_meta(design: Design, spec: SlideSpec, kind: str) -> dict:
+    """The ``slide2expr.*`` metadata featurize writes for ``kind`` (slides, tiles, embeddings)."""
+    meta = {
+        "format": STORE_FORMAT,
+        "version": package_version(),
+        "kind": kind,
+        "slide_id": spec.slide_id,
+        "tiling": TILING.name,
+        "tiling_params": {**TILING.as_dict(), "min_tissue": 0.5, "tissue_mpp": 8.0, "tissue_version": 0},
+        "fingerprint": _fingerprint(design, spec),
+        "config_hash": design.config_hash,
+    }
+    if kind in ("embeddings", "slides"):
+        meta.update(
+            {
+                "encoder": design.encoder,
+                "encoder_spec": {
+                    "name": design.encoder,
+                    "architecture": "synthetic (benchmarks/cohort_scale.py)",
+                    "dim": design.dim,
+                    "output_mode": "synthetic",
+                    "preprocessing": None,
+                    "licence": "CC0-1.0",
+                    "out_px": TILING.tile_px,
+                    "precision": design.dtype,
+                    "compiled": False,
+                },
+                "weights_sha256": design.weights_sha256,
+                "dim": design.dim,
+                "dtype": design.dtype,
+            }
+        )
+    return meta
+
+
+def _fingerprint(design: Design, spec: SlideSpec) -> dict:
+    head = hashlib.sha256(f"{design.config_hash}/{spec.slide_id}".encode()).hexdigest()
+    return {"size": spec.n_tiles * TILE_PX0 * TILE_PX0 // 40, "mtime_ns": 0, "head_sha256": head}
+
+
+def _slide_row(design: Design, spec: SlideSpec, col: np.ndarray, row: np.ndarray, seconds: float) -> pa.Table:
+    fp = _fingerprint(design, spec)
+    values = {
+        "slide_id": spec.slide_id,
+        "patient_id": spec.patient_id,
+        "path": f"/synthetic/cohort_scale/{spec.slide_id}.svs",
+        "file_size": fp["size"],
+        "file_mtime_ns": fp["mtime_ns"],
+        "head_sha256": fp["head_sha256"],
+        "vendor": "synthetic",
+        "width": int(col.max() + 1) * TILE_PX0 + 2 * MARGIN_PX0,
+        "height": int(row.max() + 1) * TILE_PX0 + 2 * MARGIN_PX0,
+        "mpp_x": SLIDE_MPP,
+        "mpp_y": SLIDE_MPP,
+        "mpp_source": "metadata",
+        "objective_power": 40.0,
+        "levels": 4,
+        "status": "ok",
+        "error": None,
+        "n_tiles": spec.n_tiles,
+        "tissue_area_mm2": spec.n_tiles * (TILE_PX0 * SLIDE_MPP / 1000) ** 2,
+        "tiling": TILING.name,
+        "encoder": design.encoder,
+        "seconds_read": 0.0,
+        "seconds_total": round(seconds, 4),
+        "featurized_at": datetime.now(timezone.utc),
+    }
+    return pa.Table.from_pylist([values], schema=SLIDES_SCHEMA)
+
+
+def _paths(store: Path, design: Design, sid: str) -> tuple[Path, Path, Path]:
+    return (
+        slide_path(store, sid),
+        tiles_path(store, TILING, sid),
+        embeddings_path(store, TILING, design.encoder, sid),
+    )
+
+
+def is_done(store: Path, design: Design, spec: SlideSpec) -> bool:
+    """Whether the slide's three files exist and its embeddings carry this design's hash."""
+    sp, tp, ep = _paths(store, design, spec.slide_id)
+    if not (sp.is_file() and tp.is_file() and ep.is_file()):
+        return False
+    try:
+        return read_metadata(ep).get("config_hash") == design.config_hash
+    except (OSError, pa.ArrowInvalid):
+        return False
+
+
+def write_one(store: Path, design: Design, basis: Basis, spec: SlideSpec) -> int:
+    """Write the slide's row, tiles and (last) embeddings; return the embeddings file's size in bytes."""
+    t0 = time.perf_counter()
+    sp, tp, ep = _paths(store, design, spec.slide_id)
+    col, row, labels, block = slide_layout(design, spec)
+    emb = slide_embeddings(design, basis, spec, labels, block)
+    n = spec.n_tiles
+    x, y = col * TILE_PX0 + MARGIN_PX0, row * TILE_PX0 + MARGIN_PX0
+    ids = pa.array(np.arange(n, dtype=np.int32))
+    sid = pa.array([spec.slide_id] * n, pa.string())
+    write_table_atomic(_slide_row(design, spec, col, row, time.perf_counter() - t0), sp,
+                       metadata=_file_meta(design, spec, "slides"))  # fmt: skip
+    tiles = pa.Table.from_arrays(
+        [sid, ids, pa.array(x), pa.array(y), pa.array(np.full(n, TILE_PX0, np.int64)),
+         pa.array(np.full(n, TILE_PX0, np.int64)), pa.array(np.ones(n, np.float32))],
+        schema=TILES_SCHEMA,
+    )  # fmt: skip
+    write_table_atomic(tiles, tp, metadata=_file_meta(design, spec, "tiles"))
+    schema = embeddings_schema(design.dim, design.dtype)
+    flat = emb.astype(design.dtype, copy=False).reshape(-1)
+    del emb
+    etype = schema.field("embedding").type
+    rows = max(1, (16 << 20) // (design.dim * flat.itemsize))  # chunks keep the writer's level buffers small
+    col_emb = pa.chunked_array(
+        [pa.FixedSizeListArray.from_arrays(pa.array(flat[i * design.dim : (i + rows) * design.dim]), type=etype)
+         for i in range(0, n, rows)],
+        type=etype,
+    )  # fmt: skip
+    table = pa.Table.from_arrays([sid, ids, pa.array(x), pa.array(y), col_emb], schema=schema)
+    write_table_atomic(table, ep, metadata=_file_meta(design, spec, "embeddings"))
+    return ep.stat().st_size
+
+
+def patient_fractions(design: Design, slides: list[SlideSpec]) -> dict[str, np.ndarray]:
+    """patient_id → realised share of its tiles (all slides) in each compartment."""
+    counts: dict[str, np.ndarray] = {}
+    for spec in slides:
+        _, _, labels, _ = slide_layout(design, spec)
+        c = counts.setdefault(spec.patient_id, np.zeros(len(COMPARTMENTS)))
+        c += np.bincount(labels, minlength=len(COMPARTMENTS))
+    return {p: c / c.sum() for p, c in counts.items()}
+
+
+def expression(design: Design, fractions: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray, dict]:
+    """Patients, ``(n_patients, 35)`` log1p expression, and the per-gene model (kind, drivers, r2)."""
+    rng = np.random.default_rng([design.seed, 6])
+    patients = sorted(fractions)
+    F = np.stack([fractions[p] for p in patients])
+    Y = np.empty((len(patients), len(GENES)))
+    model = {}
+    for j, g in enumerate(GENES):
+        drivers, _ = GENE_DRIVERS[g]
+        mean_log = rng.uniform(2.5, 6.0)
+        noise = rng.standard_normal(len(patients))
+        if drivers:
+            signal = F[:, [COMPARTMENTS.index(c) for c in drivers]] @ np.array(list(drivers.values()))
+            signal = (signal - signal.mean()) / (signal.std() or 1.0) * rng.uniform(0.5, 0.9)
+            r2 = rng.uniform(*R2_RANGE)
+            noise *= signal.std() * np.sqrt((1 - r2) / r2)
+            kind = "hotspot" if any(c in HOTSPOT_COMPARTMENTS for c in drivers) else "compartment"
+        else:
+            signal, r2, kind = np.zeros(len(patients)), 0.0, "noise"
+            noise *= rng.uniform(0.4, 0.8)
+        Y[:, j] = np.clip(mean_log + signal + noise, 0.0, None)
+        model[g] = {"kind": kind, "drivers": list(drivers), "r2_design": round(float(r2), 4)}
+    return patients, Y, model
+
+
+def write_targets(store: Path, design: Design, slides: list[SlideSpec]) -> dict:
+    """Import the expression table through ``regress.import_targets`` and write ``.cohort_scale/truth.json``."""
+    from slide2expr.regress import import_targets
+
+    patients, Y, model = expression(design, patient_fractions(design, slides))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "expression.csv"
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["sample_id", *GENES])
+            for p, row in zip(patients, np.expm1(Y), strict=True):
+                w.writerow([f"{p}-01A", *(f"{v:.6g}" for v in row)])
+        import_targets(path, store=store, name=TARGETS_NAME, orientation="samples-rows", transform="log1p",
+                       overwrite=True)  # fmt: skip
+    truth = {"design": design.config, "encoder": design.encoder, "tiling": TILING.name, "targets": TARGETS_NAME,
+             "compartments": list(COMPARTMENTS), "genes": model}  # fmt: skip
+    (store / TRUTH_DIR).mkdir(exist_ok=True)
+    (store / TRUTH_DIR / "truth.json").write_text(json.dumps(truth, indent=1))
+    return truth
+
+
+class Progress:
+    """A one-line progress report on stderr: done/total, GB, GB/s, ETA (at most every ``every`` seconds)."""
+
+    def __init__(self, total_bytes: float, n: int, *, what: str, every: float = 5.0):
+        self.total, self.n, self.what, self.every = total_bytes, n, what, every
+        self.done_bytes, self.done, self.t0, self.last = 0.0, 0, time.perf_counter(), 0.0
+        self.lock = threading.Lock()
+
+    def add(self, nbytes: float) -> None:
+        with self.lock:
+            self.done_bytes += nbytes
+            self.done += 1
+            now = time.perf_counter()
+            if now - self.last < self.every and self.done < self.n:
+                return
+            self.last = now
+            rate = self.done_bytes / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done_bytes) / rate if rate else float("nan")
+            print(f"{self.what}: {self.done}/{self.n}  {self.done_bytes / 1e9:.1f}/{self.total / 1e9:.1f} GB  "
+                  f"{rate / 1e9:.2f} GB/s  ETA {eta:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def write_store(out: Path, design: Design, *, workers: int = 2) -> dict:
+    """Write (or finish) the benchmark store at ``out``; return its figures."""
+    slides = cohort_slides(design)
+    itemsize = np.dtype(design.dtype).itemsize
+    total = sum(s.n_tiles for s in slides) * design.dim * itemsize
+    store = init_store(out)
+    todo = [s for s in slides if not is_done(store, design, s)]
+    need = sum(s.n_tiles for s in todo) * design.dim * itemsize * 1.02
+    free = shutil.disk_usage(store).free
+    if need > free:
+        raise SystemExit(f"{store}: {need / 1e9:.1f} GB still to write but {free / 1e9:.1f} GB free: "
+                         "free space or use --patients/--tile-scale")  # fmt: skip
+    for folder in {p.parent for p in _paths(store, design, slides[0].slide_id)}:
+        for t in folder.glob(".*.tmp") if folder.is_dir() else ():  # a killed run's hidden temporaries
+            with contextlib.suppress(OSError):
+                t.unlink()
+    basis = Basis(design)
+    load_before = os.getloadavg()[0]
+    progress = Progress(sum(s.n_tiles for s in todo) * design.dim * itemsize, len(todo), what="write")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        written = 0
+        for nbytes in pool.map(lambda s: write_one(store, design, basis, s), todo):
+            written += nbytes
+            progress.add(nbytes)
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    write_targets(store, design, slides)
+    n_tiles = np.array([s.n_tiles for s in slides])
+    return {
+        "patients": design.patients,
+        "slides": len(slides),
+        "patients_with_two_slides": len(slides) - design.patients,
+        "tiles": int(n_tiles.sum()),
+        "tiles_per_slide": {
+            "min": int(n_tiles.min()),
+            "median": float(np.median(n_tiles)),
+            "max": int(n_tiles.max()),
+        },
+        "dim": design.dim,
+        "dtype": design.dtype,
+        "encoder": design.encoder,
+        "tiling": TILING.name,
+        "embedding_gb": total / 1e9,
+        "store_gb": _tree_bytes(store) / 1e9,
+        "slides_written": len(todo),
+        "slides_skipped": len(slides) - len(todo),
+        "write_s": seconds,
+        "write_gbps": written / seconds / 1e9 if todo else None,
+        "write_tiles_per_s": sum(s.n_tiles for s in todo) / seconds if todo else None,
+        "targets_s": time.perf_counter() - t1,
+        "workers": workers,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+# ---- similarity -------------------------------------------------------------------------------------------------
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def bench_similar(
+    store: Path, *, queries: int = 50, k: int = 20, seed: int = 0, rebuild: bool = False
+) -> dict:
+    """Build the similarity index (timed by stage), then for ``queries`` random tiles: the index's top-k against
+    exact search (one batched streaming pass for all queries), latency per query, and one exact query's latency."""
+    from slide2expr import sql
+    from slide2expr.sql._similar import exact_search, list_embedding_files
+
+    files = list_embedding_files(store)
+    out: dict = {"tiles": files.n_tiles, "dim": files.dim, "queries": queries, "k": k}
+    t0 = time.perf_counter()
+    try:
+        if rebuild:
+            raise sql.SimilarityError("rebuild")
+        sql.open_similarity_index(store).close()
+        out["build"] = {"reused": True}
+    except sql.SimilarityError:
+        last = [0.0]
+
+        def progress(stage, done, total):
+            if time.perf_counter() - last[0] > 30:
+                last[0] = time.perf_counter()
+                print(f"index: {done / 1e9:.1f}/{total / 1e9:.1f} GB (float32)", file=sys.stderr, flush=True)
+
+        report = sql.build_similarity_index(store, progress=progress)
+        out["build"] = {"seconds": round(time.perf_counter() - t0, 1), "stages_s": {k: round(v, 1) for k, v in report.seconds.items()},
+                        "index_gb": report.bytes / 1e9, "params": report.params, "peak_rss_gb": _peak_rss_gb()}  # fmt: skip
+    print(f"index ready: {out['build']}", file=sys.stderr, flush=True)
+    rng = np.random.default_rng([seed, 7])
+    starts = files.starts()
+    picks = np.sort(rng.choice(files.n_tiles, size=queries, replace=False))
+    fidx = np.searchsorted(starts, picks, side="right") - 1
+    with sql.open_similarity_index(store) as index:
+        qs = [(files.slide_ids[f], int(index.tile_id[p])) for f, p in zip(fidx, picks, strict=True)]
+        vectors = np.stack([index.vector(sid, tid) for sid, tid in qs])
+        t = time.perf_counter()
+        truth = exact_search(
+            files,
+            vectors,
+            k=k,
+            exclude=[(int(f), int(p - starts[f])) for f, p in zip(fidx, picks, strict=True)],
+        )
+        out["exact_batch_s"] = round(time.perf_counter() - t, 1)
+        truth_sets = [{(int(f), int(r)) for f, r, _ in zip(*tr, strict=True)} for tr in truth]
+        settings = []
+        for n_probe, cands in ((32, 200), (64, 200), (128, 200), (128, 400), (256, 400)):
+            lat, cpu, rec = [], [], []
+            for (sid, tid), want in zip(qs, truth_sets, strict=True):
+                t, c = time.perf_counter(), time.thread_time()
+                hits = index.query(sid, tid, k=k, candidates=cands, n_probe=n_probe)
+                lat.append(time.perf_counter() - t)
+                cpu.append(time.thread_time() - c)
+                got = {
+                    (int(np.searchsorted(files.slide_ids, a)), int(b))
+                    for a, b in zip(hits["slide_id"].to_pylist(), hits["tile_id"].to_pylist(), strict=True)
+                }
+                rec.append(len(got & {(f, int(index.tile_id[starts[f] + r])) for f, r in want}) / k)
+            lat_ms = np.array(lat) * 1e3
+            settings.append({"n_probe": n_probe, "candidates": cands, "recall_at_k": float(np.mean(rec)),
+                             "median_ms": float(np.median(lat_ms)), "p95_ms": float(np.percentile(lat_ms, 95)),
+                             "first_query_ms": float(lat_ms[0]), "median_cpu_ms": float(np.median(cpu) * 1e3), "load_average": os.getloadavg()[0]})  # fmt: skip
+            print(f"similar: {settings[-1]}", file=sys.stderr, flush=True)
+        out["index_queries"] = settings
+    t = time.perf_counter()
+    sql.similar_tiles(store, slide_id=qs[0][0], tile_id=qs[0][1], k=k, method="exact")
+    out["exact_query_s"] = round(time.perf_counter() - t, 1)
+    out["peak_rss_gb"] = _peak_rss_gb()
+    return out
+
+
+# ---- named queries -----------------------------------------------------------------------------------------------
+
+_QUERY_SCRIPT = """
+import json, sys, time
+from slide2expr import sql
+store, name, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+con = sql.connect(store)
+con.execute("set threads = 2")
+con.execute("set memory_limit = '6GB'")
+out = {}
+for run in ("first_s", "second_s"):
+    t = time.perf_counter()
+    table = sql.run_query(con, name, params=params)
+    out[run] = round(time.perf_counter() - t, 3)
+out["rows"] = table.num_rows
+print(json.dumps(out))
+"""
+
+
+def bench_queries(store: Path, *, timeout: int = 900) -> dict:
+    """Each named query on the store, in a fresh process (first and second run), with ``timeout`` seconds each."""
+    from slide2expr import sql
+    from slide2expr.sql._similar import list_embedding_files
+
+    files = list_embedding_files(store)
+    sid = files.slide_ids[0]
+    params = {
+        "nearest_tiles": {"slide_id": sid, "tile_id": 0, "k": 20},
+        "nearest_tiles_to_vector": None,
+        "patient_bag": {"patient_id": sid[:12], "encoder": files.encoder},
+        "targets_with_tiles": {"name": TARGETS_NAME},
+    }
+    out = {}
+    for name in sql.list_queries():
+        info = sql.get_query(name)
+        if name in ("model_summary", "top_attention_tiles", "well_predicted_genes"):
+            out[name] = {"skipped": "reads a run directory (compare), not the store"}
+            continue
+        p = params.get(name, {})
+        if name == "nearest_tiles_to_vector":
+            from slide2expr.sql import open_similarity_index
+
+            with open_similarity_index(store) as index:
+                p = {"vector": index.vector(sid, 0).tolist(), "encoder": files.encoder, "k": 20}
+        missing = set(info.params) - set(p)
+        if missing:
+            out[name] = {"skipped": f"no value for {sorted(missing)}"}
+            continue
+        t = time.perf_counter()
+        try:
+            res = subprocess.run([sys.executable, "-c", _QUERY_SCRIPT, str(store), name, json.dumps(p)],
+                                 capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            out[name] = {"timeout_s": timeout}
+        else:
+            if res.returncode:
+                out[name] = {
+                    "error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode
+                }
+            else:
+                out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+        out[name]["wall_s"] = round(time.perf_counter() - t, 1)
+        print(f"query {name}: {out[name]}", file=sys.stderr, flush=True)
+    return out
+
+
+# ---- reporting -------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import psutil
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+            "platform": platform.platform(), "python": platform.python_version()}  # fmt: skip
+
+
+def commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head
+
+
+def save(section: str, figures: dict, *, path: Path = RESULTS) -> None:
+    """Merge ``figures`` under ``section`` into the results JSON (with date, machine and commit)."""
+    data = json.loads(path.read_text()) if path.exists() else {"benchmark": "cohort_scale"}
+    data.update({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                 "commit": commit()})  # fmt: skip
+    data.setdefault("sections", {})[section] = figures
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _check_out(out: str) -> Path:
+    path = Path(out).resolve()
+    if path == ROOT or ROOT in path.parents:
+        raise SystemExit(f"--out {out} is inside the repository: write the benchmark store elsewhere")
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="step", required=True)
+    w = sub.add_parser("write", help="write (or finish) the benchmark store")
+    w.add_argument("--out", required=True, help="the store directory (outside the repository)")
+    w.add_argument("--patients", type=int, default=600)
+    w.add_argument("--dim", type=int, default=1536)
+    w.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument(
+        "--tile-scale", type=float, default=1.0, help="multiply every slide's tile count (quick runs)"
+    )
+    w.add_argument("--workers", type=int, default=2)
+    m = sub.add_parser(
+        "similar", help="build the similarity index; query latency and recall against exact search"
+    )
+    m.add_argument("--store", required=True)
+    m.add_argument("--queries", type=int, default=50)
+    m.add_argument("--rebuild", action="store_true")
+    q = sub.add_parser("queries", help="time every named query on the store")
+    q.add_argument("--store", required=True)
+    q.add_argument("--timeout", type=int, default=900)
+    for p in (w, m, q):
+        p.add_argument(
+            "--save", action="store_true", help=f"merge the figures into {RESULTS.relative_to(ROOT)}"
+        )
+    args = ap.parse_args(argv)
+    if args.step == "write":
+        design = Design(args.patients, args.dim, args.dtype, args.seed, args.tile_scale)
+        figures = write_store(_check_out(args.out), design, workers=args.workers)
+    elif args.step == "similar":
+        figures = bench_similar(Path(args.store), queries=args.queries, rebuild=args.rebuild)
+    else:
+        figures = bench_queries(Path(args.store), timeout=args.timeout)
+    if args.save:
+        save(args.step, figures)
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

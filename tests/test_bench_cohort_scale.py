@@ -1,0 +1,76 @@
+"""The cohort-scale benchmark's small path: a valid store every reader takes, resumable, with a planted signal."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "cohort_scale.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_cohort_scale", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_store_is_valid_resumable_and_planted(bench, tmp_path):
+    from slide2expr import sql
+
+    args = ["write", "--out", str(tmp_path / "s"), "--patients", "12", "--dim", "32", "--tile-scale", "0.02"]
+    out = bench.main(args)
+    assert out["patients"] == 12 and out["slides"] == 16 and out["slides_written"] == 16
+    assert out["tiles"] == sum(
+        s.n_tiles for s in bench.cohort_slides(bench.Design(12, 32, "float16", 0, 0.02))
+    )
+    store = tmp_path / "s"
+    cohort = sql.load_cohort(store, encoder="synthetic-32", targets="expression")
+    assert (
+        cohort.features.shape == (out["tiles"], 32)
+        and cohort.n_bags == 12
+        and cohort.y_true.shape == (12, 35)
+    )
+    con = sql.connect(store)
+    assert con.execute("select count(*), min(dtype), min(dim) from embedding_files").fetchone() == (
+        16,
+        "float16",
+        32,
+    )
+    assert con.execute("select count(*) from slides where status = 'ok'").fetchone() == (16,)
+    truth = json.loads((store / bench.TRUTH_DIR / "truth.json").read_text())
+    kinds = {g["kind"] for g in truth["genes"].values()}
+    assert kinds == {"compartment", "hotspot", "noise"}
+    # resumable: a removed slide is rewritten identically, the rest skipped
+    victim = next((store / "embeddings").rglob("*.parquet"))
+    before = victim.read_bytes()
+    victim.unlink()
+    again = bench.main(args)
+    assert again["slides_written"] == 1 and again["slides_skipped"] == 15
+    assert (
+        pq.read_table(victim)
+        .column("embedding")
+        .equals(pq.read_table(pa.BufferReader(before)).column("embedding"))
+    )
+
+
+def test_tile_counts_follow_the_design(bench):
+    counts = np.array([s.n_tiles for s in bench.cohort_slides(bench.Design(600, 1536, "float16", 0, 1.0))])
+    assert len(counts) == 800 and counts.sum() >= 9_000_000
+    assert counts.min() >= bench.MIN_TILES and counts.max() <= bench.MAX_TILES
+    assert 7_500 <= np.median(counts) <= 8_500
+    assert counts.sum() * 1536 * 2 >= 26e9
+
+
+def test_refuses_the_repository(bench):
+    with pytest.raises(SystemExit, match="inside the repository"):
+        bench.main(["write", "--out", str(BENCH.parent / "store"), "--patients", "1"])
