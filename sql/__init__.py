@@ -9,6 +9,8 @@
 - :func:`load_cohort` / :func:`iter_cohort` — bags for training as views into one flat ``(N, d)`` array.
 - :func:`read_slides` — the slides table; :func:`read_slide`, :func:`read_tiles`, :func:`read_embeddings` — one
   slide's row, tile grid and embeddings; :func:`open_run` — a run directory's config and tables (:class:`Run`).
+- :func:`similar_tiles` — the k tiles most similar to a tile (exact, or through the similarity index that
+  :func:`build_similarity_index` derives from the store; :func:`open_similarity_index` for many queries).
 
 The same ``.sql`` files run in the plain ``duckdb`` shell (``pip install duckdb-cli``), from the repository root::
 
@@ -31,6 +33,16 @@ from slide2expr.sql._bags import MissingTargetsWarning, UnpairedSlidesWarning, i
 from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
 from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
 from slide2expr.sql._read import Run, open_run, read_embeddings, read_slide, read_slides, read_tiles
+from slide2expr.sql._similar import (
+    BuildReport,
+    SimilarityError,
+    SimilarityIndex,
+    SimilarPlan,
+    build_similarity_index,
+    open_similarity_index,
+    plan_similar,
+    similar_tiles,
+)
 from slide2expr.sql._targets import list_targets
 
 __all__ = [
@@ -56,4 +68,12 @@ __all__ = [
     "run_query",
     "run_sql",
     "sql_text",
+    "BuildReport",
+    "SimilarityError",
+    "SimilarityIndex",
+    "SimilarPlan",
+    "build_similarity_index",
+    "open_similarity_index",
+    "plan_similar",
+    "similar_tiles",
 ]
