@@ -8,7 +8,7 @@ DEMO_OUT ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench bench-gpu clean
+.PHONY: install demo test lint docs docs-serve bench bench-gpu clean
 
 # Re-runs skip a venv whose stamp is newer than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -29,6 +29,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# the docs site into site/ (mkdocs build --strict: a broken link or reference fails); `make docs-serve` to browse
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
@@ -37,4 +44,4 @@ bench-gpu: install
 	PY=$(PY) bash benchmarks/gpu.sh
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) .pytest_cache site
