@@ -71,9 +71,18 @@ COLUMN_NAMES = {
     "n_neg": "Other tiles",
     "auroc_slide_mean": "AUROC, mean over slides",
     "n_slides": "Slides",
+    "null_r": "Null model's Pearson r",
+    "null_rmse": "Null model's RMSE",
+    "null_p": "p (beats its null)",
+    "null_fdr": "FDR (beats its null)",
+    "beats_null": "Beats its null",
+    "folds_selected": "Folds that kept the gene",
+    "n_genes_a_better": "Genes A better",
+    "n_genes_b_better": "Genes B better",
+    "n_genes_tied": "Genes tied",
 }
 #: Columns holding p-values or FDRs: shown as ``<0.001`` below 0.001, never as ``0.000``.
-P_COLUMNS = {"pearson_p", "spearman_p", "fdr", "wilcoxon_p"}
+P_COLUMNS = {"pearson_p", "spearman_p", "fdr", "wilcoxon_p", "null_p", "null_fdr"}
 #: Short names of the registered models.
 MODEL_NAMES = {
     "mil": "attention-MIL",
@@ -88,8 +97,9 @@ MIN_SCREENSHOT_PX = (320, 240)
 #: Characters of Chromium's stderr quoted in an error (its last lines say why it failed).
 _STDERR_TAIL = 800
 WELL_PREDICTED_RULE = (
-    "Well predicted: held-out Pearson r above 0, Benjamini–Hochberg FDR below 0.05 across genes, and an RMSE "
-    "below that of predicting every patient the training folds' mean."
+    "Well predicted: held-out Pearson r above 0, Benjamini–Hochberg FDR below 0.05 across genes, an RMSE below "
+    "that of predicting every patient the training folds' mean and, where the run refitted the model on permuted "
+    "targets (its null), a correlation significantly above the null's."
 )
 
 _CSS = """
@@ -479,6 +489,8 @@ def _gene_section(run, gene, pooled, preds, hs, manifest, base, images: _Images)
         "r2",
         "rmse",
         "rmse_baseline",
+        "null_r",
+        "null_fdr",
         "well_predicted",
     ]
     body = html_table(d[[c for c in cols if c in d.columns]])
@@ -530,7 +542,8 @@ def _models(run: Run, images: _Images) -> str:
         c = comps.assign(
             ci=[f"{lo:+.3f} to {hi:+.3f}" for lo, hi in zip(comps["ci_low"], comps["ci_high"], strict=True)]
         )
-        c = c[["model_a", "model_b", "metric", "n_genes", "median_diff", "ci", "wilcoxon_p"]]
+        keep = ("model_a", "model_b", "metric", "n_genes", "median_diff", "ci", "wilcoxon_p")
+        c = c[[k for k in (*keep, "n_genes_a_better", "n_genes_b_better") if k in c.columns]]
         body += (
             "<h3>Model against model, paired over genes</h3><p class='muted'>Median per-gene difference with its "
             "bootstrap 95 % confidence interval and the Wilcoxon signed-rank test.</p>"
