@@ -591,6 +591,98 @@ def bench_similar(
     return out
 
 
+def bench_ann_choice(
+    store: Path, *, n: int = 50_000, queries: int = 100, k: int = 20, candidates: int = 200
+) -> dict:
+    """The three index libraries on the same sample: ``n`` tiles of the store (whole slides, in order), projected
+    on 128 principal axes; add rate (tiles/s), query time and recall@k after exact re-scoring of ``candidates``.
+
+    HNSW graphs (hnswlib, usearch, faiss HNSW) against faiss's inverted lists (IVF, 8-bit codes): the add rate
+    decides whether ~9 M tiles can be indexed in the time allowed.
+    """
+    import faiss
+    import hnswlib
+    from usearch.index import Index
+
+    from slide2expr.sql._similar import _projection, _Reader, _unit, list_embedding_files
+
+    files = list_embedding_files(store)
+    parts, got = [], 0
+    for path in files.paths:
+        r = _Reader(path)
+        try:
+            parts.append(_unit(r.all_rows()))
+        finally:
+            r.close()
+        got += len(parts[-1])
+        if got >= n:
+            break
+    X = np.concatenate(parts)[:n]
+    rng = np.random.default_rng(0)
+    qi = rng.choice(len(X), queries, replace=False)
+    S = X[qi] @ X.T
+    S[np.arange(queries), qi] = -np.inf
+    truth = [set(np.argpartition(-row, k)[:k].tolist()) for row in S]
+    del S
+    dp = min(128, X.shape[1])
+    Y = np.ascontiguousarray(X @ _projection(X[rng.choice(len(X), min(len(X), 30_000), replace=False)], dp))
+
+    def recall(cands) -> float:
+        out = []
+        for j, c in enumerate(cands):
+            c = np.array([i for i in c if 0 <= i != qi[j]])
+            top = c[np.argsort(-(X[c] @ X[qi[j]]))[:k]]
+            out.append(len(set(top.tolist()) & truth[j]) / k)
+        return float(np.mean(out))
+
+    def measure(add, search, train=None) -> dict:
+        out = {}
+        if train is not None:  # a one-off cost on the sample, not per tile
+            t = time.perf_counter()
+            train()
+            out["train_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        add()
+        out["add_per_s"] = round(len(Y) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        cands = [search(Y[q]) for q in qi]
+        out["query_ms"] = round((time.perf_counter() - t) / queries * 1e3, 2)
+        out["recall_at_k"] = recall(cands)
+        return out
+
+    faiss.omp_set_num_threads(2)
+    res = {}
+    lists = int(2 * np.sqrt(len(Y)))
+    ivf = faiss.index_factory(dp, f"IVF{lists}_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(ivf).cp.niter = 10
+    ivf.nprobe = max(1, lists // 16)
+
+    res[f"faiss IVF{lists}_HNSW32,SQ8 nprobe {ivf.nprobe}"] = measure(
+        lambda: ivf.add(Y), lambda q: ivf.search(q[None], candidates)[1][0], train=lambda: ivf.train(Y)
+    )
+    hn = faiss.index_factory(dp, "HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    hn.hnsw.efConstruction, hn.hnsw.efSearch = 64, 128
+
+    res["faiss HNSW32,SQ8"] = measure(
+        lambda: hn.add(Y), lambda q: hn.search(q[None], candidates)[1][0], train=lambda: hn.train(Y)
+    )
+    h = hnswlib.Index(space="ip", dim=dp)
+    h.init_index(max_elements=len(Y), M=16, ef_construction=64)
+    h.set_num_threads(2)
+    h.set_ef(2 * candidates)
+    res["hnswlib M16"] = measure(lambda: h.add_items(Y), lambda q: h.knn_query(q[None], k=candidates)[0][0])
+    u = Index(
+        ndim=dp, metric="ip", dtype="i8", connectivity=16, expansion_add=64, expansion_search=2 * candidates
+    )
+    res["usearch i8 M16"] = measure(
+        lambda: u.add(np.arange(len(Y)), Y, threads=2), lambda q: u.search(q, candidates).keys
+    )
+    for r in res.values():
+        r["hours_to_add_9.33M_tiles_at_this_rate"] = round(9.33e6 / r["add_per_s"] / 3600, 2)
+    return {"sample_tiles": len(Y), "queries": queries, "k": k, "candidates": candidates, "libraries": res,
+            "load_average": os.getloadavg()[0]}  # fmt: skip
+
+
 # ---- named queries -----------------------------------------------------------------------------------------------
 
 _QUERY_SCRIPT = """
@@ -714,10 +806,13 @@ def main(argv: list[str] | None = None) -> dict:
     m.add_argument("--store", required=True)
     m.add_argument("--queries", type=int, default=50)
     m.add_argument("--rebuild", action="store_true")
+    c = sub.add_parser("ann-choice", help="faiss, hnswlib and usearch on the same sample of the store")
+    c.add_argument("--store", required=True)
+    c.add_argument("--sample", type=int, default=50_000)
     q = sub.add_parser("queries", help="time every named query on the store")
     q.add_argument("--store", required=True)
     q.add_argument("--timeout", type=int, default=900)
-    for p in (w, m, q):
+    for p in (w, m, c, q):
         p.add_argument(
             "--save", action="store_true", help=f"merge the figures into {RESULTS.relative_to(ROOT)}"
         )
@@ -727,6 +822,8 @@ def main(argv: list[str] | None = None) -> dict:
         figures = write_store(_check_out(args.out), design, workers=args.workers)
     elif args.step == "similar":
         figures = bench_similar(Path(args.store), queries=args.queries, rebuild=args.rebuild)
+    elif args.step == "ann-choice":
+        figures = bench_ann_choice(Path(args.store), n=args.sample)
     else:
         figures = bench_queries(Path(args.store), timeout=args.timeout)
     if args.save:

@@ -11,6 +11,8 @@
   slide's row, tile grid and embeddings; :func:`open_run` — a run directory's config and tables (:class:`Run`).
 - :func:`similar_tiles` — the k tiles most similar to a tile (exact, or through the similarity index that
   :func:`build_similarity_index` derives from the store; :func:`open_similarity_index` for many queries).
+- :func:`lazy_cohort` — the same bags read on access (a bag, or a uniform sample of its rows, straight from the
+  pages), for cohorts larger than memory.
 - :func:`pooled_features` — every bag's mean/max/min/std per dimension from one streaming pass, cached beside the
   store (fold-independent features for the pooled baselines, whatever the cohort's size).
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 from slide2expr.contract import Cohort
 from slide2expr.sql._bags import MissingTargetsWarning, UnpairedSlidesWarning, iter_cohort, load_cohort
 from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
+from slide2expr.sql._lazy import LazyCohort, lazy_cohort
 from slide2expr.sql._pooled import STREAMED_STATS, PooledFeatures, pooled_features
 from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
 from slide2expr.sql._read import Run, open_run, read_embeddings, read_slide, read_slides, read_tiles
@@ -82,4 +85,6 @@ __all__ = [
     "STREAMED_STATS",
     "PooledFeatures",
     "pooled_features",
+    "LazyCohort",
+    "lazy_cohort",
 ]
