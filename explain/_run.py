@@ -441,8 +441,9 @@ def _write_all(plan: ExplainPlan, stage: _Stages) -> ExplainResult:
     if plan.report:
         stage("report")
         res.report = write_report(plan.run, explain_dir=plan.out)
-    stage.done.append(stage.current)
-    stage.current = None
+    if stage.current is not None:
+        stage.done.append(stage.current)
+        stage.current = None
     return res
 
 

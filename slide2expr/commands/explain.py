@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -119,7 +121,7 @@ def explain(
             f"--targets applies when RUN is a model directory; {run} is not one (its predictions carry the "
             "targets they were made with)"
         )
-    with reported(ExplainError, OutputExistsError):
+    with reported(ExplainError, OutputExistsError), _warnings_as_lines():
         plan = plan_explain(run, store=store, out=out, overwrite=overwrite, **args)
     if dry_run:
         _print_plan(plan)
@@ -129,6 +131,23 @@ def explain(
         rerun="run the same command again to explain from the start",
     )
     _print_result(res)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Print explain's own warnings (a model that learned nothing) as one ``warning: …`` line each."""
+    from slide2expr.explain import LearnedNothingWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LearnedNothingWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, LearnedNothingWarning):
+                    typer.echo(f"warning: {w.message}", err=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _explain_model(

@@ -1,8 +1,9 @@
 """Writing an output folder as a whole: into a hidden folder beside it, swapped in only once complete.
 
 A reader never sees a half-written folder, and a failed or interrupted run (an exception, Ctrl-C) leaves the
-previous contents of the folder exactly as they were. Only ``kill -9`` during the swap's two renames can leave
-the previous folder under a hidden ``.<name>.<hex>.old.tmp`` name beside it.
+previous contents of the folder exactly as they were. ``kill -9`` leaves the folder as it was too, plus the
+hidden ``.<name>.<hex>.tmp`` folder being written beside it (or, between the swap's two renames, the previous
+folder under ``.<name>.<hex>.old.tmp``); the output-folder checks treat such names as temporary.
 """
 
 from __future__ import annotations

@@ -240,6 +240,16 @@ def test_a_model_that_learned_nothing_gets_a_warning_and_no_shap(toy, own_run):
         plan = explain.plan_explain(own_run, store=toy.store, genes=["HOTA"], top_slides=1)
     assert plan.trees == () and plan.learned_nothing == ("lgbm",)
     assert any("lgbm learned nothing" in n for n in plan.notes)
+    from typer.testing import CliRunner
+
+    from slide2expr.cli import app
+
+    cli = CliRunner().invoke(
+        app, ["explain", str(own_run), "--store", str(toy.store), "--genes", "HOTA", "--dry-run"]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "warning: lgbm learned nothing" in cli.stderr and "LearnedNothingWarning" not in cli.stderr
+    assert "SHAP for none" in cli.stdout
     res = explain.run_plan(plan)
     assert not (res.out / "shap").exists() and "shap" not in res.figures
     assert any("learned nothing" in n for n in json.loads((res.out / "manifest.json").read_text())["notes"])
