@@ -16,6 +16,9 @@ reads the file with pyarrow, which handles everything else (compression, diction
 - the pages of each row group hold exactly ``rows × d`` values, and the row groups fill the slot exactly.
 
 The ``d`` values per row come from the Arrow schema (``FixedSizeList<d>``) that the caller has already checked.
+
+The pages come from an open file's descriptor, or from a :class:`ChunkBuffer`: the bytes of the column chunks fetched
+with one ranged read (an object store's ranged GET, :func:`read_plain_float_column_ranged`), parsed the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +36,31 @@ _DATA_PAGE, _DATA_PAGE_V2 = 0, 3
 _PLAIN, _RLE = 0, 3
 #: Bytes read for a page header at first (headers of plain float pages are a few dozen); grown 4× until it parses.
 _HEADER_READ = 256
+
+
+class ChunkBuffer:
+    """Bytes of a file from offset ``base`` on (one ranged read), read as the file would be at those offsets."""
+
+    __slots__ = ("buf", "base")
+
+    def __init__(self, buf: bytes | memoryview, base: int) -> None:
+        self.buf, self.base = memoryview(buf), base
+
+    def pread(self, n: int, pos: int) -> bytes:
+        i = pos - self.base
+        if i < 0:
+            raise ValueError(f"byte {pos} lies before the fetched range (from byte {self.base})")
+        return bytes(self.buf[i : i + n])
+
+    def readinto(self, view: memoryview, pos: int) -> int:
+        i = pos - self.base
+        chunk = self.buf[max(i, 0) : max(i, 0) + len(view)] if i >= 0 else self.buf[:0]
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _pread(src: int | ChunkBuffer, n: int, pos: int) -> bytes:
+    return os.pread(src, n, pos) if isinstance(src, int) else src.pread(n, pos)
 
 
 class _NeedMore(Exception):
@@ -115,11 +143,11 @@ class _Compact:
             out[fid] = self._value(ttype)
 
 
-def _page_header(fd: int, pos: int, end: int) -> tuple[dict[int, object], int]:
+def _page_header(fd: int | ChunkBuffer, pos: int, end: int) -> tuple[dict[int, object], int]:
     """The ``PageHeader`` at ``pos`` and its length in bytes."""
     size = _HEADER_READ
     while True:
-        buf = os.pread(fd, min(size, end - pos), pos)
+        buf = _pread(fd, min(size, end - pos), pos)
         try:
             proto = _Compact(buf)
             return proto.struct(), proto.pos
@@ -129,15 +157,17 @@ def _page_header(fd: int, pos: int, end: int) -> tuple[dict[int, object], int]:
             size *= 4
 
 
-def _read_exact(fd: int, view: memoryview, pos: int) -> None:
+def _read_exact(fd: int | ChunkBuffer, view: memoryview, pos: int) -> None:
     while len(view):
-        got = os.preadv(fd, [view], pos)
+        got = os.preadv(fd, [view], pos) if isinstance(fd, int) else fd.readinto(view, pos)
         if got <= 0:
             raise ValueError(f"file ended at byte {pos}, inside a data page")
         view, pos = view[got:], pos + got
 
 
-def read_plain_float_column(fd: int, pf: pq.ParquetFile, column: int, dim: int, out: np.ndarray) -> bool:
+def read_plain_float_column(
+    fd: int | ChunkBuffer, pf: pq.ParquetFile, column: int, dim: int, out: np.ndarray
+) -> bool:
     """Read float32 list column ``column`` (``dim`` values per row) into ``out`` (``(rows, dim)``).
 
     ``pf`` is the file's opened :class:`pyarrow.parquet.ParquetFile` (its footer gives the chunk offsets) and ``fd``
@@ -146,7 +176,7 @@ def read_plain_float_column(fd: int, pf: pq.ParquetFile, column: int, dim: int, 
     Returns ``False``, with nothing promised about ``out``, when the column is not a plain uncompressed float32
     chunk this reader can take; raises :class:`ValueError` when the pages contradict the footer (a damaged file).
     """
-    if not hasattr(os, "preadv"):  # Windows: pyarrow reads it
+    if isinstance(fd, int) and not hasattr(os, "preadv"):  # Windows: pyarrow reads it
         return False
     md = pf.metadata
     if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != (md.num_rows, dim):
@@ -177,7 +207,7 @@ def read_plain_float_column(fd: int, pf: pq.ParquetFile, column: int, dim: int, 
                 n_levels, skip = dp.get(1), 0
                 for present in (rep_max > 0, def_max > 0):  # v1: each level run is prefixed by its length
                     if present:
-                        prefix = os.pread(fd, 4, page_start + skip)
+                        prefix = _pread(fd, 4, page_start + skip)
                         if len(prefix) != 4:
                             raise ValueError(f"file ended inside the data page at byte {page_start}")
                         (run,) = struct.unpack("<i", prefix)
@@ -204,3 +234,25 @@ def read_plain_float_column(fd: int, pf: pq.ParquetFile, column: int, dim: int, 
             )
         written += got
     return True
+
+
+def read_plain_float_column_ranged(
+    read_range, pf: pq.ParquetFile, column: int, dim: int, out: np.ndarray
+) -> bool:
+    """:func:`read_plain_float_column` over one ranged read of the column's chunks: ``read_range(start, length)``
+    returns those bytes of the file (an object store's ranged GET). Nothing is fetched when the footer already
+    rules the fast path out."""
+    md = pf.metadata
+    spans = []
+    for g in range(md.num_row_groups):
+        cc = md.row_group(g).column(column)
+        if cc.physical_type != "FLOAT" or cc.compression != "UNCOMPRESSED" or cc.has_dictionary_page:
+            return False
+        spans.append((cc.data_page_offset, cc.data_page_offset + cc.total_compressed_size))
+    if not spans:
+        return read_plain_float_column(ChunkBuffer(b"", 0), pf, column, dim, out)
+    start, end = min(a for a, _ in spans), max(b for _, b in spans)
+    data = read_range(start, end - start)
+    if len(data) != end - start:
+        raise ValueError(f"file ended at byte {start + len(data)}, inside the column chunks (to byte {end})")
+    return read_plain_float_column(ChunkBuffer(data, start), pf, column, dim, out)

@@ -31,7 +31,7 @@ import pytest
 TEST_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -75,7 +75,7 @@ def start_moto(*, timeout_s: float = 30.0) -> tuple[subprocess.Popen, str]:
     """Start the S3 server on 127.0.0.1 and a free port; return the process and its endpoint once it answers."""
     if not _moto_installed():
         pytest.skip("moto's server is not installed (pip install 'moto[server]', part of the dev extra)")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "127.0.0.1", str(port)],
