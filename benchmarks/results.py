@@ -157,9 +157,24 @@ def run(benchmark: str, args: list[str], *, folder: Path = RESULTS) -> Path:
     )
 
 
+#: Keys of a recorded entry that describe the run rather than hold its figures.
+META_KEYS = ("benchmark", "date", "commit", "machine", "args", "seconds", "result", "file")
+
+
 def load(folder: Path = RESULTS) -> list[dict]:
-    """Every recorded result, oldest first."""
-    entries = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    """Every recorded result, oldest first. A JSON file a benchmark wrote itself with ``benchmark``, ``date``,
+    ``machine`` and ``commit`` at its top level counts too: its other keys are its result."""
+    entries = []
+    for p in sorted(Path(folder).glob("*.json")):
+        e = json.loads(p.read_text())
+        if not isinstance(e, dict) or "date" not in e:
+            continue
+        e.setdefault("benchmark", p.stem.split("-")[0])
+        e.setdefault("machine", {})
+        e.setdefault("commit", "unknown")
+        e.setdefault("result", {k: v for k, v in e.items() if k not in META_KEYS})
+        e["file"] = p.name
+        entries.append(e)
     return sorted(entries, key=lambda e: e["date"])
 
 
@@ -198,6 +213,15 @@ def render(folder: Path = RESULTS, *, heading_level: int = 1) -> str:
             for k, v in rows[0]["result"].items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+        if not keys:
+            out += [f"{h}# `{bench}`", ""]
+            out += [
+                f"- {e['date'][:10]}, {_machine_text(e['machine'])}, commit `{e['commit']}`: figures in "
+                f"`benchmarks/results/{e['file']}`"
+                for e in rows
+            ]
+            out.append("")
+            continue
         out += [
             f"{h}# `{bench}`",
             "",
