@@ -94,8 +94,9 @@ def explain(
 ) -> None:
     """Explain a run or new slides: heatmaps, hotspots (Parquet + QuPath GeoJSON), QuPath tile detections,
     gallery, SHAP, localisation, report.html. Writes its folder only once complete."""
-    from slide2expr.explain import ExplainError, is_model_dir, plan_explain, run_plan
-    from slide2expr.regress import OutputExistsError
+    with _interrupted_checking():  # the first import loads torch and matplotlib: seconds
+        from slide2expr.explain import ExplainError, is_model_dir, plan_explain, run_plan
+        from slide2expr.regress import OutputExistsError
 
     args = dict(
         slides=_split(slides),
@@ -121,7 +122,7 @@ def explain(
             f"--targets applies when RUN is a model directory; {run} is not one (its predictions carry the "
             "targets they were made with)"
         )
-    with reported(ExplainError, OutputExistsError), _warnings_as_lines():
+    with _interrupted_checking(), reported(ExplainError, OutputExistsError), _warnings_as_lines():
         plan = plan_explain(run, store=store, out=out, overwrite=overwrite, **args)
     if dry_run:
         _print_plan(plan)
@@ -131,6 +132,19 @@ def explain(
         rerun="run the same command again to explain from the start",
     )
     _print_result(res)
+
+
+@contextlib.contextmanager
+def _interrupted_checking():
+    """Ctrl-C while the inputs are read and checked: say that nothing was written (exit 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted while checking the inputs, before anything was written: run the same command again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @contextlib.contextmanager
@@ -162,7 +176,7 @@ def _explain_model(
             f"{model} is a model directory: give --out PRED, the prediction directory to write (its maps go to "
             "PRED/explain), or predict first with `slide2expr predict MODEL --store STORE --out PRED`"
         )
-    with reported(ExplainError, OutputExistsError):
+    with _interrupted_checking(), reported(ExplainError, OutputExistsError):
         plan = plan_explain_model(model, store=store, out=out, targets=targets, overwrite=overwrite, **args)
     if dry_run:
         print(plan.describe())
@@ -176,9 +190,7 @@ def _explain_model(
         with console.status(f"predicting {plan.cohort.n_bags} bags …"):
             predict(plan.cohort, model=model, out=out, store=store, targets=targets, overwrite=overwrite)
     except PredictInterrupted as exc:
-        console.print(
-            f"interrupted: {exc}. Run the same command again to predict and explain.", highlight=False
-        )
+        console.print(f"{exc}. Run the same command again to predict and explain.", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     console.print(f"predictions of {plan.cohort.n_bags} bags → {out}", highlight=False)
     res = _run_with_status(
@@ -202,7 +214,7 @@ def _run_with_status(work, *, rerun: str):
             return work(lambda msg: status.update(f"explain: {msg} …"))
     except ExplainInterrupted as exc:
         console.print(
-            f"interrupted: {exc}. explain writes its folder only once complete; {rerun}",
+            f"{exc}. explain writes its folder only once complete; {rerun}",
             highlight=False,
             soft_wrap=True,
         )

@@ -263,6 +263,29 @@ def predict(
 ) -> None:
     """Apply a trained model to another store: bag-level predictions and per-tile attention and predictions
     (refuses features from another encoder, weights, dimension or tiling)."""
+    from slide2expr._app import EXIT_INTERRUPTED
+
+    rerun = (
+        f"slide2expr predict {model_dir} --store {store} --out {out}"
+        + (f" --targets {targets}" if targets else "")
+        + (" --overwrite" if overwrite else "")
+    )
+    try:
+        _predict(
+            model_dir, store=store, out=out, encoder=encoder, tiling=tiling, targets=targets,
+            overwrite=overwrite, dry_run=dry_run, rerun=rerun,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted while reading the model and the store's bags, before any bag was predicted: nothing "
+            f"written to {out}; run `{rerun}` again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _predict(model_dir, *, store, out, encoder, tiling, targets, overwrite: bool, dry_run: bool, rerun: str):
+    """The ``predict`` command after its flags: load, check, predict under a progress bar, say where it went."""
     from slide2expr import regress
 
     with reported(FileNotFoundError):
@@ -290,12 +313,7 @@ def predict(
                 + "); nothing written (--dry-run)"
             )
             return
-        rerun = f"slide2expr predict {model_dir} --store {store} --out {out}" + (
-            f" --targets {targets}" if targets else ""
-        )
-        df = _predict_with_progress(
-            regress, cohort, kwargs, rerun=rerun + (" --overwrite" if overwrite else "")
-        )
+        df = _predict_with_progress(regress, cohort, kwargs, rerun=rerun)
     typer.echo(
         f"predicted {df['bag_id'].nunique()} bags × {df['gene'].nunique()} genes → {out}"
         + (f"; maps: slide2expr explain {out} --store {store}" if _has_attention(config) else "")
@@ -335,7 +353,7 @@ def _predict_with_progress(regress, cohort, kwargs: dict, *, rerun: str):
         except regress.PredictInterrupted as exc:
             bar.stop()
             console.print(
-                f"interrupted: {exc}. predict writes its folder only once every bag is done: run `{rerun}` to "
+                f"{exc}. predict writes its folder only once every bag is done: run `{rerun}` to "
                 "predict again from the start",
                 highlight=False,
                 soft_wrap=True,
