@@ -728,6 +728,83 @@ def bench_pooled(store: Path, *, n_folds: int = 5, seed: int = 0) -> dict:
     }
 
 
+def bench_mil_epoch(
+    store: Path, *, max_tiles: int = 512, batch_size: int = 8, pca: int = 16, seed: int = 0, threads: int = 1
+) -> dict:
+    """One attention-MIL training epoch over every patient with the cohort on disk (``sql.lazy_cohort``): each step
+    reads ``max_tiles`` uniformly drawn tiles of ``batch_size`` bags from the pages (prefetched on two threads while
+    the network trains), projects them with a standardisation + PCA fitted on a bounded sample of tiles, and runs
+    AttentionMILRegressor's network forward and backward. Reports seconds per epoch and the share spent waiting on
+    reads: the loop regress's fit would run on a store larger than memory."""
+    import torch
+
+    from slide2expr import sql
+    from slide2expr.regress import AttentionMILRegressor
+
+    torch.set_num_threads(
+        threads
+    )  # on a loaded machine OpenMP hand-offs cost more than a small step's matmuls
+    truth = json.loads((store / TRUTH_DIR / "truth.json").read_text())
+    cohort = sql.lazy_cohort(
+        store, encoder=truth["encoder"], targets=truth["targets"], genes=list(truth["genes"])
+    )
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    sample = np.concatenate([cohort.sample(i, 200, rng) for i in range(len(cohort))])
+    mean, sd = sample.mean(axis=0), sample.std(axis=0) + 1e-6
+    z = (sample - mean) / sd
+    _, vecs = np.linalg.eigh(z.T @ z / len(z))
+    axes = (vecs[:, ::-1][:, :pca] / sd[:, None]).astype(np.float32)
+    shift = (mean / sd) @ vecs[:, ::-1][:, :pca]
+    projection_s = time.perf_counter() - t
+    Y = cohort.y_true
+    y = torch.from_numpy(((Y - np.nanmean(Y, 0)) / np.nanstd(Y, 0)).astype(np.float32))
+    net = AttentionMILRegressor(pca_components=pca).build_network(pca, Y.shape[1])
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    order = rng.permutation(len(cohort))
+    batches = [order[a : a + batch_size] for a in range(0, len(order), batch_size)]
+
+    def load(batch):
+        t0 = time.perf_counter()
+        bags = [cohort.sample(int(i), max_tiles, rng.integers(2**32)) @ axes - shift for i in batch]
+        return bags, time.perf_counter() - t0
+
+    wait = compute = read = 0.0
+    rows = 0
+    t_epoch = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        pending = [pool.submit(load, b) for b in batches[:2]]
+        for k in range(len(batches)):
+            t0 = time.perf_counter()
+            bags, read_s = pending.pop(0).result()
+            wait += time.perf_counter() - t0
+            read += read_s
+            if k + 2 < len(batches):
+                pending.append(pool.submit(load, batches[k + 2]))
+            t0 = time.perf_counter()
+            L = max(len(b) for b in bags)
+            x = torch.zeros(len(bags), L, pca)
+            mask = torch.zeros(len(bags), L, dtype=torch.bool)
+            for j, b in enumerate(bags):
+                x[j, : len(b)] = torch.from_numpy(b.astype(np.float32))
+                mask[j, : len(b)] = True
+                rows += len(b)
+            pred = net(x, mask)[0]
+            loss = torch.nn.functional.mse_loss(pred, y[torch.as_tensor(batches[k])])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            compute += time.perf_counter() - t0
+    epoch = time.perf_counter() - t_epoch
+    return {"bags": len(cohort), "max_tiles": max_tiles, "batch_size": batch_size, "pca_components": pca,
+            "projection_fit_s": round(projection_s, 1), "projection_sample_tiles": len(sample),
+            "epoch_s": round(epoch, 1), "io_wait_s": round(wait, 1), "io_wait_share": round(wait / epoch, 3),
+            "compute_s": round(compute, 1), "read_s_summed_over_threads": round(read, 1),
+            "tiles_read_per_s": round(rows / epoch), "peak_rss_gb": _peak_rss_gb(),
+            "cohort_gb_if_loaded": cohort.nbytes / 1e9, "torch_threads": threads,
+            "load_average": os.getloadavg()[0]}  # fmt: skip
+
+
 # ---- named queries -----------------------------------------------------------------------------------------------
 
 _QUERY_SCRIPT = """
@@ -816,13 +893,18 @@ def commit() -> str | None:
 
 
 def save(section: str, figures: dict, *, path: Path = RESULTS) -> None:
-    """Merge ``figures`` under ``section`` into the results JSON (with date, machine and commit)."""
-    data = json.loads(path.read_text()) if path.exists() else {"benchmark": "cohort_scale"}
-    data.update({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-                 "commit": commit()})  # fmt: skip
-    data.setdefault("sections", {})[section] = figures
+    """Merge ``figures`` under ``section`` into the results JSON (with date, machine and commit); steps run in
+    parallel take turns (a lock file in the temporary folder)."""
+    import fcntl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with open(Path(tempfile.gettempdir()) / "slide2expr-cohort_scale-results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {"benchmark": "cohort_scale"}
+        data.update({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                     "commit": commit()})  # fmt: skip
+        data.setdefault("sections", {})[section] = figures
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _check_out(out: str) -> Path:
@@ -858,10 +940,14 @@ def main(argv: list[str] | None = None) -> dict:
         "pooled", help="streaming pooled features and a grouped-CV ridge on them (planted signal)"
     )
     pl.add_argument("--store", required=True)
+    me = sub.add_parser(
+        "mil-epoch", help="one attention-MIL epoch with the cohort on disk: seconds and I/O wait"
+    )
+    me.add_argument("--store", required=True)
     q = sub.add_parser("queries", help="time every named query on the store")
     q.add_argument("--store", required=True)
     q.add_argument("--timeout", type=int, default=900)
-    for p in (w, m, c, pl, q):
+    for p in (w, m, c, pl, me, q):
         p.add_argument(
             "--save", action="store_true", help=f"merge the figures into {RESULTS.relative_to(ROOT)}"
         )
@@ -871,6 +957,8 @@ def main(argv: list[str] | None = None) -> dict:
         figures = write_store(_check_out(args.out), design, workers=args.workers)
     elif args.step == "similar":
         figures = bench_similar(Path(args.store), queries=args.queries, rebuild=args.rebuild)
+    elif args.step == "mil-epoch":
+        figures = bench_mil_epoch(Path(args.store))
     elif args.step == "pooled":
         figures = bench_pooled(Path(args.store))
     elif args.step == "ann-choice":
