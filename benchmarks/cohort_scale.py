@@ -845,10 +845,14 @@ def bench_queries(store: Path, *, timeout: int = 900) -> dict:
             continue
         p = params.get(name, {})
         if name == "nearest_tiles_to_vector":
-            from slide2expr.sql import open_similarity_index
+            from slide2expr.sql._similar import _Reader
 
-            with open_similarity_index(store) as index:
-                p = {"vector": index.vector(sid, 0).tolist(), "encoder": files.encoder, "k": 20}
+            reader = _Reader(files.paths[0])
+            try:
+                vector = reader.rows(np.array([0]))[0].astype(np.float32)
+            finally:
+                reader.close()
+            p = {"vector": vector.tolist(), "encoder": files.encoder, "k": 20}
         missing = set(info.params) - set(p)
         if missing:
             out[name] = {"skipped": f"no value for {sorted(missing)}"}
