@@ -90,7 +90,8 @@ def similar(
             )
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
             typer.echo(
-                f"similarity index of {report.n_tiles:,} tiles ({report.bytes / 1e9:.2f} GB) → {report.path} ({stages})"
+                f"similarity index of {report.n_tiles:,} tiles ({report.bytes / 1e9:.2f} GB) → {report.path} "
+                f"({stages}; peak RSS {_peak_rss_gb():.2f} GB)"
             )
             return
         t0 = time.perf_counter()
@@ -103,9 +104,19 @@ def similar(
         seconds = time.perf_counter() - t0
     _show(hits, out=out, format=format)
     typer.echo(
-        f"{hits.num_rows} neighbours of {slide_id}:{tile_id} by {plan.method} search in {seconds:.2f} s",
+        f"{hits.num_rows} neighbours of {slide_id}:{tile_id} by {plan.method} search in {seconds:.2f} s "
+        f"(peak RSS {_peak_rss_gb():.2f} GB)",
         err=True,
     )
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports kB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak / 1e6
 
 
 def _parse_tile(tile: str | None) -> tuple[str, int]:
