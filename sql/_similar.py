@@ -58,6 +58,8 @@ KMEANS_ITERATIONS = 10
 #: Lists visited per query, and candidates re-scored exactly, unless given.
 N_PROBE = 48
 CANDIDATES = 200
+#: Threads reading candidates' rows for re-scoring (random reads: the disk serves several at once).
+RESCORE_THREADS = 8
 METHODS = ("auto", "exact", "index")
 RESULT_SCHEMA = pa.schema(
     [
@@ -508,8 +510,12 @@ class SimilarityIndex:
         self.starts = files.starts()
         self._slide = {s: i for i, s in enumerate(files.slide_ids)}
         self._readers: dict[int, _Reader] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         for r in self._readers.values():
             r.close()
         self._readers.clear()
@@ -589,11 +595,17 @@ class SimilarityIndex:
         if exclude is not None:
             rows = rows[rows != exclude]
         fi = np.searchsorted(self.starts, rows, side="right") - 1
+        groups = [(int(f), np.flatnonzero(fi == f)) for f in np.unique(fi)]
+        readers = {f: self._reader(f) for f, _ in groups}  # opened here: one thread owns the dict
         scores = np.empty(len(rows), np.float32)
-        for f in np.unique(fi):
-            sel = np.flatnonzero(fi == f)
-            vecs = _unit(self._reader(int(f)).rows(rows[sel] - self.starts[f]))
-            scores[sel] = vecs @ q
+
+        def rescore(group: tuple[int, np.ndarray]) -> None:
+            f, sel = group
+            scores[sel] = _unit(readers[f].rows(rows[sel] - self.starts[f])) @ q
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RESCORE_THREADS)
+        list(self._pool.map(rescore, groups))  # a row is a random read: several in flight at once
         best = _top(scores, k)
         return _result(self, fi[best], rows[best] - self.starts[fi[best]], scores[best])
 
