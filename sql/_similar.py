@@ -174,27 +174,50 @@ def list_embedding_files(
 
 
 class _Reader:
-    """One embeddings file opened for row reads: its page map (or pyarrow for other layouts), ids and coordinates."""
+    """One embeddings file opened for row reads: its page map (or pyarrow for other layouts), ids and coordinates.
 
-    def __init__(self, path: Path):
+    Every read goes through the one descriptor opened here (the footer too), so a file replaced by rename meanwhile
+    is never read half old, half new. ``pages`` given (an index's stored map) skips the footer and the page walk;
+    ``expect`` = (size, mtime_ns) refuses a file that changed since the map was made.
+    """
+
+    def __init__(self, path: Path, *, pages: PageMap | None = None, expect: tuple[int, int] | None = None):
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
+        self._pf: pq.ParquetFile | None = None
+        self._fh = None
         try:
+            if expect is not None:
+                st = os.fstat(self.fd)
+                if (st.st_size, st.st_mtime_ns) != tuple(expect):
+                    raise SimilarityError(
+                        f"{path} changed since the similarity index was built: build it again (--build)"
+                    )
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # a row is a few KB: no readahead
-            self.pf = pq.ParquetFile(path)
-            leaf = next(
-                i
-                for i in range(self.pf.metadata.num_columns)
-                if self.pf.schema.column(i).path.startswith("embedding.")
-            )
-            dim = self.pf.schema_arrow.field("embedding").type.list_size
-            self.pages: PageMap | None = page_map(self.fd, self.pf, leaf, dim)
+            if pages is None:
+                pf = self.pf
+                leaf = next(
+                    i
+                    for i in range(pf.metadata.num_columns)
+                    if pf.schema.column(i).path.startswith("embedding.")
+                )
+                pages = page_map(self.fd, pf, leaf, pf.schema_arrow.field("embedding").type.list_size)
+            self.pages: PageMap | None = pages
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
+    @property
+    def pf(self) -> pq.ParquetFile:
+        if self._pf is None:
+            self._fh = os.fdopen(os.dup(self.fd), "rb")
+            self._pf = pq.ParquetFile(self._fh)
+        return self._pf
+
     def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
         os.close(self.fd)
 
     def columns(self, names: Sequence[str]) -> pa.Table:
@@ -374,7 +397,9 @@ def build_similarity_index(
     slide's embeddings, and the index itself (``pca_dim`` bytes per tile plus its id). Writes, atomically (a hidden
     folder renamed into place): ``index.faiss`` (inverted lists of 8-bit codes of the projected unit vectors),
     ``projection.npy`` (``(d, pca_dim)`` float32), ``tile_id.npy`` (N,) int32, ``x.npy``/``y.npy`` (N,) int64 (rows
-    in file order: slides by id, tiles by tile_id), and ``index.json`` (files, fingerprint, parameters, timings).
+    in file order: slides by id, tiles by tile_id), each file's page map (``page_at.npy``, ``page_first_row.npy``,
+    ``page_offset.npy``: queries read candidates without parsing footers) and ``index.json`` (files with their size
+    and modification time, fingerprint, parameters, timings).
     Folders of older fingerprints of the same tiling/encoder are removed.
 
     ``progress(stage, done, total)`` is called as the pass goes (bytes of embeddings read).
@@ -409,6 +434,8 @@ def build_similarity_index(
         t = time.perf_counter()
         tile_ids, xs, ys = _add_all(index, readers, files, axes, progress)
         seconds["add"] = time.perf_counter() - t
+        page_arrays, page_dtypes = _page_arrays(readers)
+        file_stats = [[(st := os.fstat(r.fd)).st_size, st.st_mtime_ns] for r in readers]
     finally:
         for r in readers:
             r.close()
@@ -423,10 +450,13 @@ def build_similarity_index(
         "fingerprint": files.fingerprint,
         "slide_ids": list(files.slide_ids),
         "n_rows": list(files.n_rows),
+        "file_stats": file_stats,
+        "page_dtype": page_dtypes,
         "params": params,
         "seconds": seconds,
     }
-    path = _write_index(files, index, axes, {"tile_id": tile_ids, "x": xs, "y": ys}, meta, faiss)
+    arrays = {"tile_id": tile_ids, "x": xs, "y": ys, **page_arrays}
+    path = _write_index(files, index, axes, arrays, meta, faiss)
     seconds["write"] = time.perf_counter() - t
     size = sum(p.stat().st_size for p in path.iterdir())
     return BuildReport(path, files.n_tiles, size, seconds, params)
@@ -461,6 +491,25 @@ def _add_all(index, readers, files: EmbeddingFiles, axes: np.ndarray, progress) 
             if progress is not None:
                 progress("index", done, total)
     return tile_ids, xs, ys
+
+
+def _page_arrays(readers: list[_Reader]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+    """Every file's page map as three flat arrays (``page_at`` (n_files + 1,) indexes the other two) and each
+    file's value dtype (None: not plain pages; such a file is opened the slow way)."""
+    firsts, offsets, at, dtypes = [], [], [0], []
+    for r in readers:
+        pm = r.pages
+        if pm is not None:
+            firsts.append(pm.rows[:-1])
+            offsets.append(pm.offsets)
+        at.append(at[-1] + (len(pm.offsets) if pm is not None else 0))
+        dtypes.append(None if pm is None else pm.dtype.str)
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return {
+        "page_at": np.array(at, np.int64),
+        "page_first_row": cat(firsts),
+        "page_offset": cat(offsets),
+    }, dtypes
 
 
 def _write_index(files: EmbeddingFiles, index, axes: np.ndarray, arrays: dict, meta: dict, faiss) -> Path:
@@ -507,6 +556,9 @@ class SimilarityIndex:
         self.tile_id = np.load(path / "tile_id.npy", mmap_mode="r")
         self.x = np.load(path / "x.npy", mmap_mode="r")
         self.y = np.load(path / "y.npy", mmap_mode="r")
+        self.page_at = np.load(path / "page_at.npy")
+        self.page_first_row = np.load(path / "page_first_row.npy")
+        self.page_offset = np.load(path / "page_offset.npy")
         self.starts = files.starts()
         self._slide = {s: i for i, s in enumerate(files.slide_ids)}
         self._readers: dict[int, _Reader] = {}
@@ -527,8 +579,17 @@ class SimilarityIndex:
         self.close()
 
     def _reader(self, i: int) -> _Reader:
+        """File ``i`` opened with the page map stored at build time (no footer or page walk), refused if it changed."""
         if i not in self._readers:
-            self._readers[i] = _Reader(self.files.paths[i])
+            dtype = self.meta["page_dtype"][i]
+            pages = None
+            if dtype is not None:
+                a, b = int(self.page_at[i]), int(self.page_at[i + 1])
+                rows = np.append(self.page_first_row[a:b], self.files.n_rows[i])
+                pages = PageMap(rows, self.page_offset[a:b], np.dtype(dtype), self.files.dim)
+            self._readers[i] = _Reader(
+                self.files.paths[i], pages=pages, expect=tuple(self.meta["file_stats"][i])
+            )
         return self._readers[i]
 
     def locate(self, slide_id: str, tile_id: int) -> tuple[int, int]:
