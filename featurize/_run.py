@@ -139,8 +139,9 @@ def _in_plan_order(summary: FeaturizeSummary, plan: CohortPlan) -> None:
 def _interrupted(summary: FeaturizeSummary, plan: CohortPlan, run: _CohortRun | None) -> FeaturizeInterrupted:
     """What a run stopped by Ctrl-C did: the slides written (and those skipped), the ones begun and not written,
     and the rest."""
-    written = set(run.writer.written) if run is not None and run.writer is not None else set()
+    written = set(run.writer.finish()) if run is not None and run.writer is not None else set()
     summary.results = [r for r in summary.results if r.status == "skipped" or r.slide_id in written]
+    summary.tiles = sum(r.n_tiles for r in summary.results)  # kept: the interrupted slide's tiles are not
     finished = {r.slide_id for r in summary.results}
     begun = run.started if run is not None else []
     summary.interrupted = tuple(s for s in begun if s not in finished)

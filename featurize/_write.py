@@ -313,6 +313,7 @@ class SlideWriter:
         self.error: BaseException | None = None
         #: slide ids whose files are all written, in order
         self.written: list[str] = []
+        self.stopped = False
         self.thread = threading.Thread(target=self._run, name="slide2expr-writer", daemon=True)
         self.thread.start()
 
@@ -336,7 +337,19 @@ class SlideWriter:
         self.q.put((plan, emb, seconds))
 
     def close(self) -> None:
-        self.q.put(None)
+        self._stop()
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+    def finish(self) -> list[str]:
+        """After Ctrl-C (which may have cut :meth:`close` short): write the slides already handed over, and return
+        the ids of every slide written whole."""
+        self._stop()
+        self.thread.join()
+        return list(self.written)
+
+    def _stop(self) -> None:
+        if not self.stopped:
+            self.q.put(None)
+            self.stopped = True
