@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slide2expr.contract import acquire_claim, claim_path, read_claim, s3_settings
+from slide2expr.contract import StoreError, acquire_claim, claim_path, is_remote, read_claim, s3_settings
 from slide2expr.featurize._cohort import plan_cohort
 from slide2expr.featurize._embed import DEFAULT_BATCH, load_embedder
 from slide2expr.featurize._executors import default_workers
@@ -285,6 +285,11 @@ def featurize_cohort_ray(
         raise FeaturizeOptionsError(
             "engine 'ray' builds the encoder on every worker: give encoder as a registered name, not an object"
         )
+    if is_remote(store):
+        raise StoreError(
+            f"store {store}: featurize writes to a folder (local or shared by the nodes), not to an object store; "
+            "give a shared folder and copy it to the bucket after (aws s3 sync)"
+        )
     if max_attempts < 1:
         raise FeaturizeOptionsError(f"max_attempts={max_attempts}: at least 1")
     if max_actors is not None and max_actors < 1:
@@ -294,7 +299,10 @@ def featurize_cohort_ray(
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # "local": a new instance here, never another Ray found on this machine
+        ray.init(
+            address=address or "local", include_dashboard=False, logging_level="ERROR", log_to_driver=False
+        )
     try:
         return _Scheduler(
             ray,

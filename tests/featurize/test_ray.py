@@ -77,6 +77,13 @@ def test_worker_takes_claimed_slides_only_when_free_or_stolen(slide_dir, tmp_pat
     assert leftovers(store) == []
 
 
+def test_object_store_refused_before_ray_starts(slide_dir):
+    from slide2expr.contract import StoreError
+
+    with pytest.raises(StoreError, match="not to an object store"):
+        featurize_cohort_ray(slide_dir, store="s3://bucket/store", options=FeaturizeOptions(**FAST))
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A head node with no CPU (the driver's) and two worker nodes of one CPU each."""
