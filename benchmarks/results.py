@@ -44,6 +44,7 @@ KEY_FIGURES = {
         "ratio_end_to_end_over_encoder": "end to end ÷ encoder only",
         "read_tiles_per_s_per_worker": "read + decode, tiles/s per worker",
         "peak_rss_mb_main": "peak memory, MB",
+        "load_average": "load average during the run",
     },
     "bags": {
         "load_cohort_best_gbps": "bag loading, GB/s",
@@ -246,8 +247,9 @@ def encoder_speeds(folder: Path = RESULTS) -> dict[str, str]:
     for (enc, dev), e in sorted(newest.items()):
         r = e["result"]
         where = e["machine"].get("gpu") if dev == "GPU" else f"{e['machine'].get('cores')} CPU cores"
+        busy = f", load average {r['load_average']:.0f}" if r.get("load_average") is not None else ""
         speeds.setdefault(enc, []).append(
-            f"{r['end_to_end_tiles_per_s']:,.0f} tiles/s ({where}, {r.get('precision')}, {e['date'][:10]})"
+            f"{r['end_to_end_tiles_per_s']:,.1f} tiles/s ({where}, {r.get('precision')}, {e['date'][:10]}{busy})"
         )
     return {k: "; ".join(v) for k, v in speeds.items()}
 
@@ -276,6 +278,7 @@ def estimates(folder: Path = RESULTS, *, dims: dict[str, int] | None = None) -> 
                 "hours": tiles / r["end_to_end_tiles_per_s"] / 3600,
                 "disk_gb": dim and tiles * (dim * 4 + 40) / 1e9,
                 "date": e["date"][:10],
+                "load_average": r.get("load_average"),
             }
         )
     return rows

@@ -218,13 +218,15 @@ def estimates_table() -> str:
         return "*No featurize benchmark recorded yet.*"
     lines = [
         f"| encoder | device | tiles/s end to end | hours per 100 slides ({TILES_PER_TCGA_SLIDE:,} tiles each) | "
-        "disk per 100 slides | measured |",
-        "|---|---|---|---|---|---|",
+        "disk per 100 slides | measured | load average then |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         disk = f"{r['disk_gb']:.1f} GB" if r["disk_gb"] else "—"
+        load = f"{r['load_average']:.1f}" if r.get("load_average") is not None else "—"
         lines.append(
-            f"| `{r['encoder']}` | {r['device']} | {r['tiles_per_s']:,.0f} | {r['hours']:.1f} | {disk} | {r['date']} |"
+            f"| `{r['encoder']}` | {r['device']} | {r['tiles_per_s']:,.1f} | {r['hours']:.1f} | {disk} | {r['date']} "
+            f"| {load} |"
         )
     return "\n".join(lines)
 
