@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from slide2expr.contract import (
     write_table_atomic,
 )
 from slide2expr.regress._folds import attention_rows
+from slide2expr.regress._genes import MAX_ATTENTION_GENES
 from slide2expr.regress._harness import (
     CompareError,
     check_cohort_targets,
@@ -43,6 +44,7 @@ from slide2expr.regress._harness import (
     jsonable,
     target_transform,
 )
+from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import UnknownModelError, make_model, model_info
 
 #: Bags a model needs to be fitted on.
@@ -299,9 +301,11 @@ def check_predict(
     targets: str | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    attention_genes: Sequence[str] | None = None,
 ) -> dict:
     """Check everything :func:`predict` checks (the model directory, the encoder identity, the targets'
-    transform, the output folder) and return the model's config; writes nothing and loads no model.
+    transform, the output folder, ``attention_genes``) and return the model's config; writes nothing and loads no
+    model.
 
     Raises :class:`EncoderMismatchError`, :class:`TransformMismatchError`, ``FileNotFoundError`` (not a model
     directory) and :class:`OutputExistsError` (``out`` not empty and not ``overwrite``, or holding files
@@ -313,6 +317,7 @@ def check_predict(
         check_transform(config, store=store, targets=targets)
     if out is not None:
         check_output_dir(out, overwrite=overwrite)
+    _attention_genes(list(config["genes"]), attention_genes)
     return config
 
 
@@ -402,6 +407,7 @@ def predict(
     overwrite: bool = False,
     batch_bags: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    attention_genes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Predict every bag of ``cohort`` with the model directory ``model``; optionally write a prediction directory.
 
@@ -433,6 +439,10 @@ def predict(
         Bags predicted per call of the model.
     progress
         Called with ``(bags done, bags in all)`` after each batch.
+    attention_genes
+        The genes whose per-tile attention and tile predictions ``attention.parquet`` records (it grows with
+        tiles × genes): default every gene of the model up to ``MAX_ATTENTION_GENES`` (50), else the first 50 in
+        the model's order (``config.json`` lists them under ``attention_genes``).
 
     Returns
     -------
@@ -446,13 +456,22 @@ def predict(
     """
     import joblib
 
-    config = check_predict(cohort, model=model, store=store, targets=targets, out=out, overwrite=overwrite)
+    config = check_predict(
+        cohort,
+        model=model,
+        store=store,
+        targets=targets,
+        out=out,
+        overwrite=overwrite,
+        attention_genes=attention_genes,
+    )
     if batch_bags < 1:
         raise ValueError(f"batch_bags must be at least 1, got {batch_bags}")
     est = joblib.load(ModelLayout(model).model)
     genes = list(config["genes"])
     name = str(config["model"])
     tiles = _gives_attention(name, est)
+    att_genes = _attention_genes(genes, attention_genes)
     out_path = None if out is None else Path(out)
     pred, scores = _predict_in_batches(
         est, cohort, n_genes=len(genes), tiles=tiles, batch_bags=batch_bags, progress=progress, out=out_path
@@ -475,21 +494,38 @@ def predict(
         }
     )
     if out_path is not None:
-        attention = (
-            attention_rows(
-                scores, cohort, np.arange(cohort.n_bags), name=name, fold=PREDICT_FOLD, genes=genes
+        attention = None
+        if tiles:
+            cols = np.asarray([genes.index(g) for g in att_genes], dtype=np.int64)
+            scores = [TileScores(*(None if f is None else f[:, cols] for f in s)) for s in scores]
+            attention = attention_rows(
+                scores, cohort, np.arange(cohort.n_bags), name=name, fold=PREDICT_FOLD, genes=list(att_genes)
             )
-            if tiles
-            else None
-        )
         _write_prediction_dir(
             out_path,
-            config=_prediction_config(config, cohort, model=model, store=store, targets=targets),
+            config={
+                **_prediction_config(config, cohort, model=model, store=store, targets=targets),
+                "attention_genes": list(att_genes) if tiles else [],
+            },
             predictions=df,
             attention=attention,
             n_bags=cohort.n_bags,
         )
     return df
+
+
+def _attention_genes(genes: list[str], chosen) -> tuple[str, ...]:
+    """The genes whose tile-level outputs a prediction directory records (see :func:`predict`)."""
+    if chosen is None:
+        return tuple(genes[:MAX_ATTENTION_GENES])
+    chosen = list(dict.fromkeys(chosen))
+    unknown = [g for g in chosen if g not in genes]
+    if unknown or not chosen:
+        raise ValueError(
+            f"attention_genes {unknown or chosen} are not genes of the model (it predicts {len(genes)} genes, e.g. "
+            f"{', '.join(genes[:5])})"
+        )
+    return tuple(chosen)
 
 
 def _gives_attention(name: str, est) -> bool:

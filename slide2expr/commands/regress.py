@@ -258,6 +258,14 @@ def predict(
         str | None,
         typer.Option("--targets", "-t", help="Targets to report beside the predictions (optional)."),
     ] = None,
+    attention_genes: Annotated[
+        str | None,
+        typer.Option(
+            "--attention-genes",
+            help="Comma-separated genes whose per-tile attention and predictions to record (default: the model's "
+            "genes, at most the first 50).",
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -273,7 +281,7 @@ def predict(
     try:
         _predict(
             model_dir, store=store, out=out, encoder=encoder, tiling=tiling, targets=targets,
-            overwrite=overwrite, dry_run=dry_run, rerun=rerun,
+            overwrite=overwrite, dry_run=dry_run, rerun=rerun, attention_genes=_genes(attention_genes),
         )  # fmt: skip
     except KeyboardInterrupt:
         typer.echo(
@@ -284,7 +292,19 @@ def predict(
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _predict(model_dir, *, store, out, encoder, tiling, targets, overwrite: bool, dry_run: bool, rerun: str):
+def _predict(
+    model_dir,
+    *,
+    store,
+    out,
+    encoder,
+    tiling,
+    targets,
+    overwrite: bool,
+    dry_run: bool,
+    rerun: str,
+    attention_genes,
+):
     """The ``predict`` command after its flags: load, check, predict under a progress bar, say where it went."""
     from slide2expr import regress
 
@@ -301,8 +321,16 @@ def _predict(model_dir, *, store, out, encoder, tiling, targets, overwrite: bool
         regress.TransformMismatchError,
         regress.OutputExistsError,
         FileNotFoundError,
+        ValueError,
     )
-    kwargs = dict(model=model_dir, store=store, targets=targets, out=out, overwrite=overwrite)
+    kwargs = dict(
+        model=model_dir,
+        store=store,
+        targets=targets,
+        out=out,
+        overwrite=overwrite,
+        attention_genes=attention_genes,
+    )
     with reported(*errors):
         if dry_run:
             regress.check_predict(cohort, **kwargs)

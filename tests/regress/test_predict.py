@@ -169,3 +169,19 @@ def test_cli_predict_dry_run_and_interruption(fake_store, mil_model, tmp_path, m
     assert r.exit_code == 130, r.output
     assert "interrupted after predicting 3 of" in text and "previous contents are unchanged" in text
     assert f"run `slide2expr predict {mil_model} --store {root} --out {pred} --overwrite`" in text
+
+
+def test_attention_genes_bound_the_tile_table(fake_store, mil_model, tmp_path):
+    cohort = _cohort(fake_store)
+    with pytest.raises(ValueError, match=r"attention_genes \['NOPE'\] are not genes of the model"):
+        regress.check_predict(cohort, model=mil_model, attention_genes=["NOPE"])
+    regress.predict(cohort, model=mil_model, out=tmp_path / "pred", attention_genes=["FBN1", "GNLY"])
+    a = pq.read_table(tmp_path / "pred" / "attention.parquet").to_pandas()
+    assert list(dict.fromkeys(a["gene"])) == ["FBN1", "GNLY"]
+    assert json.loads((tmp_path / "pred" / "config.json").read_text())["attention_genes"] == ["FBN1", "GNLY"]
+    est, _ = regress.load_model(mil_model)
+    first = a[(a["bag_id"] == cohort.bag_ids[0]) & (a["gene"] == "GNLY")]
+    gnly = list(fake_store.genes).index("GNLY")
+    np.testing.assert_allclose(
+        first["attention"], est.predict_tiles(cohort.bags[:1])[0].attention[:, gnly], rtol=1e-5
+    )
