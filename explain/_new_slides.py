@@ -138,5 +138,13 @@ def explain_model(
     )
     if progress is not None:
         progress(f"predict {plan.cohort.n_bags} bags")
-    regress.predict(plan.cohort, model=model, out=out, store=store, targets=targets, overwrite=overwrite)
+    regress.predict(
+        plan.cohort,
+        model=model,
+        out=out,
+        store=store,
+        targets=targets,
+        overwrite=overwrite,
+        attention_genes=explain_args.get("genes"),  # the genes explained get their tile-level outputs
+    )
     return explain_run(out, store=store, progress=progress, **explain_args)

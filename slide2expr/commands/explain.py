@@ -188,7 +188,15 @@ def _explain_model(
     console = Console(stderr=True)
     try:
         with console.status(f"predicting {plan.cohort.n_bags} bags …"):
-            predict(plan.cohort, model=model, out=out, store=store, targets=targets, overwrite=overwrite)
+            predict(
+                plan.cohort,
+                model=model,
+                out=out,
+                store=store,
+                targets=targets,
+                overwrite=overwrite,
+                attention_genes=args["genes"],
+            )
     except PredictInterrupted as exc:
         console.print(f"{exc}. Run the same command again to predict and explain.", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
