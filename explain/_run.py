@@ -440,7 +440,7 @@ def _write_all(plan: ExplainPlan, stage: _Stages) -> ExplainResult:
     write_bytes_atomic(plan.layout.manifest, json.dumps(res.manifest(), indent=1).encode())
     if plan.report:
         stage("report")
-        res.report = write_report(plan.run, explain_dir=plan.out)
+        res.report = write_report(plan.run, explain_dir=plan.out, store=plan.store)
     if stage.current is not None:
         stage.done.append(stage.current)
         stage.current = None
