@@ -19,6 +19,7 @@ from slide2expr.featurize._inputs import (
 )
 from slide2expr.featurize._options import FeaturizeOptions, FeaturizeOptionsError, magnification_to_mpp
 from slide2expr.featurize._plan import SlidePlan, TilingParams, plan_slide
+from slide2expr.featurize._ray import RayEngineError, featurize_cohort_ray
 from slide2expr.featurize._reader import open_slide
 from slide2expr.featurize._remove import RemovalError, StoreRemoval, plan_removal, remove_from_store
 from slide2expr.featurize._run import featurize_cohort
@@ -70,6 +71,7 @@ __all__ = [
     "FeaturizeSummary",
     "MissingMPPError",
     "PlannedSlide",
+    "RayEngineError",
     "RemovalError",
     "SlideError",
     "SlideInput",
@@ -89,6 +91,7 @@ __all__ = [
     "collect_slides",
     "create_encoder",
     "featurize_cohort",
+    "featurize_cohort_ray",
     "file_fingerprint",
     "get_spec",
     "list_encoders",

@@ -25,6 +25,8 @@ MIN_INPUT_PX = 32
 DTYPES = ("float32", "float16")
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
+#: where slides run: this process, or the actors of a Ray cluster (``featurize._ray``)
+ENGINES = ("local", "ray")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -93,6 +95,13 @@ class FeaturizeOptions:
         ``"i/n"`` (or ``(i, n)``): only every n-th slide by sorted slide id, starting at i.
     force
         Redo slides whose outputs already match (else resume skips them).
+    engine
+        ``local`` (this process) or ``ray`` (one actor per GPU, or per CPU node, of a Ray cluster; needs
+        ``pip install 'slide2expr[ray]'``). Either claims each slide first, so runs sharing a store never write the
+        same slide.
+    address
+        With ``engine='ray'``: the cluster (``auto``: the one this machine belongs to; ``host:6379``;
+        ``ray://host:10001``); default: start Ray on this machine.
 
     Examples
     --------
@@ -125,6 +134,8 @@ class FeaturizeOptions:
     patients: str | os.PathLike | Mapping[str, str] | None = None
     shard: str | tuple[int, int] | None = None
     force: bool = False
+    engine: str = "local"
+    address: str | None = None
 
     def __post_init__(self) -> None:
         problem = _choice_problem(self) or _number_problem(self)
@@ -161,11 +172,14 @@ def _choice_problem(o: FeaturizeOptions) -> str | None:
         ("dtype", o.dtype, DTYPES),
         ("precision", o.precision, PRECISIONS),
         ("compile", o.compile, COMPILE_MODES),
+        ("engine", o.engine, ENGINES),
     ):
         if value not in allowed:
             return f"{name}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}"
     if not isinstance(o.device, str) or not _DEVICE.fullmatch(o.device):
         return f"device={o.device!r}: use auto, cpu, cuda or cuda:N with N a GPU's index"
+    if o.address is not None and o.engine != "ray":
+        return f"address={o.address!r}: a Ray cluster's address goes with engine='ray' (--engine ray)"
     return None
 
 

@@ -261,7 +261,8 @@ def featurize_cohort_ray(
         As for :func:`featurize_cohort` (the slide files and the store must be reachable from every node: a shared
         filesystem or an ``s3://`` store).
     address
-        The cluster (``auto``: the one this machine belongs to; ``ray://host:10001``; None: start Ray here).
+        The cluster (``auto``: the one this machine belongs to; ``ray://host:10001``; None: ``options.address``,
+        else start Ray here).
     max_attempts
         Tries per slide when the actor running it is lost with its node.
     cpus_per_actor
@@ -281,6 +282,7 @@ def featurize_cohort_ray(
     from slide2expr.contract import DEFAULT_TTL_S
 
     options = FeaturizeOptions() if options is None else options
+    address = address if address is not None else options.address
     if options.encoder is not None and not isinstance(options.encoder, str):
         raise FeaturizeOptionsError(
             "engine 'ray' builds the encoder on every worker: give encoder as a registered name, not an object"

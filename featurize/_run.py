@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.contract import init_store
+from slide2expr.featurize._claimed import RunClaims
 from slide2expr.featurize._cohort import CohortPlan, plan_cohort
 from slide2expr.featurize._compile import compiler_for_run
 from slide2expr.featurize._embed import Batches, DeviceMemoryError, Embedder, load_embedder
@@ -73,6 +74,9 @@ def featurize_cohort(
     ``qc/<tiling>/<id>.png`` and ``embeddings/<tiling>/<encoder>/<id>.parquet`` (``(n_tiles,)`` rows in tile_id
     order, embedding ``dim`` × ``dtype``). A slide whose files match the run is skipped (``options.force`` redoes
     it); a slide that fails is recorded as failed in its ``slides/`` row and the run goes on.
+    Each slide is claimed first (``STORE/.claims/<tiling>/<encoder>/<id>.claim``, released at the end): a slide
+    another run sharing the store holds is skipped, the note naming that run. ``options.engine='ray'`` runs the
+    slides on a Ray cluster instead (:func:`featurize._ray.featurize_cohort_ray`), writing the same store.
 
     On the CPU this makes glibc keep freed memory for reuse, process-wide (see ``featurize/_tuning.py``; set
     ``SLIDE2EXPR_MALLOPT=0`` to keep glibc's defaults), and importing ``slide2expr.featurize`` before ``torch`` lets
@@ -81,6 +85,10 @@ def featurize_cohort(
     import torch
 
     options = FeaturizeOptions() if options is None else options
+    if options.engine == "ray":
+        from slide2expr.featurize._ray import featurize_cohort_ray
+
+        return featurize_cohort_ray(slides, store=store, options=options, progress=progress)
     plan = plan_cohort(slides, store=store, options=options)
     summary = FeaturizeSummary(
         store=plan.store,
@@ -90,6 +98,7 @@ def featurize_cohort(
         mpp_override=options.mpp_override,
     )
     run: _CohortRun | None = None
+    claims: RunClaims | None = None
     t_start = time.perf_counter()
     try:
         embedder = load_embedder(
@@ -110,6 +119,8 @@ def featurize_cohort(
             else:
                 source = row.column("mpp_source")[0].as_py()
                 summary.results.append(SlideResult(s.slide_id, "skipped", mpp_source=source))
+        claims = RunClaims(cfg, force=options.force)
+        todo = claims.take(todo, summary)
         t_start = time.perf_counter()
         if todo:
             run = _CohortRun(todo, cfg=cfg, embedder=embedder, summary=summary, compile=options.compile)
@@ -126,6 +137,9 @@ def featurize_cohort(
     except KeyboardInterrupt as exc:
         summary.seconds = time.perf_counter() - t_start
         raise _interrupted(summary, plan, run) from exc
+    finally:
+        if claims is not None:
+            claims.release()
     summary.seconds = time.perf_counter() - t_start
     _in_plan_order(summary, plan)
     return summary

@@ -94,6 +94,19 @@ def featurize(
         str | None, typer.Option(help="i/n: every n-th slide by sorted slide id, from i.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo slides whose outputs already match.")] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="local (this process; default) | ray (one actor per GPU, or per CPU node, of a Ray cluster: "
+            "pip install 'slide2expr[ray]'). Either claims each slide, so runs sharing a store never write one twice."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: the cluster (auto, HOST:6379, ray://HOST:10001; default: Ray here)."
+        ),
+    ] = None,
     input_px: Annotated[
         int | None,
         typer.Option(help="Resize tiles to this size for the encoder (default: its data-config size)."),
@@ -122,7 +135,7 @@ def featurize(
         "encoder": encoder, "weights": weights, "mpp": mpp, "magnification": magnification, "tile_px": tile_px,
         "overlap_px": overlap_px, "min_tissue": min_tissue, "mpp_override": mpp_override, "patients": patients,
         "device": device, "batch_size": batch_size, "workers": workers, "dtype": dtype, "precision": precision,
-        "compile": compile, "shard": shard, "input_px": input_px,
+        "compile": compile, "shard": shard, "input_px": input_px, "engine": engine, "address": address,
     }  # fmt: skip
     with reported(*_library_errors()):
         options = fz.FeaturizeOptions(force=force, **{k: v for k, v in given.items() if v is not None})
@@ -167,6 +180,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
 
     return (
         fz.FeaturizeOptionsError,
+        fz.RayEngineError,
         fz.SlideListError,
         fz.DeviceMemoryError,
         StoreError,
