@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from slide2expr.contract import StoreError, check_store
+from slide2expr.contract import StoreError, check_store, register_duckdb
 
 VIEWS_FILE = "_views.sql"
 STORE_VIEWS = ("slides", "tiles", "embeddings", "embedding_files", "targets")
@@ -41,7 +41,7 @@ def connect(
     Parameters
     ----------
     store
-        The store directory.
+        The store directory, or its URI (``s3://bucket/prefix``: the views read the objects in place).
     run
         A run directory written by ``regress.compare``.
     encoder, tiling
@@ -73,6 +73,8 @@ def connect(
             )
         raise StoreError(f"run directory {run} does not exist: run `slide2expr compare` first")
     con = duckdb.connect(database)
+    # an s3:// store is read in place through fsspec (DuckDB's httpfs extension is a download)
+    register_duckdb(con, root)
     values = {
         "store": str(root.resolve()),
         "run": None if run is None else str(Path(run).resolve()),

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slide2expr.contract._fs import ObjectPath, store_path
 from slide2expr.contract._tiling import Tiling
 
 STORE_FORMAT = 1
@@ -93,13 +94,14 @@ def init_store(store: str | os.PathLike) -> Path:
     return root
 
 
-def check_store(store: str | os.PathLike) -> Path:
-    """Return ``store`` as a Path if it is a slide2expr store, else raise a :class:`StoreError` saying why.
+def check_store(store: str | os.PathLike) -> Path | ObjectPath:
+    """Return ``store`` as a Path (an :class:`ObjectPath` for a URI such as ``s3://bucket/prefix``) if it is a
+    slide2expr store, else raise a :class:`StoreError` saying why.
 
     A store is a directory holding ``store.json`` or one of ``slides/``, ``tiles/``, ``embeddings/`` (what
     ``slide2expr featurize`` writes); a run directory, a file or a path that does not exist is refused.
     """
-    root = Path(store)
+    root = store_path(store)
     if not root.exists():
         raise StoreError(f"store {root} does not exist: run `slide2expr featurize … --store {root}` first")
     if not root.is_dir():
@@ -327,6 +329,8 @@ TARGETS_SCHEMA = pa.schema(
         pa.field("value", pa.float64()),  # transformed (e.g. log1p)
         pa.field("raw_value", pa.float64()),
         pa.field("gene_id", pa.string()),  # Ensembl id(s) of a GDC STAR-counts gene ("+"-joined when summed)
-        pa.field("gene_type", pa.string()),  # GENCODE gene type (protein_coding, lncRNA, …) from the STAR file
+        pa.field(
+            "gene_type", pa.string()
+        ),  # GENCODE gene type (protein_coding, lncRNA, …) from the STAR file
     ]
 )
