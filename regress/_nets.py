@@ -21,6 +21,11 @@ class MILNet(nn.Module):
 
     ``forward(x (B, L, d), mask (B, L))`` → ``(bag (B, G), attention (B, L, G), logits (B, L, G), tile (B, L, G) |
     None)``; everything on the z-scored target scale.
+
+    Tile ``t`` gets ``h_t = act(W x_t + b)``; the attention branch sees ``h_t`` (``dropout_site="head"``) or its
+    dropout (``"hidden"``), the prediction head always the dropout. ``pooling="attention"`` weighs the tiles by the
+    softmax of the attention logits, ``"mean"`` weighs them equally (the attention branch is then not trained: its
+    weights stay as drawn). ``clamp`` bounds the tile predictions and the bag output.
     """
 
     def __init__(
@@ -34,10 +39,16 @@ class MILNet(nn.Module):
         att_dim: int,
         dropout: float,
         clamp: float | None,
+        activation: str = "relu",
+        dropout_site: str = "hidden",
+        pooling: str = "attention",
     ):
         super().__init__()
         self.mode, self.gated, self.clamp = mode, attention == "gated", clamp
-        self.embed = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.dropout_site, self.pooling = dropout_site, pooling
+        layers = [nn.Linear(d, hidden)] + ([nn.ReLU()] if activation == "relu" else [])
+        self.embed = nn.Sequential(*layers)
+        self.drop = nn.Dropout(dropout)
         self.att_v = nn.Linear(hidden, att_dim)
         self.att_u = nn.Linear(hidden, att_dim) if self.gated else None
         self.att_w = nn.Linear(att_dim, n_genes)
@@ -51,18 +62,25 @@ class MILNet(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
         h = self.embed(x)  # (B, L, E)
-        a = torch.tanh(self.att_v(h))
+        dropped = self.drop(h)
+        g = dropped if self.dropout_site == "hidden" else h
+        a = torch.tanh(self.att_v(g))
         if self.att_u is not None:
-            a = a * torch.sigmoid(self.att_u(h))
+            a = a * torch.sigmoid(self.att_u(g))
         logits = self.att_w(a).float()  # (B, L, G)
         logits = logits.masked_fill(~mask[..., None], float("-inf"))
-        att = torch.softmax(logits, dim=1)
+        if self.pooling == "attention":
+            att = torch.softmax(logits, dim=1)
+        else:
+            att = (mask[..., None] / mask.sum(dim=1).clamp_min(1)[:, None, None]).expand_as(logits).float()
         if self.mode == "instance":
-            tile = self.tile_head(h).float()  # (B, L, G)
+            tile = self.tile_head(dropped).float()  # (B, L, G)
+            if self.clamp is not None:
+                tile = tile.clamp(-self.clamp, self.clamp)
             bag = (att * tile.masked_fill(~mask[..., None], 0.0)).sum(dim=1)
         else:
             tile = None
-            z = torch.einsum("blg,ble->bge", att.to(h.dtype), h)  # (B, G, E)
+            z = torch.einsum("blg,ble->bge", att.to(dropped.dtype), dropped)  # (B, G, E)
             bag = (self.bag_hidden(z).float() * self.bag_w).sum(-1) + self.bag_b
         if self.clamp is not None:
             bag = bag.clamp(-self.clamp, self.clamp)

@@ -85,7 +85,8 @@ class TileProjection(TransformerMixin, BaseEstimator):
     standardize : bool
         Centre each feature dimension and divide it by its standard deviation.
     pca_components : int or None
-        Keep this many principal axes of the (standardised) features; None keeps the features.
+        Keep this many principal axes of the (standardised) features, or as many as there are features if fewer;
+        None keeps the features.
     max_rows : int
         Size of the random tile sample both are fitted on.
     random_state : int or None
@@ -126,12 +127,7 @@ class TileProjection(TransformerMixin, BaseEstimator):
         generator of its training loop, so one stream serves the sample and the batches)."""
         bags = check_bags(bags, who=type(self).__name__, finite=False)  # the bounded sample is checked below
         self.n_features_in_ = d = bags[0].shape[1]
-        k = self.pca_components
-        if k is not None and k > d:
-            raise BagInputError(
-                f"{type(self).__name__}: pca_components={k} exceeds the {d} features per tile; use at most {d}, "
-                "or None for no projection"
-            )
+        k = None if self.pca_components is None else min(int(self.pca_components), d)
         rng = np.random.default_rng(self.random_state) if rng is None else rng
         sample = tile_sample(bags, rng, self.max_rows) if (self.standardize or k) else None
         if sample is not None and not np.isfinite(sample).all():

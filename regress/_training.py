@@ -25,9 +25,6 @@ from slide2expr.regress._torchbag import (
     train_batches,
 )
 
-#: A validation loss counts as better than the best so far only when lower by more than this.
-MIN_IMPROVEMENT = 1e-6
-
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -36,6 +33,7 @@ class LoopSettings:
     batch_size: int
     max_epochs: int
     patience: int | None
+    min_epochs: int
     max_tiles: int | None
     tile_fraction: float
     n_threads: int | None
@@ -87,8 +85,8 @@ def train_network(
     """Build the network under ``torch.manual_seed(seed)`` (the global torch generator is restored afterwards) and
     train it; batches and tile subsamples draw from ``rng``, and ``step_hook`` runs before each step.
 
-    Stops after ``patience`` epochs without a better validation loss, but never before ``2 × patience`` epochs,
-    and restores the best epoch's weights.
+    Stops after ``patience`` epochs without a lower validation loss, but never before ``min_epochs`` epochs, and
+    restores the weights of the epoch with the lowest validation loss.
     """
     Zt = torch.from_numpy(np.nan_to_num(data.Z)).float()
     valid = torch.from_numpy(~np.isnan(data.Z))
@@ -106,7 +104,7 @@ def train_network(
             rec = {"epoch": epoch, "train_loss": loss}
             if data.val is not None:
                 rec["val_loss"] = _validation_loss(module, data, device, settings.n_threads)
-                if rec["val_loss"] < best - MIN_IMPROVEMENT:
+                if rec["val_loss"] < best:
                     best, best_state, best_epoch, stale = rec["val_loss"], snapshot(module), epoch, 0
                 else:
                     stale += 1
@@ -114,8 +112,7 @@ def train_network(
             history.append(rec)
             if settings.verbose:
                 print(f"[{settings.name}] " + " ".join(f"{k}={v:.4g}" for k, v in rec.items()))
-            patience = settings.patience
-            if data.val is not None and stale >= int(patience) and epoch + 1 >= 2 * int(patience):
+            if data.val is not None and stale >= int(settings.patience) and epoch + 1 >= settings.min_epochs:
                 break
     if best_state is not None:
         module.load_state_dict(best_state)

@@ -51,10 +51,13 @@ def test_pca_projection_is_fitted_on_training_tiles_and_learns(planted):
     np.testing.assert_allclose(again.predict(test_bags[:5]), mil.predict(test_bags[:5]), rtol=1e-6)
 
 
-def test_no_pca_by_default(planted):
+def test_sixteen_axes_by_default_and_none_keeps_the_features(planted):
     (bags, y, _), _ = planted
     mil = AttentionMILRegressor(max_epochs=2, random_state=0, device="cpu").fit(bags[:20], y[:20])
-    assert mil.tile_projection_.projection_ is None and mil.module_.embed[0].in_features == 32
+    assert mil.tile_projection_.projection_.shape == (32, 16) and mil.module_.embed[0].in_features == 16
+    raw = AttentionMILRegressor(max_epochs=2, pca_components=None, random_state=0, device="cpu")
+    raw.fit(bags[:20], y[:20])
+    assert raw.tile_projection_.projection_ is None and raw.module_.embed[0].in_features == 32
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
@@ -64,7 +67,7 @@ def test_invalid_pca_components_names_the_parameter(planted, bad):
         AttentionMILRegressor(pca_components=bad, max_epochs=1).fit(bags[:10], y[:10])
 
 
-def test_pca_components_above_the_feature_dimension_is_refused(planted):
+def test_pca_components_above_the_feature_dimension_keep_every_axis(planted):
     (bags, y, _), _ = planted
-    with pytest.raises(BagInputError, match="pca_components=33 exceeds the 32 features"):
-        AttentionMILRegressor(pca_components=33, max_epochs=1).fit(bags[:10], y[:10])
+    mil = AttentionMILRegressor(pca_components=33, max_epochs=1, device="cpu").fit(bags[:10], y[:10])
+    assert mil.tile_projection_.n_features_out_ == 32
