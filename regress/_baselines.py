@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, RegressorMixin, TransformerMixin, clone
 from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import GroupKFold
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from slide2expr.regress._checks import BagInputError, check_bags, check_targets
-from slide2expr.regress._meta import PerGeneRegressor
+from slide2expr.regress._checks import BagInputError, check_bags, check_groups, check_targets
+from slide2expr.regress._meta import MAX_SEED, PerGeneRegressor
 
 _STATS = ("mean", "max", "min", "std", "median", "q25", "q75")
 
@@ -121,21 +124,40 @@ class MeanRegressor(RegressorMixin, BaseEstimator):
         return pred[:, 0] if self._y_was_1d else pred
 
 
-#: Small, regularised LightGBM settings for cohorts of ~40–200 bags with hundreds of pooled features.
+#: Small, regularised LightGBM settings for cohorts of ~40–200 bags with hundreds of pooled features; the leaf
+#: size and the row subsampling follow the number of training bags (:func:`lgbm_size_params`); ``min_data_in_bin``
+#: 1 lets a feature's bins split a handful of bags.
 LGBM_PARAMS = dict(
     n_estimators=150,
     learning_rate=0.05,
     num_leaves=7,
     max_depth=3,
-    min_child_samples=5,
-    subsample=0.8,
-    subsample_freq=1,
     colsample_bytree=0.3,
     reg_lambda=1.0,
     max_bin=63,
+    min_data_in_bin=1,
     n_jobs=1,
     verbose=-1,
 )
+#: Training bags per leaf: one leaf per this many bags, within [2, 20] (LightGBM's own default is 20).
+BAGS_PER_LEAF = 8
+#: Row subsampling (0.8 per tree) only from this many training bags: below it a tree would see too few.
+SUBSAMPLE_FROM = 50
+
+
+def lgbm_size_params(n_bags: int, *, given=frozenset()) -> dict:
+    """The LightGBM settings that follow the number of training bags, less those in ``given``: ``min_child_samples``
+    (one leaf per :data:`BAGS_PER_LEAF` bags, within [2, 20]) and row subsampling (0.8 from :data:`SUBSAMPLE_FROM`
+    bags). On 10 bags a tree can then still split (two leaves of 2 bags), where a fixed leaf size of 5 with
+    subsampled rows leaves single-leaf trees that predict the mean.
+
+    >>> lgbm_size_params(10), lgbm_size_params(32)["min_child_samples"], lgbm_size_params(400)["subsample"]
+    ({'min_child_samples': 2, 'subsample': 1.0, 'subsample_freq': 0}, 4, 0.8)
+    """
+    leaf = int(np.clip(round(n_bags / BAGS_PER_LEAF), 2, 20))
+    big = n_bags >= SUBSAMPLE_FROM
+    out = {"min_child_samples": leaf, "subsample": 0.8 if big else 1.0, "subsample_freq": 1 if big else 0}
+    return {k: v for k, v in out.items() if k not in given}
 
 
 def lgbm_regressor(
@@ -144,32 +166,114 @@ def lgbm_regressor(
     """``Pipeline(BagPooler → PerGeneRegressor(LGBMRegressor))``: one LightGBM model per gene.
 
     The last step's ``estimators_`` holds one fitted ``LGBMRegressor`` per gene (column order of ``y``), so
-    ``shap.TreeExplainer`` explains each gene; genes fit in parallel over ``n_jobs`` threads.
-    ``lgbm_params`` override :data:`LGBM_PARAMS`.
+    ``shap.TreeExplainer`` explains each gene; genes fit in parallel over ``n_jobs`` threads. ``lgbm_params``
+    override :data:`LGBM_PARAMS`; the leaf size and row subsampling follow the number of bags each gene is fitted
+    on (:func:`lgbm_size_params`) unless given. The pooled statistics, mean and max of each feature, are fixed
+    (pre-registered on the tuning cohorts of ``benchmarks/validity.py``): the trees choose among the pooled
+    features within each fit.
     """
     from lightgbm import LGBMRegressor
 
     params = dict(LGBM_PARAMS)
     params.update(lgbm_params)
     params["random_state"] = random_state
+    sized = partial(lgbm_size_params, given=frozenset(lgbm_params))
     return Pipeline(
         [
             ("pool", BagPooler(stats=tuple(stats))),
-            ("lgbm", PerGeneRegressor(LGBMRegressor(**params), n_jobs=n_jobs)),
+            ("lgbm", PerGeneRegressor(LGBMRegressor(**params), n_jobs=n_jobs, sized=sized)),
         ]
     )
 
 
-def ridge_regressor(*, stats: tuple[str, ...] = ("mean",), alphas=None) -> Pipeline:
-    """``Pipeline(BagPooler → StandardScaler → RidgeCV)``: alpha chosen per gene by efficient leave-one-out."""
-    alphas = np.logspace(-1, 6, 22) if alphas is None else alphas
-    return Pipeline(
+#: The pooled statistics ``ridge_regressor`` chooses among by inner cross-validation.
+RIDGE_STATS = (("mean",), ("mean", "std"), ("mean", "max"))
+#: The penalties ``ridge_regressor``'s leave-one-out search tries, per gene.
+RIDGE_ALPHAS = tuple(np.logspace(-1, 6, 22))
+
+
+def ridge_regressor(*, stats=RIDGE_STATS, alphas=None, n_inner: int = 5, random_state=None):
+    """Pooled statistics → standardised → ridge, tuned inside the bags it is fitted on.
+
+    ``Pipeline(BagPooler → StandardScaler → RidgeCV)`` with ``alpha`` chosen per gene by efficient leave-one-out
+    on the training bags (``alphas``, default :data:`RIDGE_ALPHAS`). ``stats`` is one tuple of statistics, or
+    several (default :data:`RIDGE_STATS`), among which :class:`PooledStatsSearch` chooses by ``n_inner``-fold
+    patient-grouped cross-validation inside the training bags.
+    """
+    alphas = RIDGE_ALPHAS if alphas is None else alphas
+    options = [tuple(stats)] if stats and isinstance(stats[0], str) else [tuple(s) for s in stats]
+    pipe = Pipeline(
         [
-            ("pool", BagPooler(stats=tuple(stats))),
+            ("pool", BagPooler(stats=options[0])),
             ("scale", StandardScaler()),
             ("ridge", RidgeCV(alphas=alphas, alpha_per_target=True)),
         ]
     )
+    if len(options) == 1:
+        return pipe
+    return PooledStatsSearch(pipe, options=tuple(options), n_inner=n_inner, random_state=random_state)
+
+
+class PooledStatsSearch(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
+    """A pooled-feature pipeline whose pooled statistics (``pool__stats``) are chosen among ``options`` by
+    patient-grouped inner cross-validation on the bags it is fitted on, then refitted on all of them.
+
+    The criterion is the mean over genes of the squared error on z-scored targets (each gene weighs the same).
+    ``best_estimator_`` is the refitted pipeline (:func:`pooled_parts` and :func:`learned_nothing` look inside),
+    ``stats_`` the chosen statistics, ``cv_mse_`` the criterion of every option.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> bags = [rng.normal(size=(8, 3)).astype(np.float32) * (1 + (i % 3)) for i in range(20)]
+    >>> y = np.array([b.std() for b in bags])
+    >>> ridge_regressor(random_state=0).fit(bags, y).stats_
+    ('mean', 'std')
+    """
+
+    def __init__(self, estimator, *, options, n_inner: int = 5, random_state=None):
+        self.estimator = estimator
+        self.options = options
+        self.n_inner = n_inner
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, bags, y, groups=None):
+        bags = check_bags(bags, who=type(self).__name__)
+        Y, was_1d = check_targets(y, len(bags), who=type(self).__name__)
+        groups = check_groups(groups, len(bags))
+        k = min(int(self.n_inner), len(np.unique(groups)))
+        sd = np.nanstd(Y, axis=0)
+        scale = np.where(sd > 0, sd, 1.0)
+        self.cv_mse_ = {}
+        if k >= 2:
+            seed = check_random_state(self.random_state).randint(MAX_SEED)
+            splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(bags, Y, groups))
+            for option in self.options:
+                err = np.full(Y.shape, np.nan)
+                for tr, te in splits:
+                    est = clone(self.estimator).set_params(pool__stats=tuple(option))
+                    est.fit(_safe_indexing(bags, tr), Y[tr])
+                    pred = np.asarray(est.predict(_safe_indexing(bags, te))).reshape(len(te), -1)
+                    err[te] = (pred - Y[te]) / scale
+                self.cv_mse_[tuple(option)] = float(np.nanmean(err**2))
+            self.stats_ = min(self.cv_mse_, key=self.cv_mse_.get)
+        else:
+            self.stats_ = tuple(self.options[0])
+        self.best_estimator_ = clone(self.estimator).set_params(pool__stats=self.stats_)
+        self.best_estimator_.fit(bags, Y[:, 0] if was_1d else Y)
+        self.n_features_in_ = bags[0].shape[1]
+        return self
+
+    def predict(self, bags) -> np.ndarray:
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.predict(bags)
 
 
 class PooledParts(NamedTuple):
@@ -200,10 +304,11 @@ def pooled_parts(model) -> PooledParts:
     --------
     >>> import numpy as np
     >>> bags = [np.full((3, 2), i, dtype=np.float32) for i in range(6)]
-    >>> parts = pooled_parts(ridge_regressor().fit(bags, np.arange(6.0)))
+    >>> parts = pooled_parts(ridge_regressor(stats=("mean",)).fit(bags, np.arange(6.0)))
     >>> parts.feature_names, len(parts.regressors), parts.features(bags[:2]).shape
     (('mean_0', 'mean_1'), 1, (2, 2))
     """
+    model = getattr(model, "best_estimator_", model)
     steps = getattr(model, "steps", None)
     if not isinstance(model, Pipeline) or not steps or not isinstance(steps[0][1], BagPooler):
         raise TypeError(

@@ -133,8 +133,13 @@ class PerGeneRegressor(MultiOutputRegressor):
     to estimators whose ``fit`` takes them, runs genes on ``n_jobs`` threads (LightGBM releases the GIL), and,
     when the estimator has it, gives ``predict_tiles`` with the genes' columns side by side.
 
-    ``estimators_`` holds one fitted regressor per gene, in the column order of ``y``.
+    ``estimators_`` holds one fitted regressor per gene, in the column order of ``y``. ``sized`` (a callable
+    ``n_rows → dict``) gives parameters that each clone takes from the number of bags it is fitted on.
     """
+
+    def __init__(self, estimator, *, n_jobs=None, sized: Callable[[int], dict] | None = None):
+        super().__init__(estimator, n_jobs=n_jobs)
+        self.sized = sized
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -162,7 +167,7 @@ class PerGeneRegressor(MultiOutputRegressor):
             jobs.append((Xg, Y[rows, g], _fit_kwargs(self.estimator, Gg, fit_params)))
         with parallel_config(backend="threading"):
             self.estimators_ = Parallel(n_jobs=self.n_jobs)(
-                delayed(_fit_clone)(self.estimator, Xg, yg, kw) for Xg, yg, kw in jobs
+                delayed(_fit_clone)(self.estimator, Xg, yg, kw, self.sized) for Xg, yg, kw in jobs
             )
         if hasattr(self.estimators_[0], "n_features_in_"):
             self.n_features_in_ = self.estimators_[0].n_features_in_
@@ -183,5 +188,8 @@ class PerGeneRegressor(MultiOutputRegressor):
         )
 
 
-def _fit_clone(estimator, X, y, kwargs):
-    return clone(estimator).fit(X, y, **kwargs)
+def _fit_clone(estimator, X, y, kwargs, sized=None):
+    est = clone(estimator)
+    if sized is not None:
+        est.set_params(**sized(len(y)))
+    return est.fit(X, y, **kwargs)
