@@ -7,7 +7,9 @@
   and :class:`PerGeneRegressor`; :class:`TileProjection` is the fitted tile step of the torch models.
 - The model registry: :func:`make_model`, :func:`list_models`, :func:`model_info`, :func:`register_model`.
 - :func:`compare` — every model on the same patient-grouped folds (:func:`plan_compare` → :func:`cross_fit` →
-  :func:`summarise` → :func:`write_run`); :func:`train` / :func:`predict` — one model on a whole cohort.
+  :func:`null_fits` → :func:`summarise` → :func:`write_run`); :func:`train` / :func:`predict` — one model on a
+  whole cohort. Statistics on both axes: per gene across patients (:func:`steiger_test`, the null rule of
+  :func:`metrics_table`) and across genes (:func:`paired_comparison`).
 - Fixed doors for ``explain``: ``predict_tiles`` (:class:`TileScores`), :func:`pooled_parts`,
   :func:`load_fold_models`.
 
@@ -24,8 +26,10 @@ from slide2expr.regress._baselines import (
     BagPooler,
     MeanRegressor,
     PooledParts,
+    PooledStatsSearch,
     learned_nothing,
     lgbm_regressor,
+    lgbm_size_params,
     pooled_parts,
     ridge_regressor,
 )
@@ -38,7 +42,7 @@ from slide2expr.regress._compare import (
     print_summary,
     summarise,
 )
-from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds
+from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds, null_fits, permute_by_group
 from slide2expr.regress._genes import (
     GeneSelection,
     GeneSelectionError,
@@ -78,7 +82,14 @@ from slide2expr.regress._persist import (
 from slide2expr.regress._plots import plot_compare_pearson
 from slide2expr.regress._projection import TileProjection
 from slide2expr.regress._runs import write_run
-from slide2expr.regress._stats import bh_fdr, metrics_table, paired_comparison, regression_metrics
+from slide2expr.regress._stats import (
+    bh_fdr,
+    gene_comparisons,
+    metrics_table,
+    paired_comparison,
+    regression_metrics,
+    steiger_test,
+)
 from slide2expr.regress._targets import (
     PANELS,
     SamplesWithoutSlidesWarning,
@@ -116,6 +127,7 @@ __all__ = [
     "OutputExistsError",
     "PerGeneRegressor",
     "PooledParts",
+    "PooledStatsSearch",
     "PredictInterrupted",
     "SamplesWithoutSlidesWarning",
     "SeedEnsemble",
@@ -132,10 +144,12 @@ __all__ = [
     "check_transform",
     "compare",
     "cross_fit",
+    "gene_comparisons",
     "import_star_counts",
     "import_targets",
     "learned_nothing",
     "lgbm_regressor",
+    "lgbm_size_params",
     "list_models",
     "load_fold_models",
     "load_model",
@@ -144,7 +158,9 @@ __all__ = [
     "make_model",
     "metrics_table",
     "model_info",
+    "null_fits",
     "paired_comparison",
+    "permute_by_group",
     "plan_compare",
     "plan_train",
     "plot_compare_pearson",
@@ -159,6 +175,7 @@ __all__ = [
     "regression_metrics",
     "ridge_regressor",
     "select_genes",
+    "steiger_test",
     "summarise",
     "top_genes_of",
     "train",

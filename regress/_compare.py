@@ -36,7 +36,7 @@ from slide2expr.contract import (
     prepare_output_dir,
 )
 from slide2expr.regress._checks import check_device
-from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds
+from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds, null_fits
 from slide2expr.regress._genes import (
     MAX_ATTENTION_GENES,
     GeneSelection,
@@ -66,7 +66,13 @@ from slide2expr.regress._runs import (
     save_fold_model,
     write_run,
 )
-from slide2expr.regress._stats import metrics_table, paired_comparison
+from slide2expr.regress._stats import (
+    FDR_LEVEL,
+    bh_fdr,
+    gene_comparisons,
+    metrics_table,
+    paired_comparison,
+)
 
 #: The floor every comparison includes.
 FLOOR_MODEL = "mean"
@@ -349,7 +355,11 @@ class CompareResult:
         The tables of the run directory (same columns); ``predictions`` has no ``y_baseline`` column.
     summary : pandas.DataFrame
         One row per model: ``median_r`` (pooled Pearson r over genes), ``n_well_predicted``, ``n_genes``,
+        ``n_r_above`` (genes with pooled r > :data:`R_COUNT_THRESHOLD`, as DeepPT counts them),
         ``median_rmse_ratio`` (RMSE ÷ training-mean RMSE), ``fit_seconds`` (all folds).
+    gene_comparisons : pandas.DataFrame or None
+        The across-patients axis: per model pair and gene, Steiger's test of the two pooled correlations
+        (:func:`~slide2expr.regress.gene_comparisons`; ``fdr`` is its BH adjustment within the pair).
     """
 
     run: Path | None
@@ -361,6 +371,7 @@ class CompareResult:
     summary: pd.DataFrame
     attention_rows: int = 0
     seconds: dict = field(default_factory=dict)
+    gene_comparisons: pd.DataFrame | None = None
 
 
 @_says_how_to_resume
@@ -468,7 +479,9 @@ def compare(
         progress=progress,
         checkpoint=checkpoint,
     )
-    result = summarise(plan, fits, config=run_config(cohort, plan, store=store, targets=targets))
+    # the null of every model but the floor (whose null is itself): the same model on permuted training targets
+    null = null_fits(cohort, plan, skip=(FLOOR_MODEL,), progress=progress)
+    result = summarise(plan, fits, config=run_config(cohort, plan, store=store, targets=targets), null=null)
     if layout is not None:
         tables = {k: getattr(result, k) for k in ("folds", "predictions", "metrics", "comparisons")}
         write_run(layout, config=result.config, attention=fits.attention, models=list(plan.models), **tables)
@@ -511,37 +524,55 @@ def _selection_config(plan: ComparePlan) -> dict | None:
     }
 
 
-def summarise(plan: ComparePlan, fits: FoldOutputs, *, config: dict) -> CompareResult:
-    """Metrics per model, gene and fold, paired model comparisons and the summary table of the fold outputs."""
+#: The summary counts the genes whose pooled r exceeds this (DeepPT's count of well-predicted genes).
+R_COUNT_THRESHOLD = 0.4
+
+
+def summarise(
+    plan: ComparePlan, fits: FoldOutputs, *, config: dict, null: pd.DataFrame | None = None
+) -> CompareResult:
+    """Metrics per model, gene and fold, model comparisons on both axes and the summary table of the fold outputs;
+    ``null`` (:func:`~slide2expr.regress.null_fits`) adds each model's null to the well-predicted rule."""
     models, genes = list(plan.models), list(plan.genes)
-    metrics = metrics_table(fits.predictions, genes=genes, models=models)
+    metrics = metrics_table(fits.predictions, genes=genes, models=models, null=null)
     folds = pd.DataFrame(
         {"bag_id": plan.bag_ids, "patient_id": plan.patients, "fold": plan.folds.astype(np.int32)}
     )
+    per_gene = gene_comparisons(fits.predictions, models=models, genes=genes)
+    per_gene["fdr"] = np.nan
+    for _, idx in per_gene.groupby(["model_a", "model_b"]).groups.items():
+        per_gene.loc[idx, "fdr"] = bh_fdr(per_gene.loc[idx, "p"].to_numpy())
     return CompareResult(
         plan.out,
         config,
         folds,
         fits.predictions.drop(columns="y_baseline"),
         with_folds_selected(metrics, plan),
-        _comparisons(metrics, models=models, seed=plan.seed),
+        _comparisons(metrics, per_gene, models=models, seed=plan.seed),
         _summary(metrics, models=models, seconds=fits.seconds),
         attention_rows=fits.attention.num_rows,
         seconds=fits.seconds,
+        gene_comparisons=per_gene,
     )
 
 
-def _comparisons(metrics: pd.DataFrame, *, models: list[str], seed: int) -> pd.DataFrame:
+def _comparisons(metrics: pd.DataFrame, per_gene: pd.DataFrame, *, models: list[str], seed: int) -> pd.DataFrame:
+    """Per model pair: the across-genes paired test, and counts of the across-patients tests' verdicts."""
     pooled = metrics[metrics["fold"] == -1].pivot(index="gene", columns="model", values="pearson_r")
     rows = []
     for i, a in enumerate(models):
         for b in models[i + 1 :]:
+            g = per_gene[(per_gene["model_a"] == a) & (per_gene["model_b"] == b)]
+            sig = g["fdr"] < FDR_LEVEL
             rows.append(
                 {
                     "model_a": a,
                     "model_b": b,
                     "metric": "pearson_r",
                     **paired_comparison(pooled[a].to_numpy(), pooled[b].to_numpy(), seed=seed),
+                    "n_genes_a_better": int((sig & (g["diff"] > 0)).sum()),
+                    "n_genes_b_better": int((sig & (g["diff"] < 0)).sum()),
+                    "n_genes_tied": int(g["tie"].sum()),
                 }
             )
     return pd.DataFrame(rows, columns=COMPARISONS_SCHEMA.names)
@@ -561,6 +592,7 @@ def _summary(metrics: pd.DataFrame, *, models: list[str], seconds: Mapping[str, 
                 else float("nan"),
                 "n_well_predicted": int(p["well_predicted"].astype(bool).sum()),
                 "n_genes": len(p),
+                "n_r_above": int((p["pearson_r"] > R_COUNT_THRESHOLD).sum()),
                 "median_rmse_ratio": float(np.nanmedian(ratio)) if ratio.notna().any() else float("nan"),
                 "fit_seconds": float(seconds.get(m, float("nan"))),
             }
@@ -577,15 +609,17 @@ def print_summary(result: CompareResult, *, console=None) -> None:
     cfg = result.config
     table = Table(
         title=f"{len(cfg['genes'])} genes · {len(result.folds)} bags · {cfg['n_folds']}-fold patient-grouped CV",
-        caption="well predicted: pooled r > 0, BH-FDR < 0.05, RMSE < training-mean RMSE",
+        caption="well predicted: pooled r > 0, BH-FDR < 0.05, RMSE < training-mean RMSE, beats the model's null "
+        "(the same model on permuted targets)",
     )
-    for col in ("model", "median r", "well predicted", "median RMSE ratio", "fit s"):
+    for col in ("model", "median r", "well predicted", f"r > {R_COUNT_THRESHOLD}", "median RMSE ratio", "fit s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in result.summary.itertuples():
         table.add_row(
             r.model,
             f"{r.median_r:.3f}",
             f"{r.n_well_predicted}/{r.n_genes}",
+            f"{r.n_r_above}/{r.n_genes}",
             f"{r.median_rmse_ratio:.3f}",
             f"{r.fit_seconds:.1f}",
         )

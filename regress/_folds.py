@@ -124,6 +124,47 @@ def cross_fit(
     return FoldOutputs(pd.concat(pred_parts, ignore_index=True), attention, seconds)
 
 
+
+def null_fits(cohort: Cohort, plan, *, skip: Sequence[str] = (), progress: bool = False) -> pd.DataFrame:
+    """Each model's *null*: the same model, on the same folds and seeds as :func:`cross_fit`, fitted on training
+    targets permuted among the training patients (one permutation per fold, the same for every gene and model,
+    drawn from ``plan.seed + fold``), predicting the held-out bags.
+
+    Returns the null's held-out predictions with the columns of :class:`FoldOutputs.predictions`; models in
+    ``skip`` (the training-mean floor, whose null is itself) get none. A model that beats its null learned
+    something from the pairing of slides and targets, not from the fold structure or the targets' distribution.
+    """
+    bags = [cohort.bags[i] for i in plan.keep]
+    Y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
+    names = [m for m in plan.models if m not in skip]
+    parts = []
+    with _Progress(enabled=progress, total=len(names) * plan.n_folds) as bar:
+        for k in range(plan.n_folds):
+            tr, te = np.flatnonzero(plan.folds != k), np.flatnonzero(plan.folds == k)
+            Yp = permute_by_group(Y[tr], plan.patients[tr], seed=plan.seed + k)
+            test_bags = [bags[i] for i in te]
+            for name in names:
+                bar.describe(f"{name} null fold {k + 1}/{plan.n_folds}")
+                params = plan.model_params.get(name)
+                est = make_model(name, params=params, random_state=plan.seed + k)
+                fit_model(est, [bags[i] for i in tr], Yp, plan.patients[tr], name=name, params=params)
+                yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(plan.genes))
+                parts.append(_prediction_rows(plan, name, k, te, Y, yp, base=Yp.mean(axis=0)))
+                bar.advance()
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def permute_by_group(Y: np.ndarray, groups: np.ndarray, *, seed: int) -> np.ndarray:
+    """``Y`` (``(n, n_genes)``) with its rows' targets permuted among the groups: every bag of a group takes the
+    targets of another group's first bag (bags of one patient share their patient's targets).
+
+    >>> permute_by_group(np.arange(4.0)[:, None], np.array(["a", "a", "b", "c"]), seed=0).ravel().tolist()
+    [3.0, 3.0, 0.0, 2.0]
+    """
+    uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    return Y[first[order]][inverse]
+
 def _prediction_rows(plan, name: str, fold: int, te: np.ndarray, Y, yp, *, base, cols=None) -> pd.DataFrame:
     """The held-out rows of one model × fold, for the fold's genes ``cols`` (default ``plan.fold_genes[fold]``).
 

@@ -118,6 +118,9 @@ METRICS_SCHEMA = pa.schema(
             )
         ),
         ("well_predicted", pa.bool_()),
+        # the model's null (the same model fitted on permuted training targets), pooled rows only
+        *((c, pa.float64()) for c in ("null_r", "null_rmse", "null_p", "null_fdr")),
+        ("beats_null", pa.bool_()),
     ]
 )
 COMPARISONS_SCHEMA = pa.schema(
@@ -127,6 +130,8 @@ COMPARISONS_SCHEMA = pa.schema(
         ("metric", pa.string()),
         ("n_genes", pa.int64()),
         *((c, pa.float64()) for c in ("median_diff", "ci_low", "ci_high", "wilcoxon_stat", "wilcoxon_p")),
+        # the across-patients axis: genes where Steiger's test favours a or b (BH-FDR < 0.05), or the predictions tie
+        *((c, pa.int64()) for c in ("n_genes_a_better", "n_genes_b_better", "n_genes_tied")),
     ]
 )
 ATTENTION_SCHEMA = pa.schema(
