@@ -3,8 +3,9 @@
 - :func:`import_targets` / :func:`import_star_counts` — expression matrices and GDC STAR-counts files into
   ``STORE/targets/<name>.parquet`` (``sql.list_targets`` lists them, ``sql.load_cohort`` reads them).
 - Estimators over bags: :class:`AttentionMILRegressor`, :class:`HE2RNARegressor`, the pooled baselines
-  (:func:`lgbm_regressor`, :func:`ridge_regressor`, :class:`MeanRegressor`), composed by :class:`SeedEnsemble`
-  and :class:`PerGeneRegressor`; :class:`TileProjection` is the fitted tile step of the torch models.
+  (:func:`lgbm_regressor`, :func:`ridge_regressor`, :class:`MeanRegressor`), composed by :class:`NestedMIL`
+  (settings and bag readout chosen by inner patient-grouped CV), :class:`SeedEnsemble` and
+  :class:`PerGeneRegressor`; :class:`TileProjection` is the fitted tile step of the torch models.
 - The model registry: :func:`make_model`, :func:`list_models`, :func:`model_info`, :func:`register_model`.
 - :func:`compare` — every model on the same patient-grouped folds (:func:`plan_compare` → :func:`cross_fit` →
   :func:`null_fits` → :func:`summarise` → :func:`write_run`); :func:`train` / :func:`predict` — one model on a
@@ -64,6 +65,7 @@ from slide2expr.regress._models import (
     model_info,
     register_model,
 )
+from slide2expr.regress._nested import NestedMIL
 from slide2expr.regress._persist import (
     EncoderMismatchError,
     PredictInterrupted,
@@ -124,6 +126,7 @@ __all__ = [
     "LeftOutBagsWarning",
     "MeanRegressor",
     "ModelInfo",
+    "NestedMIL",
     "OutputExistsError",
     "PerGeneRegressor",
     "PooledParts",

@@ -19,6 +19,8 @@ from slide2expr.regress import (
 from tests.regress._data import planted_bags
 
 FAST = {"max_epochs": 3, "hidden_dim": 16, "attention_dim": 8, "device": "cpu"}
+#: make_model's composition without the nested selection (tested in test_readouts.py)
+PLAIN = {**FAST, "nested": False}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def data():
 
 def test_members_are_distinct_seeds_and_predictions_are_their_mean(data):
     bags, Y = data
-    ens = make_model("mil", params={"n_members": 3, **FAST}, random_state=0).fit(bags, Y)
+    ens = make_model("mil", params={"n_members": 3, **PLAIN}, random_state=0).fit(bags, Y)
     assert isinstance(ens, SeedEnsemble)
     assert len(ens.estimators_) == 3 and len({m.random_state for m in ens.estimators_}) == 3
     assert all(isinstance(m, AttentionMILRegressor) for m in ens.estimators_)
@@ -40,10 +42,10 @@ def test_members_are_distinct_seeds_and_predictions_are_their_mean(data):
     att, tile, _ = ens.predict_tiles(bags[:1])[0]
     assert att.shape == tile.shape == (len(bags[0]), 2) and att.dtype == np.float32
     np.testing.assert_allclose(att.sum(axis=0), 1.0, rtol=1e-5)
-    again = make_model("mil", params={"n_members": 3, **FAST}, random_state=0).fit(bags, Y)
+    again = make_model("mil", params={"n_members": 3, **PLAIN}, random_state=0).fit(bags, Y)
     np.testing.assert_allclose(again.predict(bags[:5]), pred)  # deterministic for a random_state
     np.testing.assert_allclose(pickle.loads(pickle.dumps(ens)).predict(bags[:5]), pred, rtol=1e-6)
-    one = make_model("mil", params={"n_members": 1, **FAST}, random_state=0).fit(bags, Y[:, 0])
+    one = make_model("mil", params={"n_members": 1, **PLAIN}, random_state=0).fit(bags, Y[:, 0])
     assert isinstance(one, AttentionMILRegressor) and one.predict(bags[:5]).shape == (5,)
 
 
@@ -69,7 +71,7 @@ def test_seed_ensemble_is_the_average_of_networks_fitted_with_the_drawn_seeds(da
 def test_invalid_n_members_names_the_parameter(data, bad):
     bags, Y = data
     with pytest.raises(BagInputError, match="n_members"):
-        make_model("mil", params={"n_members": bad, **FAST}).fit(bags, Y)
+        make_model("mil", params={"n_members": bad, **PLAIN}).fit(bags, Y)
 
 
 def test_seed_ensemble_of_a_pipeline_has_no_tile_scores(data):
@@ -109,7 +111,7 @@ def test_per_gene_predict_tiles_puts_the_genes_side_by_side(data):
 
 def test_per_gene_and_members_compose(data):
     bags, Y = data
-    est = make_model("mil", params={"per_gene": True, "n_members": 2, **FAST}, random_state=0)
+    est = make_model("mil", params={"per_gene": True, "n_members": 2, **PLAIN}, random_state=0)
     assert isinstance(est, SeedEnsemble) and isinstance(est.estimator, PerGeneRegressor)
     est.fit(bags, Y)
     assert {m.estimators_[0].random_state for m in est.estimators_} == {

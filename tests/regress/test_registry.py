@@ -11,6 +11,7 @@ from slide2expr import regress, sql
 from slide2expr.regress import (
     AttentionMILRegressor,
     MeanRegressor,
+    NestedMIL,
     PerGeneRegressor,
     SeedEnsemble,
     UnknownModelError,
@@ -53,19 +54,22 @@ def test_unknown_names_and_parameters_are_named():
         make_model("ridge", params=[("alphas", [1.0])])
 
 
-def test_the_mil_factory_composes_per_gene_and_members():
-    plain = make_model("mil", params={"max_epochs": 2}, random_state=3)
+def test_the_mil_factory_composes_nested_per_gene_and_members():
+    default = make_model("mil", random_state=3)
+    assert isinstance(default, NestedMIL) and default.random_state == 3
+    assert (default.n_inner, default.grid, default.readouts) == (5, None, ("output", "stack"))
+    assert default.estimator.get_params() == {**AttentionMILRegressor().get_params(), "random_state": 3}
+    plain = make_model("mil", params={"max_epochs": 2, "nested": False}, random_state=3)
     assert isinstance(plain, AttentionMILRegressor) and plain.random_state == 3
+    grid = make_model("mil", params={"n_inner": 3, "grid": {"pca_components": [8, 16]}, "max_epochs": 2})
+    assert grid.n_inner == 3 and grid.grid == {"pca_components": [8, 16]} and grid.estimator.max_epochs == 2
     emb = make_model("mil-embedding", params={"preset": "graziani2022"}, random_state=3)
     assert isinstance(emb, PerGeneRegressor) and emb.estimator.mode == "embedding"
     assert emb.estimator.random_state == 3 and emb.estimator.optimizer == "sgd"
     ens = make_model("mil", params={"n_members": 4, "per_gene": True, "random_state": 9}, random_state=3)
     assert isinstance(ens, SeedEnsemble) and ens.n_members == 4 and ens.random_state == 9
-    assert isinstance(ens.estimator, PerGeneRegressor) and ens.estimator.estimator.random_state is None
-    demo = {"attention": "tanh", "dropout": 0.0, "tile_fraction": 1.0, "max_tiles": None, "max_epochs": 100,
-            "patience": 20, "pca_components": 16, "n_members": 4}  # fmt: skip
-    est = make_model("mil", params=demo, random_state=0)
-    assert isinstance(est, SeedEnsemble) and est.estimator.get_params()["pca_components"] == 16
+    assert isinstance(ens.estimator, PerGeneRegressor) and isinstance(ens.estimator.estimator, NestedMIL)
+    assert ens.estimator.estimator.estimator.random_state is None
 
 
 @pytest.fixture
