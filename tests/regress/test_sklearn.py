@@ -119,3 +119,33 @@ def test_sklearn_generic_checks(estimator, check):
 def test_bag_estimators_declare_no_2d_input():
     for est in (AttentionMILRegressor(), BagPooler(), make_model("he2rna"), make_model("mean")):
         assert get_tags(est).input_tags.two_d_array is False
+
+
+def test_lgbm_splits_at_ten_patients_and_learned_nothing_tells_the_mean():
+    from slide2expr.regress import learned_nothing, lgbm_size_params
+
+    rng = np.random.default_rng(3)
+    bags = [rng.normal(size=(20, 4)).astype(np.float32) + i * 0.1 for i in range(10)]
+    y = np.array([b[:, 0].mean() for b in bags])
+    pipe = make_model("lgbm", params={"n_estimators": 20}, random_state=0).fit(bags, y)
+    fitted = pipe[-1].estimators_[0]
+    assert fitted.get_params()["min_child_samples"] == lgbm_size_params(10)["min_child_samples"] == 2
+    assert not learned_nothing(pipe)  # its trees split on 10 patients
+    assert np.corrcoef(pipe.predict(bags), y)[0, 1] > 0.9
+    # a leaf size the user gives wins, and one that leaves no split is called what it is
+    mean_only = make_model("lgbm", params={"n_estimators": 20, "min_child_samples": 8}).fit(bags, y)
+    assert mean_only[-1].estimators_[0].get_params()["min_child_samples"] == 8 and learned_nothing(mean_only)
+
+
+def test_ridge_chooses_its_pooled_statistics_inside_the_training_bags():
+    from slide2expr.regress import PooledStatsSearch, pooled_parts
+
+    rng = np.random.default_rng(4)
+    bags = [rng.normal(size=(30, 3)).astype(np.float32) * rng.uniform(0.5, 3.0) for _ in range(40)]
+    y = np.array([b.std() for b in bags])  # a spread target: the mean of the tiles says nothing
+    model = make_model("ridge", random_state=0).fit(bags, y, groups=np.arange(40) // 2)
+    assert isinstance(model, PooledStatsSearch) and model.stats_ == ("mean", "std")
+    assert set(model.cv_mse_) == {("mean",), ("mean", "std"), ("mean", "max")}
+    assert pooled_parts(model).feature_names[:4] == ("mean_0", "mean_1", "mean_2", "std_0")
+    alpha = pooled_parts(model).regressors[0].alpha_
+    assert alpha in model.best_estimator_[-1].alphas  # the penalty chosen by leave-one-out on training bags
