@@ -140,9 +140,12 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "y": "Top edge, level-0 pixels.",
         "gene": "The gene (instance-mode MIL attends per gene).",
         "attention": "Softmax attention within the bag: sums to 1 over the bag's tiles; × tiles in the bag gives "
-        "1 for an average tile (the maps' raw scale).",
-        "attention_logit": "The score before the softmax (comparable across bags).",
-        "tile_pred": "The tile's own predicted expression (instance mode); empty in embedding mode.",
+        "1 for an average tile (the maps' raw scale). For an ensemble (the nested `mil`), the mean of its networks' "
+        "attention.",
+        "attention_logit": "The score before the softmax (comparable across bags); for an ensemble, the mean of its "
+        "networks' scores.",
+        "tile_pred": "The tile's own predicted expression (instance mode; for an ensemble, the mean of its "
+        "networks'); empty in embedding mode.",
     },
     "TRUTH_TILES_SCHEMA": {
         "slide_id": "The slide (synthetic cohorts only).",
@@ -375,6 +378,11 @@ class _NumpyProseFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Could not parse line" not in record.getMessage()
+
+
+def on_startup(**kwargs):
+    # before any plugin reads its configuration: mkdocstrings resolves its ``paths`` when it loads
+    api_source_tree()
 
 
 def on_config(config, **kwargs):
