@@ -7,6 +7,7 @@ engines started at once on one store do each slide once.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import threading
@@ -166,13 +167,24 @@ def test_worker_node_lost_mid_run(cluster, cohort, cohort_local, tmp_path):
     rng = random.Random(seed)
     store = tmp_path / "store"
     victim = rng.choice([n for n in cluster.worker_nodes])
-    after = rng.choice([1, 2])  # embeddings files written before the node goes
+    delay = rng.uniform(0.0, 0.5)  # seconds into both workers' slides before the node goes
     lost = threading.Event()
 
+    def holders() -> set[str]:
+        out = set()
+        for p in (store / CLAIMS_DIR).rglob("*.claim"):
+            try:
+                out.add(json.loads(p.read_bytes())["owner"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
+
     def kill_when_started() -> None:
+        # once both workers hold a slide's claim, each has a slide in flight: the victim's is lost mid-run
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            if len(list(store.glob("embeddings/*/*/*.parquet"))) >= after:
+            if len(holders()) >= 2:
+                time.sleep(delay)
                 cluster.remove_node(victim)
                 lost.set()
                 return
