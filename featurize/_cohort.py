@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slide2expr.contract import STORE_FORMAT, STORE_JSON, StoreError, embeddings_path, is_remote
+from slide2expr.contract import (
+    STORE_FORMAT,
+    STORE_JSON,
+    ObjectPath,
+    StoreError,
+    embeddings_path,
+    is_remote,
+    store_path,
+)
 from slide2expr.featurize._embed import DEFAULT_BATCH, resolve_device
 from slide2expr.featurize._executors import default_workers
 from slide2expr.featurize._inputs import (
@@ -128,14 +136,18 @@ def plan_cohort(
     )
 
 
-def _check_store(store: str | os.PathLike) -> Path:
+def _check_store(store: str | os.PathLike) -> Path | ObjectPath:
     """``store`` as a Path: a folder that can be made (its nearest existing parent is a folder this process may
-    write in), or an existing store of this format."""
-    root = Path(store)
+    write in), or an existing store of this format; a URI (``s3://bucket/prefix``) as an :class:`ObjectPath`."""
+    root = store_path(store)
+    if is_remote(root):  # an object store has no folders to make; init_store checks store.json's format
+        if root.is_file():
+            raise StoreError(
+                f"store {store} is an object, not a prefix: give a new prefix or an existing store"
+            )
+        return root
     if root.exists() and not root.is_dir():
         raise StoreError(f"store {store} is a file, not a folder: give a new folder or an existing store")
-    if is_remote(store):  # an object store has no folders to make
-        return root
     parent = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
     if not parent.is_dir():
         raise StoreError(f"store {store}: {parent} is a file, so no folder can be made under it")

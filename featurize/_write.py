@@ -28,9 +28,11 @@ from slide2expr.contract import (
     TILES_SCHEMA,
     embeddings_path,
     embeddings_schema,
+    is_remote,
     package_version,
     qc_path,
     read_metadata,
+    read_parquet_table,
     slide_path,
     tiles_path,
     write_bytes_atomic,
@@ -142,8 +144,9 @@ def _file_meta(plan: SlidePlan, cfg: RunConfig, kind: str) -> dict:
 
 
 def _clean_stale_tmp(path: Path) -> None:
-    """Remove hidden temporaries of ``path`` left by a killed run (only this slide's: shards never collide)."""
-    if path.parent.is_dir():
+    """Remove hidden temporaries of ``path`` left by a killed run (only this slide's: shards never collide); an
+    object store has none (its writes go straight to the final key)."""
+    if not is_remote(path) and path.parent.is_dir():
         for t in path.parent.glob(f".{path.name}.*.tmp"):
             with contextlib.suppress(OSError):
                 t.unlink()
@@ -272,8 +275,6 @@ def skip_if_done(slide: SlideInput, cfg: RunConfig) -> pa.Table | None:
 
 def _done_row(slide: SlideInput, cfg: RunConfig) -> pa.Table | None:
     """The slide's ``slides/`` row when its outputs match this config and file; None otherwise."""
-    import pyarrow.parquet as pq
-
     sp, tp, ep, _ = _slide_files(cfg, slide.slide_id)
     if not (ep.is_file() and sp.is_file() and tp.is_file()):
         return None
@@ -289,7 +290,7 @@ def _done_row(slide: SlideInput, cfg: RunConfig) -> pa.Table | None:
         return None
     if (meta.get("tiling_params") or {}).get("mpp") != cfg.tiling.mpp:
         return None
-    row = pq.read_table(sp)
+    row = read_parquet_table(sp)
     return row if row.num_rows == 1 and _slide_mpp_matches(row, slide) else None
 
 

@@ -46,6 +46,7 @@ from slide2expr.contract import (
     parse_tcga,
     resolve_slide_types,
     sample_type_name,
+    store_path,
     targets_path,
     tcga_patient,
     write_table_atomic,
@@ -602,7 +603,7 @@ def _finish(
 ) -> TargetsReport:
     """Check the samples × genes matrix ``wide``, keep the chosen sample types, pair them with the store's slides,
     and write it (unless ``dry_run``) as ``targets/<name>.parquet``."""
-    root = Path(store)
+    root = store_path(store)
     out = targets_path(root, name)
     if out.exists() and not overwrite:
         raise TargetsError(f"{out} exists: choose another name, or replace it with overwrite (--overwrite)")
@@ -779,7 +780,7 @@ def import_targets(
         if sample_col or patient_col:
             orientation, why = "samples-rows", "sample_col/patient_col given"
         else:
-            orientation, why = _detect_orientation(df, _store_patients(Path(store)), gene_list)
+            orientation, why = _detect_orientation(df, _store_patients(store_path(store)), gene_list)
         notes.append(f"orientation detected as {orientation}: {why}")
     wide, patients = _to_samples_rows(df, orientation, sample_col, patient_col)
     return _finish(

@@ -32,14 +32,22 @@ from slide2expr.contract import (
     SLIDES_DIR,
     TARGETS_DIR,
     Cohort,
+    ObjectPath,
     StoreError,
     decode_metadata,
+    is_remote,
+    open_input,
     pair_slides,
     parse_tcga,
+    pyarrow_filesystem,
+    read_parquet_metadata,
+    read_parquet_table,
+    read_range,
     sample_type_name,
+    store_path,
     tcga_patient,
 )
-from slide2expr.sql._pages import read_plain_float_column
+from slide2expr.sql._pages import read_plain_float_column, read_plain_float_column_ranged
 
 BAG_UNITS = ("patient", "slide")
 #: Default reader threads: page reads release the GIL, and a few threads keep one disk or page cache busy.
@@ -88,7 +96,7 @@ def _list_parquet(folder: Path) -> list[Path]:
 
 def resolve_tiling(store: str | os.PathLike, *, encoder: str, tiling: str | None) -> str:
     """The tiling that holds ``encoder``'s embeddings; ``None`` picks it when only one tiling has it."""
-    root = Path(store) / EMBEDDINGS_DIR
+    root = store_path(store) / EMBEDDINGS_DIR
     if not root.is_dir():
         raise StoreError(f"{store} has no {EMBEDDINGS_DIR}/ folder: run `slide2expr featurize` first")
     have = sorted(p.parent.name for p in root.glob(f"*/{encoder}") if p.is_dir())
@@ -118,7 +126,12 @@ def _slide_patients(store: Path) -> dict[str, str]:
     files = _list_parquet(store / SLIDES_DIR)
     if not files:
         return {}
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["slide_id", "patient_id"])
+    if is_remote(store):  # pyarrow's S3 filesystem fetches the files in parallel
+        fs = pyarrow_filesystem(store)[0]
+        dataset = ds.dataset([f.fs_path for f in files], format="parquet", filesystem=fs)
+    else:
+        dataset = ds.dataset([str(f) for f in files], format="parquet")
+    table = dataset.to_table(columns=["slide_id", "patient_id"])
     return {
         s: p for s, p in zip(table["slide_id"].to_pylist(), table["patient_id"].to_pylist(), strict=True) if p
     }
@@ -127,7 +140,7 @@ def _slide_patients(store: Path) -> dict[str, str]:
 def _plan(store: str | os.PathLike, *, encoder: str, tiling: str | None, by: str) -> _Plan:
     if by not in BAG_UNITS:
         raise ValueError(f"by={by!r}: use 'patient' (all tiles of a patient's slides) or 'slide'")
-    root = Path(store)
+    root = store_path(store)
     tiling = resolve_tiling(root, encoder=encoder, tiling=tiling)
     folder = root / EMBEDDINGS_DIR / tiling / encoder
     paths = _list_parquet(folder)
@@ -140,7 +153,7 @@ def _plan(store: str | os.PathLike, *, encoder: str, tiling: str | None, by: str
     ref: dict | None = None
     ref_path: Path | None = None
     for path in paths:
-        md = pq.read_metadata(path)
+        md = read_parquet_metadata(path)
         meta = decode_metadata(md.metadata)
         slide_id = path.stem  # the file name is the slide id (embeddings_path)
         dim = _dim_of(md.schema.to_arrow_schema(), path)
@@ -224,41 +237,76 @@ def read_slide_file(
     slot) and its ids/coords.
 
     Plain uncompressed float32 pages (what featurize writes) are read straight into ``out`` (:mod:`sql._pages`);
-    anything else (float16, compressed, dictionary-coded, with nulls) goes through pyarrow.
+    anything else (float16, compressed, dictionary-coded, with nulls) goes through pyarrow. On an object store
+    the footer is read first, then the embedding column's chunks in one ranged GET, parsed by the same page
+    reader.
     """
+    if isinstance(path, ObjectPath):
+        with open_input(path, block_size=1 << 16) as src:
+            pf = pq.ParquetFile(src)
+            _check_rows(path, pf, n_rows)
+            try:
+                fast = read_plain_float_column_ranged(
+                    lambda start, length: read_range(path, start, length),
+                    pf,
+                    _embedding_leaf(pf),
+                    out.shape[1],
+                    out,
+                )
+            except ValueError as e:
+                raise StoreError(f"{path}: {e}; the file is damaged, re-featurize this slide") from None
+            _copy_columns(path, pf, fast, out, tile_ids, x, y)
+        return
     # one open file for the footer, the pages and pyarrow's reads (ids, coordinates, other layouts' embeddings):
     # featurize may replace the path by rename meanwhile. Memory-mapped: one copy fewer for pyarrow. Everything is
     # copied out before the map closes.
     with pa.memory_map(str(path)) as src:
         pf = pq.ParquetFile(src)
-        if pf.metadata.num_rows != n_rows:
-            raise StoreError(
-                f"{path} changed while it was read ({n_rows} rows planned, {pf.metadata.num_rows} found)"
-            )
+        _check_rows(path, pf, n_rows)
         try:
             fast = read_plain_float_column(src.fileno(), pf, _embedding_leaf(pf), out.shape[1], out)
         except ValueError as e:
             raise StoreError(f"{path}: {e}; the file is damaged, re-featurize this slide") from None
-        cols = ["tile_id", "x", "y"] if fast else ["tile_id", "x", "y", "embedding"]
-        table = pf.read(columns=cols, use_threads=False)
-        if not fast:
-            row = 0
-            for chunk in table.column("embedding").chunks:
-                if chunk.null_count:
-                    raise StoreError(
-                        f"{path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
-                    )
-                flat = chunk.flatten().to_numpy(zero_copy_only=False)
-                n = len(chunk)
-                np.copyto(out[row : row + n], flat.reshape(n, -1), casting="same_kind")
-                row += n
-        tile_ids[:] = table.column("tile_id").to_numpy()
-        x[:] = table.column("x").to_numpy()
-        y[:] = table.column("y").to_numpy()
-        if len(tile_ids) > 1 and not np.all(tile_ids[1:] > tile_ids[:-1]):
-            raise StoreError(
-                f"{path}: rows are not in increasing tile_id order; the file was not written by featurize"
-            )
+        _copy_columns(path, pf, fast, out, tile_ids, x, y)
+
+
+def _check_rows(path: Path | ObjectPath, pf: pq.ParquetFile, n_rows: int) -> None:
+    if pf.metadata.num_rows != n_rows:
+        raise StoreError(
+            f"{path} changed while it was read ({n_rows} rows planned, {pf.metadata.num_rows} found)"
+        )
+
+
+def _copy_columns(
+    path: Path | ObjectPath,
+    pf: pq.ParquetFile,
+    fast: bool,
+    out: np.ndarray,
+    tile_ids: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> None:
+    """Copy ``pf``'s ids and coordinates (and, unless the page reader ``fast`` filled ``out``, its embeddings)."""
+    cols = ["tile_id", "x", "y"] if fast else ["tile_id", "x", "y", "embedding"]
+    table = pf.read(columns=cols, use_threads=False)
+    if not fast:
+        row = 0
+        for chunk in table.column("embedding").chunks:
+            if chunk.null_count:
+                raise StoreError(
+                    f"{path}: {chunk.null_count} null embedding(s); the file is damaged, re-featurize"
+                )
+            flat = chunk.flatten().to_numpy(zero_copy_only=False)
+            n = len(chunk)
+            np.copyto(out[row : row + n], flat.reshape(n, -1), casting="same_kind")
+            row += n
+    tile_ids[:] = table.column("tile_id").to_numpy()
+    x[:] = table.column("x").to_numpy()
+    y[:] = table.column("y").to_numpy()
+    if len(tile_ids) > 1 and not np.all(tile_ids[1:] > tile_ids[:-1]):
+        raise StoreError(
+            f"{path}: rows are not in increasing tile_id order; the file was not written by featurize"
+        )
 
 
 def _scan(files: Sequence[_SlideFile], dim: int, *, n_threads: int | None) -> tuple[np.ndarray, ...]:
@@ -363,6 +411,11 @@ def _scan_plan(
     files = [plan.files[j] for j in file_idx]
     if not cache:
         return _scan(files, plan.dim, n_threads=n_threads)
+    if is_remote(store):
+        raise ValueError(
+            f"cache={cache!r}: the bag cache is written beside a local store; {store} is on an object store, "
+            "so read it with cache=False"
+        )
     arrays = _read_cache(store, plan, mmap=cache == "mmap")
     if arrays is None:
         features, tile_ids, x, y, _, _ = _scan(plan.files, plan.dim, n_threads=n_threads)
@@ -385,16 +438,16 @@ def _scan_plan(
 
 def read_targets(store: str | os.PathLike, targets: str | os.PathLike) -> pa.Table:
     """The long targets table: a name under ``targets/`` or a path to a Parquet file in TARGETS_SCHEMA."""
-    p = Path(targets)
+    p = store_path(targets)
     if p.suffix != ".parquet" or not p.exists():
-        p = Path(store) / TARGETS_DIR / f"{targets}.parquet"
+        p = store_path(store) / TARGETS_DIR / f"{targets}.parquet"
     if not p.exists():
-        names = sorted(q.stem for q in _list_parquet(Path(store) / TARGETS_DIR))
+        names = sorted(q.stem for q in _list_parquet(store_path(store) / TARGETS_DIR))
         raise StoreError(
             f"no targets named {str(targets)!r} in {store}; available: {', '.join(names) or 'none'} "
             "(import with `slide2expr targets import FILE --store S --name NAME`)"
         )
-    return pq.read_table(p)
+    return read_parquet_table(p)
 
 
 def _pairing_settings(table: pa.Table) -> tuple[str, list[str] | None]:

@@ -23,6 +23,8 @@ from slide2expr.contract import (
     StoreError,
     check_store,
     embeddings_path,
+    read_parquet_metadata,
+    read_parquet_table,
     slide_path,
     tiles_path,
 )
@@ -50,7 +52,7 @@ def read_slides(store: str | os.PathLike) -> pd.DataFrame:
     files = _list_parquet(root / SLIDES_DIR)
     if not files:
         raise StoreError(f"{store} has no {SLIDES_DIR}/*.parquet: is it a slide2expr store?")
-    tables = [pq.read_table(f) for f in files]
+    tables = [read_parquet_table(f) for f in files]
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
@@ -59,7 +61,7 @@ def read_slide(store: str | os.PathLike, slide_id: str) -> dict:
     p = slide_path(store, slide_id)
     if not p.exists():
         raise StoreError(f"slide {slide_id!r} has no {p}: featurize it into the store {store} first")
-    return pq.read_table(p).to_pylist()[0]
+    return read_parquet_table(p).to_pylist()[0]
 
 
 def read_tiles(store: str | os.PathLike, tiling: str, slide_id: str) -> pd.DataFrame:
@@ -69,7 +71,7 @@ def read_tiles(store: str | os.PathLike, tiling: str, slide_id: str) -> pd.DataF
         raise StoreError(
             f"slide {slide_id!r} has no tile grid {p}: featurize it with tiling {tiling!r} first"
         )
-    return pq.read_table(p).to_pandas()
+    return read_parquet_table(p).to_pandas()
 
 
 def read_embeddings(
@@ -85,7 +87,7 @@ def read_embeddings(
         raise StoreError(
             f"slide {slide_id!r} has no embeddings {p}: featurize it with encoder {encoder!r} and tiling {tiling!r}"
         )
-    md = pq.read_metadata(p)
+    md = read_parquet_metadata(p)
     n = md.num_rows
     emb = np.empty((n, _dim_of(md.schema.to_arrow_schema(), p)), dtype=np.float32)
     tile_ids = np.empty(n, dtype=np.int32)

@@ -6,12 +6,10 @@ Importing targets (matrices, GDC STAR-counts) is ``slide2expr.regress.import_tar
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from slide2expr.contract import TARGETS_DIR, read_metadata
+from slide2expr.contract import TARGETS_DIR, read_metadata, read_parquet_table, store_path
 
 #: The columns of :func:`list_targets`.
 LIST_COLUMNS = ("name", "samples", "patients", "genes", "transform")
@@ -20,10 +18,10 @@ LIST_COLUMNS = ("name", "samples", "patients", "genes", "transform")
 def list_targets(store: str | os.PathLike) -> pd.DataFrame:
     """One row per targets set: name, samples, patients, genes, transform (from the files' footers and data)."""
     rows = []
-    for p in sorted((Path(store) / TARGETS_DIR).glob("*.parquet")):
+    for p in sorted((store_path(store) / TARGETS_DIR).glob("*.parquet")):
         if p.name.startswith("."):
             continue
-        t = pq.read_table(p, columns=["sample_id", "patient_id", "gene"])
+        t = read_parquet_table(p, columns=["sample_id", "patient_id", "gene"])
         rows.append(
             {
                 "name": p.stem,

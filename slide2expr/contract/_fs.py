@@ -455,6 +455,17 @@ def read_parquet_schema(path: str | os.PathLike | ObjectPath) -> pa.Schema:
     return pq.read_schema(p)
 
 
+def read_parquet_metadata(path: str | os.PathLike | ObjectPath):
+    """The ``pyarrow.parquet.FileMetaData`` (footer only) of a local or object-store Parquet file."""
+    import pyarrow.parquet as pq
+
+    p = store_path(path)
+    if isinstance(p, ObjectPath):
+        with open_input(p, block_size=1 << 16) as fh:
+            return pq.read_metadata(fh)
+    return pq.read_metadata(p)
+
+
 def remove_file(path: str | os.PathLike | ObjectPath, *, missing_ok: bool = True) -> None:
     """Delete one file (a missing one is fine unless ``missing_ok`` is False)."""
     store_path(path).unlink(missing_ok=missing_ok)

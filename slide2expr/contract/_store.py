@@ -11,7 +11,10 @@ A store is a directory of Parquet files, one per slide and stage::
       targets/<name>.parquet
 
 Every file is written to a hidden temporary name in its own directory and renamed into place, so a reader that
-globs ``*.parquet`` never sees a partial file and a crash never leaves one. Key names live here and nowhere else.
+globs ``*.parquet`` never sees a partial file and a crash never leaves one. A store may be an object-store URI
+(``s3://bucket/prefix``): the paths below are then :class:`~slide2expr.contract.ObjectPath` and the writers put
+each file straight to its final key (one PUT, whole or not at all; no rename). Key names live here and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slide2expr.contract._fs import ObjectPath, store_path
+from slide2expr.contract._fs import (
+    ObjectPath,
+    is_remote,
+    read_parquet_schema,
+    store_path,
+    write_file_atomic,
+    write_parquet_atomic,
+)
 from slide2expr.contract._tiling import Tiling
 
 STORE_FORMAT = 1
@@ -80,9 +90,10 @@ def check_id(value: str, *, what: str = "slide_id") -> str:
     return value
 
 
-def init_store(store: str | os.PathLike) -> Path:
-    """Create ``store`` (and ``store.json``) if missing; return it as a Path. Refuses a newer format."""
-    root = Path(store)
+def init_store(store: str | os.PathLike) -> Path | ObjectPath:
+    """Create ``store`` (and ``store.json``) if missing; return it as a Path (an :class:`ObjectPath` for a URI).
+    Refuses a newer format."""
+    root = store_path(store)
     root.mkdir(parents=True, exist_ok=True)
     meta = root / STORE_JSON
     if meta.exists():
@@ -123,25 +134,27 @@ def package_version() -> str:
     return __version__
 
 
-def slide_path(store: str | os.PathLike, slide_id: str) -> Path:
-    return Path(store) / SLIDES_DIR / f"{check_id(slide_id)}.parquet"
+def slide_path(store: str | os.PathLike, slide_id: str) -> Path | ObjectPath:
+    return store_path(store) / SLIDES_DIR / f"{check_id(slide_id)}.parquet"
 
 
-def tiles_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Path:
-    return Path(store) / TILES_DIR / str(tiling) / f"{check_id(slide_id)}.parquet"
+def tiles_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Path | ObjectPath:
+    return store_path(store) / TILES_DIR / str(tiling) / f"{check_id(slide_id)}.parquet"
 
 
-def embeddings_path(store: str | os.PathLike, tiling: str | Tiling, encoder: str, slide_id: str) -> Path:
-    return Path(store) / EMBEDDINGS_DIR / str(tiling) / encoder / f"{check_id(slide_id)}.parquet"
+def embeddings_path(
+    store: str | os.PathLike, tiling: str | Tiling, encoder: str, slide_id: str
+) -> Path | ObjectPath:
+    return store_path(store) / EMBEDDINGS_DIR / str(tiling) / encoder / f"{check_id(slide_id)}.parquet"
 
 
-def qc_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Path:
+def qc_path(store: str | os.PathLike, tiling: str | Tiling, slide_id: str) -> Path | ObjectPath:
     """``STORE/qc/<tiling>/<slide_id>.png``: the thumbnail with the tissue outline and the kept tiles."""
-    return Path(store) / QC_DIR / str(tiling) / f"{check_id(slide_id)}.png"
+    return store_path(store) / QC_DIR / str(tiling) / f"{check_id(slide_id)}.png"
 
 
-def targets_path(store: str | os.PathLike, name: str) -> Path:
-    return Path(store) / TARGETS_DIR / f"{check_id(name, what='targets name')}.parquet"
+def targets_path(store: str | os.PathLike, name: str) -> Path | ObjectPath:
+    return store_path(store) / TARGETS_DIR / f"{check_id(name, what='targets name')}.parquet"
 
 
 def store_files(
@@ -151,7 +164,7 @@ def store_files(
     slide_id: str | None = None,
     tiling: str | Tiling | None = None,
     encoder: str | None = None,
-) -> list[Path]:
+) -> list[Path | ObjectPath]:
     """The store's files of one ``kind`` (see :data:`SLIDE_FILE_KINDS`), of one slide, tiling or encoder where
     given (``tiling`` and ``encoder`` only narrow the kinds that have them), with the hidden temporaries a killed
     writer left beside them; sorted.
@@ -170,7 +183,7 @@ def store_files(
         "embeddings": (f"{EMBEDDINGS_DIR}/{til}/{enc}", f"{sid}.parquet"),
         "qc": (f"{QC_DIR}/{til}", f"{sid}.png"),
     }[kind]
-    root = Path(store)
+    root = store_path(store)
     found = set(root.glob(f"{folder}/{name}")) | set(root.glob(f"{folder}/.{name}.*.tmp"))
     return sorted(p for p in found if p.is_file())
 
@@ -180,8 +193,11 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a hidden temporary file, fsync, and rename into place."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path | ObjectPath:
+    """Write ``data`` to ``path`` via a hidden temporary file, fsync, and rename into place (an object-store path:
+    one PUT to the final key)."""
+    if is_remote(path):
+        return write_file_atomic(path, data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -220,12 +236,16 @@ def write_table_atomic(
     compression: str | None = "none",
     row_group_size: int | None = None,
     use_dictionary: bool | list[str] | None = None,
-) -> Path:
+) -> Path | ObjectPath:
     """Write ``table`` as Parquet to ``path`` atomically, with ``metadata`` as ``slide2expr.*`` keys.
 
-    The file is written to a hidden temporary name in the same directory, fsynced, and renamed into place.
+    The file is written to a hidden temporary name in the same directory, fsynced, and renamed into place; an
+    object-store path gets the same bytes made locally and put to its final key (:func:`write_parquet_atomic`).
     Uncompressed by default: embeddings barely compress and uncompressed pages read fastest (see benchmarks/bags.py).
     """
+    kw = {"compression": compression, "row_group_size": row_group_size, "use_dictionary": use_dictionary}
+    if is_remote(path):
+        return write_parquet_atomic(table, path, metadata=metadata, **kw)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
@@ -256,8 +276,8 @@ def write_table_atomic(
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The ``slide2expr.*`` metadata of a store file, decoded."""
-    return decode_metadata(pq.read_schema(path).metadata)
+    """The ``slide2expr.*`` metadata of a store file (local or object store), decoded."""
+    return decode_metadata(read_parquet_schema(path).metadata)
 
 
 # ---- schemas -------------------------------------------------------------------------------------------------
