@@ -2,7 +2,8 @@
 -- grain: one row per (tiling, encoder) that has embeddings
 -- params: none
 -- columns: tiling, encoder, dim, n_patients, n_slides, n_tiles, tiles_per_slide_mean, tiles_per_slide_min,
---          tiles_per_slide_max, n_slides_in_store, n_slides_ok, n_slides_failed, n_slides_no_tissue
+--          tiles_per_slide_max, n_slides_in_store, n_slides_ok, n_slides_failed, n_slides_no_tissue,
+--          n_slides_too_small
 -- Reads only Parquet footers for the embeddings (embedding_files), so it is fast on any store size.
 with files as (
     select f.tiling, f.encoder, f.dim, f.slide_id, f.n_tiles
@@ -35,7 +36,8 @@ statuses as (
         count(*) as n_slides_in_store,
         count(*) filter (where sp.status = 'ok') as n_slides_ok,
         count(*) filter (where sp.status = 'failed') as n_slides_failed,
-        count(*) filter (where sp.status = 'no_tissue') as n_slides_no_tissue
+        count(*) filter (where sp.status = 'no_tissue') as n_slides_no_tissue,
+        count(*) filter (where sp.status = 'too_small') as n_slides_too_small
     from slide_patient as sp
 )
 
@@ -52,7 +54,8 @@ select
     st.n_slides_in_store,
     st.n_slides_ok,
     st.n_slides_failed,
-    st.n_slides_no_tissue
+    st.n_slides_no_tissue,
+    st.n_slides_too_small
 from per_set as p
 cross join statuses as st
 order by p.tiling, p.encoder;
