@@ -1,6 +1,6 @@
 """Benchmark results: record a benchmark's JSON with its date, machine and commit, and render the results page.
 
-Each benchmark script (``featurize.py``, ``bags.py``, ``train.py``) prints its figures as JSON. This script runs
+Each benchmark script (``featurize.py``, ``bags.py``, ``train.py``, ``demo.py``) prints its figures as JSON. This script runs
 one and keeps what it printed, or takes a JSON file a benchmark wrote (``featurize.py --json``, ``gpu.sh``'s logs),
 in ``benchmarks/results/<benchmark>-<date>.json`` together with the date, the machine (CPU, cores, memory, GPU)
 and the git commit; ``render`` turns the folder into ``benchmarks/RESULTS.md`` (the docs' Benchmarks page is built
@@ -60,6 +60,21 @@ KEY_FIGURES = {
         "lgbm_fit_s": "LightGBM fit, s",
         "ridge_fit_s": "ridge fit, s",
     },
+}
+KEY_FIGURES["demo"] = {
+    "genes": "genes",
+    **{
+        f"{m}_{k}": f"{m} {label}"
+        for m in ("mil", "lgbm", "ridge", "mean")
+        for k, label in (
+            ("median_r", "median r"),
+            ("well_predicted", "well predicted"),
+            ("hotspot_median_r", "hotspot r"),
+            ("compartment_median_r", "compartment r"),
+            ("noise_median_r", "control r"),
+        )
+    },
+    "demo_seconds": "demo, s",
 }
 #: Tissue tiles of a typical TCGA diagnostic slide at 20x (0.5 µm/px) and 224 px, for the estimates per 100 slides.
 TILES_PER_TCGA_SLIDE = 10_000
