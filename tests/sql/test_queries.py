@@ -75,7 +75,11 @@ def test_cohort_summary(con, fake_store, ref):
     assert (row.tiles_per_slide_min, row.tiles_per_slide_max) == (min(n_tiles), max(n_tiles))
     status = ref["slides"].status.value_counts()
     assert row.n_slides_in_store == len(ref["slides"]) and row.n_slides_ok == status["ok"]
-    assert row.n_slides_failed == status["failed"] and row.n_slides_no_tissue == 0 and row.n_slides_too_small == 0
+    assert (
+        row.n_slides_failed == status["failed"]
+        and row.n_slides_no_tissue == 0
+        and row.n_slides_too_small == 0
+    )
 
 
 def test_slide_qc(con, ref):
