@@ -9,7 +9,7 @@ import os
 import pandas as pd
 
 from slide2expr import sql
-from slide2expr.contract import StoreError, check_store, is_prediction_config, tiles_path
+from slide2expr.contract import StoreError, StorePath, check_store, is_prediction_config, tiles_path
 from slide2expr.sql import Run
 
 
@@ -60,10 +60,11 @@ def tile_grid_exists(store: str | os.PathLike, tiling: str, slide_id: str) -> bo
     return tiles_path(store, tiling, slide_id).is_file()
 
 
-def check_store_dir(store: str | os.PathLike) -> None:
-    """Raise :class:`ExplainError` unless ``store`` is a slide2expr store."""
+def check_store_dir(store: str | os.PathLike) -> StorePath:
+    """``store`` as a Path (an :class:`~slide2expr.contract.ObjectPath` for a URI such as ``s3://bucket/prefix``);
+    raise :class:`ExplainError` unless it is a slide2expr store."""
     with as_explain_error():
-        check_store(store)
+        return check_store(store)
 
 
 def slide_row(store: str | os.PathLike, slide_id: str) -> dict:

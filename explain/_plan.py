@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slide2expr.contract import StorePath
 from slide2expr.explain._gallery import check_gallery_args
 from slide2expr.explain._hotspots import check_hotspot_args
 from slide2expr.explain._inputs import (
@@ -75,7 +76,7 @@ class ExplainPlan:
     """
 
     run: Run
-    store: Path
+    store: StorePath
     out: Path
     genes: tuple[str, ...]
     models: tuple[str, ...]
@@ -312,7 +313,7 @@ def plan_explain(
     ExplainPlan
     """
     run = load_run(run)
-    check_store_dir(store)
+    store = check_store_dir(store)
     genes = check_genes(run, genes)
     models = _check_models(run, models)
     check_explain_args(
@@ -358,7 +359,7 @@ def plan_explain(
     notes += [why] if why else []
     return ExplainPlan(
         run=run,
-        store=Path(store),
+        store=store,
         out=out,
         genes=tuple(genes),
         models=tuple(models),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slide2expr.contract import qc_path, tiles_path, write_bytes_atomic
+from slide2expr.contract import qc_path, read_parquet_metadata, store_path, tiles_path, write_bytes_atomic
 from slide2expr.explain._figures import compress_image, model_summary, plot_scatter, png_bytes
 from slide2expr.explain._inputs import ExplainError, Run, load_run
 from slide2expr.explain._layout import HOTSPOTS_FILE, MANIFEST, REPORT_HTML
@@ -300,7 +300,7 @@ def write_report(
     out = report_path(run, explain_dir=base, out=out)
     manifest_path = base / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    store = Path(store) if store is not None else Path(run.config.get("store") or "")
+    store = store_path(store) if store is not None else store_path(run.config.get("store") or "")
     images = _Images(budget=IMAGE_BUDGET_BYTES)
     metrics = run.table("metrics")
     pooled = metrics[metrics["fold"] == -1]
@@ -595,9 +595,7 @@ def _qc_sheet(run: Run, store: Path, images: _Images) -> str:
 
 
 def _n_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+    return read_parquet_metadata(path).num_rows if path.exists() else 0
 
 
 def _localisation(run: Run, manifest: dict, base: Path, images: _Images) -> str:
