@@ -12,7 +12,8 @@
 - :func:`similar_tiles` — the k tiles most similar to a tile (exact, or through the similarity index that
   :func:`build_similarity_index` derives from the store; :func:`open_similarity_index` for many queries).
 - :func:`lazy_cohort` — the same bags read on access (a bag, or a uniform sample of its rows, straight from the
-  pages), for cohorts larger than memory.
+  pages), for cohorts larger than memory; :func:`open_cohort` — in memory or read on access by a memory setting
+  (``max_memory_gb``, default :func:`default_max_memory_gb`).
 - :func:`pooled_features` — every bag's mean/max/min/std per dimension from one streaming pass, cached beside the
   store (fold-independent features for the pooled baselines, whatever the cohort's size).
 
@@ -35,7 +36,13 @@ from __future__ import annotations
 from slide2expr.contract import Cohort
 from slide2expr.sql._bags import MissingTargetsWarning, UnpairedSlidesWarning, iter_cohort, load_cohort
 from slide2expr.sql._connect import RUN_VIEWS, STORE_VIEWS, connect, sql_text
-from slide2expr.sql._lazy import LazyCohort, lazy_cohort
+from slide2expr.sql._lazy import (
+    LazyCohort,
+    check_max_memory_gb,
+    default_max_memory_gb,
+    lazy_cohort,
+    open_cohort,
+)
 from slide2expr.sql._pooled import STREAMED_STATS, PooledFeatures, pooled_features
 from slide2expr.sql._queries import QueryError, QueryInfo, get_query, list_queries, run_query, run_sql
 from slide2expr.sql._read import Run, open_run, read_embeddings, read_slide, read_slides, read_tiles
@@ -86,5 +93,8 @@ __all__ = [
     "PooledFeatures",
     "pooled_features",
     "LazyCohort",
+    "check_max_memory_gb",
+    "default_max_memory_gb",
+    "open_cohort",
     "lazy_cohort",
 ]

@@ -5,17 +5,23 @@ until a bag is indexed: ``bags[i]`` reads that bag's rows straight from its slid
 into a fresh ``(n_tiles, d)`` float32 array, and ``bags.sample(i, n, rng)`` reads only ``n`` uniformly drawn rows
 of it (one ``pread`` per row), which is what a MIL step that subsamples tiles needs. Memory holds the bags the caller
 keeps, never the cohort.
+
+A :class:`LazyCohort` answers what ``regress.compare`` asks of a :class:`~slide2expr.contract.Cohort` besides the
+features themselves: ``offsets``, ``bag_slice``, per-tile ``slide_ids``/``tile_ids``/``x``/``y`` (read from the
+files' small columns on first use, about 20 bytes a tile) and ``features``, whose rows are read when indexed.
+:func:`open_cohort` chooses between the two by a memory setting.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from slide2expr.sql._bags import _plan, _targets_for_plan, _warn_missing, read_targets
+from slide2expr.sql._bags import _plan, _targets_for_plan, _warn_missing, load_cohort, read_targets
 from slide2expr.sql._similar import _Reader
 
 
@@ -26,7 +32,9 @@ class LazyCohort(Sequence):
     (n_bags, n_genes) float64 or None, ``genes``, ``encoder``, ``tiling``, ``by``, ``missing_targets``.
     """
 
-    def __init__(self, plan, files: Sequence[int], *, by: str, y_all, genes, missing):
+    def __init__(self, plan, files: Sequence[int], *, by: str, y_all, genes, missing, store=None):
+        self.store = None if store is None else Path(store)
+        self.meta = dict(plan.meta)
         self._files = [plan.files[j] for j in files]
         file_bag = np.asarray([plan.bag_of_file[j] for j in files], dtype=np.int64)
         bags = list(dict.fromkeys(file_bag.tolist()))  # plan order, bags with at least one file kept
@@ -43,6 +51,70 @@ class LazyCohort(Sequence):
 
     def __len__(self) -> int:
         return len(self.bag_ids)
+
+    @property
+    def bags(self) -> LazyCohort:
+        """The bags (this sequence: each read when indexed)."""
+        return self
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """``(n_bags + 1,)`` int64: bag ``i`` is rows ``offsets[i]:offsets[i + 1]`` of the cohort's tile order."""
+        return np.concatenate([[0], np.cumsum(self.n_tiles)]).astype(np.int64)
+
+    def bag_slice(self, i: int) -> slice:
+        """Bag ``i``'s rows in :attr:`offsets`' order."""
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    @functools.cached_property
+    def _order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Files in tile order and the first row of each."""
+        order = np.concatenate(self._of_bag).astype(np.int64) if self._of_bag else np.zeros(0, np.int64)
+        rows = np.array([self._files[j].n_rows for j in order], dtype=np.int64)
+        return order, np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+
+    @functools.cached_property
+    def _tile_columns(self) -> dict[str, np.ndarray]:
+        order, _ = self._order
+        parts: dict[str, list] = {"slide_ids": [], "tile_ids": [], "x": [], "y": []}
+        for j in order:
+            f = self._files[int(j)]
+            reader = _Reader(f.path)
+            try:
+                t = reader.columns(["tile_id", "x", "y"])
+            finally:
+                reader.close()
+            parts["slide_ids"].append(np.full(t.num_rows, f.slide_id, dtype=object))
+            parts["tile_ids"].append(t.column("tile_id").to_numpy().astype(np.int32))
+            parts["x"].append(t.column("x").to_numpy().astype(np.int64))
+            parts["y"].append(t.column("y").to_numpy().astype(np.int64))
+        empty = {"slide_ids": object, "tile_ids": np.int32, "x": np.int64, "y": np.int64}
+        return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in parts.items()}
+
+    @property
+    def slide_ids(self) -> np.ndarray:
+        """``(n_tiles_total,)`` object: each tile's slide (read on first use)."""
+        return self._tile_columns["slide_ids"]
+
+    @property
+    def tile_ids(self) -> np.ndarray:
+        """``(n_tiles_total,)`` int32: each tile's ``tile_id`` (read on first use)."""
+        return self._tile_columns["tile_ids"]
+
+    @property
+    def x(self) -> np.ndarray:
+        """``(n_tiles_total,)`` int64: each tile's level-0 left coordinate (read on first use)."""
+        return self._tile_columns["x"]
+
+    @property
+    def y(self) -> np.ndarray:
+        """``(n_tiles_total,)`` int64: each tile's level-0 top coordinate (read on first use)."""
+        return self._tile_columns["y"]
+
+    @property
+    def features(self) -> _Rows:
+        """The cohort's tile rows, read when indexed (``features[::step]``, ``features[rows]``)."""
+        return _Rows(self)
 
     @property
     def nbytes(self) -> int:
@@ -82,6 +154,34 @@ class LazyCohort(Sequence):
         return np.concatenate(out)
 
 
+class _Rows:
+    """Rows of a :class:`LazyCohort` in tile order; indexing with a slice or integer array reads those rows only."""
+
+    def __init__(self, cohort: LazyCohort):
+        self._cohort = cohort
+
+    def __len__(self) -> int:
+        return int(self._cohort.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self._cohort.dim
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows = np.arange(len(self))[key]
+        if np.ndim(rows) == 0:
+            return self[np.array([rows])][0]
+        order, starts = self._cohort._order
+        where = np.searchsorted(starts, rows, side="right") - 1
+        out = np.empty((len(rows), self._cohort.dim), dtype=np.float32)
+        for k in np.unique(where):
+            mine = np.flatnonzero(where == k)
+            local = rows[mine] - starts[k]
+            sort = np.argsort(local, kind="stable")
+            out[mine[sort]] = self._cohort._read(int(order[k]), local[sort])
+        return out
+
+
 def lazy_cohort(
     store: str | os.PathLike,
     *,
@@ -98,4 +198,56 @@ def lazy_cohort(
     y_all, gene_names, missing, _, excluded = _targets_for_plan(plan, table, genes, stacklevel=2)
     _warn_missing(missing, drop_missing=False, stacklevel=2)
     files = [j for j in range(len(plan.files)) if j not in set(excluded)]
-    return LazyCohort(plan, files, by=by, y_all=y_all, genes=gene_names, missing=missing)
+    return LazyCohort(plan, files, by=by, y_all=y_all, genes=gene_names, missing=missing, store=store)
+
+
+#: Share of the memory setting that a cohort loaded in memory may take (the rest is for the models and outputs).
+IN_MEMORY_SHARE = 0.5
+#: The memory setting's default: this share of the machine's physical memory.
+DEFAULT_MEMORY_SHARE = 1 / 3
+
+
+def default_max_memory_gb() -> float:
+    """A third of the machine's physical memory, in GB (8 GB where it cannot be read).
+
+    >>> default_max_memory_gb() > 0
+    True
+    """
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8.0
+    return round(total * DEFAULT_MEMORY_SHARE / 1e9, 1)
+
+
+def check_max_memory_gb(max_memory_gb: float | None) -> float:
+    """``max_memory_gb`` as a positive number of GB (None: :func:`default_max_memory_gb`); ValueError naming it."""
+    if max_memory_gb is None:
+        return default_max_memory_gb()
+    if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, int | float) or not max_memory_gb > 0:
+        raise ValueError(f"max_memory_gb={max_memory_gb!r}: give the memory bound in GB as a number > 0")
+    return float(max_memory_gb)
+
+
+def open_cohort(
+    store: str | os.PathLike,
+    *,
+    encoder: str,
+    tiling: str | None = None,
+    targets: str | os.PathLike | None = None,
+    by: str = "patient",
+    genes: Sequence[str] | None = None,
+    max_memory_gb: float | None = None,
+    lazy: bool | None = None,
+):
+    """The cohort of :func:`sql.load_cohort` in memory when its float32 features take at most
+    :data:`IN_MEMORY_SHARE` of ``max_memory_gb`` (default :func:`default_max_memory_gb`), else a
+    :class:`LazyCohort` (bags read on access); ``lazy`` True or False forces the choice."""
+    budget = check_max_memory_gb(max_memory_gb)
+    if lazy is None:
+        lazy = (
+            lazy_cohort(store, encoder=encoder, tiling=tiling, by=by).nbytes > IN_MEMORY_SHARE * budget * 1e9
+        )
+    if lazy:
+        return lazy_cohort(store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes)
+    return load_cohort(store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes)

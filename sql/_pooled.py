@@ -5,7 +5,7 @@ each bag's mean or max does not depend on which patients train. They are compute
 sufficient statistics — tile count, mean and sum of squared deviations (float64), max and min — read slide by slide
 straight from the Parquet pages (:mod:`sql._rows`), so memory holds one slide's embeddings whatever the cohort's
 size. The per-slide statistics are cached in ``STORE/.cache/pooled/<tiling>/<encoder>/<fingerprint>.parquet``
-(derived, never the source of truth; the fingerprint hashes every embeddings file's name, size and modification
+(derived, never the source of truth; with :data:`POOLED_FORMAT` in its name; the fingerprint hashes every embeddings file's name, size and modification
 time, so a changed store recomputes them) and combined into patient or slide bags on each call (Chan et al.'s
 pairwise update for the variance).
 
@@ -31,6 +31,8 @@ from slide2expr.sql._similar import _ROWS_PER_STEP, EmbeddingFiles, _Reader, lis
 
 #: Derived per-slide statistics live here (hidden: no view or glob of the store reads them).
 POOLED_DIR = ".cache/pooled"
+#: Version of the cached statistics' computation (part of the cache's name: another version recomputes them).
+POOLED_FORMAT = "v2"
 #: Statistics that one streaming pass gives exactly.
 STREAMED_STATS = ("mean", "max", "min", "std")
 
@@ -67,7 +69,7 @@ def _slide_stats(reader: _Reader) -> tuple[int, np.ndarray, np.ndarray, np.ndarr
         chunk = values[a : a + _ROWS_PER_STEP].astype(np.float32)
         k = len(chunk)
         c_mean = chunk.mean(axis=0, dtype=np.float64)
-        c_m2 = ((chunk - c_mean.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
+        c_m2 = ((chunk.astype(np.float64) - c_mean) ** 2).sum(axis=0)  # float64: std as BagPooler's
         mean, m2, seen = *_merge(seen, mean, m2, k, c_mean, c_m2), seen + k
         np.maximum(vmax, chunk.max(axis=0), out=vmax)
         np.minimum(vmin, chunk.min(axis=0), out=vmin)
@@ -84,7 +86,8 @@ def _merge(na: int, mean_a: np.ndarray, m2_a: np.ndarray, nb: int, mean_b: np.nd
 
 
 def _cache_path(files: EmbeddingFiles) -> Path:
-    return files.store / POOLED_DIR / files.tiling / files.encoder / f"{files.fingerprint}.parquet"
+    name = f"{files.fingerprint}-{POOLED_FORMAT}.parquet"
+    return files.store / POOLED_DIR / files.tiling / files.encoder / name
 
 
 def slide_statistics(

@@ -9,7 +9,7 @@ import pytest
 
 from slide2expr import sql
 from slide2expr.regress import BagPooler
-from slide2expr.sql._pooled import POOLED_DIR, pooled_features
+from slide2expr.sql._pooled import POOLED_DIR, POOLED_FORMAT, pooled_features
 from tests._fakestore import ENCODER, TILING, make_fake_store
 
 
@@ -34,7 +34,7 @@ def test_streaming_pooling_equals_in_memory(store, by):
 def test_cache_is_reused_and_follows_the_store(store):
     first = pooled_features(store.root, stats=("mean",))
     cached = list((store.root / POOLED_DIR / TILING / ENCODER).glob("*.parquet"))
-    assert len(cached) == 1 and cached[0].stem == first.fingerprint
+    assert len(cached) == 1 and cached[0].stem == f"{first.fingerprint}-{POOLED_FORMAT}"
     again = pooled_features(store.root, stats=("mean",))
     np.testing.assert_array_equal(first.features, again.features)
     path = next((store.root / "embeddings" / TILING / ENCODER).glob("*.parquet"))
@@ -44,7 +44,7 @@ def test_cache_is_reused_and_follows_the_store(store):
         changed = pooled_features(store.root, stats=("mean",))
         assert changed.fingerprint != first.fingerprint
         assert [p.stem for p in (store.root / POOLED_DIR / TILING / ENCODER).glob("*.parquet")] == [
-            changed.fingerprint
+            f"{changed.fingerprint}-{POOLED_FORMAT}"
         ]
     finally:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
