@@ -92,6 +92,7 @@ from slide2expr.regress._stats import (
     regression_metrics,
     steiger_test,
 )
+from slide2expr.regress._streaming import MemoryBoundWarning, StreamingError
 from slide2expr.regress._targets import (
     PANELS,
     SamplesWithoutSlidesWarning,
@@ -124,6 +125,8 @@ __all__ = [
     "GeneSelectionWarning",
     "HE2RNARegressor",
     "LeftOutBagsWarning",
+    "MemoryBoundWarning",
+    "StreamingError",
     "MeanRegressor",
     "ModelInfo",
     "NestedMIL",

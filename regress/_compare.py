@@ -45,6 +45,7 @@ from slide2expr.regress._genes import (
     default_selection_message,
     fold_gene_columns,
     select_genes,
+    top_genes_of,
 )
 from slide2expr.regress._harness import (
     CompareError,
@@ -73,6 +74,14 @@ from slide2expr.regress._stats import (
     metrics_table,
     paired_comparison,
 )
+from slide2expr.regress._streaming import (
+    MemoryBoundWarning,
+    Stages,
+    attention_cap,
+    fold_inputs,
+    is_lazy,
+)
+from slide2expr.sql import check_max_memory_gb
 
 #: The floor every comparison includes.
 FLOOR_MODEL = "mean"
@@ -103,6 +112,8 @@ class ComparePlan:
         What the outputs depend on and its fingerprint (``RUN/partial/settings.json``); None without ``out``.
     resume
         The (model, fold) fits an interrupted run with the same settings left in ``out``, which compare loads.
+    max_memory_gb
+        The memory bound of a run on a cohort read on access (:class:`sql.LazyCohort`); None for one in memory.
     """
 
     models: tuple[str, ...]
@@ -121,6 +132,7 @@ class ComparePlan:
     selection: GeneSelection | None = None
     settings: dict | None = None
     resume: tuple[tuple[str, int], ...] | None = None
+    max_memory_gb: float | None = None
 
     def describe(self) -> str:
         """The plan in a few lines (what ``--dry-run`` prints)."""
@@ -140,6 +152,11 @@ class ComparePlan:
             )
         if self.dropped:
             lines.append(f"  {len(self.dropped)} bag(s) without complete targets left out")
+        if self.max_memory_gb is not None:
+            lines.append(
+                f"  bags read on access from the store, memory bounded by {self.max_memory_gb:g} GB (pooled "
+                "features from the store's cache, tile projections fitted on a sample of each fold's training tiles)"
+            )
         if self.resume is not None:
             lines.append(
                 f"  resumes the interrupted run in {self.out}: {len(self.resume)} of "
@@ -168,11 +185,14 @@ def plan_compare(
     rank_genes_by: str = "variance",
     protein_coding: bool = False,
     save_models: bool = True,
+    max_memory_gb: float | None = None,
 ) -> ComparePlan:
     """Check everything :func:`compare` checks and return its plan; writes nothing.
 
     Chooses the genes of each fold on its training patients (:func:`~slide2expr.regress.select_genes`; the
-    parameters are :func:`compare`'s). Raises :class:`CompareError` (no targets, repeated genes, bad
+    parameters are :func:`compare`'s). On a cohort read on access (:class:`sql.LazyCohort`) it also checks that
+    the run fits ``max_memory_gb`` and records attention of as many genes per fold as fit a quarter of it (a
+    :class:`MemoryBoundWarning` when fewer than in memory). Raises :class:`CompareError` (no targets, repeated genes, bad
     ``model_params`` or ``n_folds``, fewer than 3 patients in a held-out fold, a gene with one value for every bag,
     no bag with every value), :class:`GeneSelectionError` (unknown genes, bad ``top_genes``),
     :class:`UnknownModelError` (unknown models or parameters), :class:`BagInputError` (``device``) and
@@ -230,6 +250,9 @@ def plan_compare(
         attention_genes=attention_genes,
         selection=selection,
     )
+    bound = None if max_memory_gb is None and not is_lazy(cohort) else check_max_memory_gb(max_memory_gb)
+    if is_lazy(cohort):
+        plan = _bounded(cohort, plan, y=y[:, compared], max_memory_gb=bound)
     if out is None:
         return plan
     settings = run_settings(cohort, plan, save_models=save_models)
@@ -238,6 +261,32 @@ def plan_compare(
     check_resume(out, settings)
     done = tuple(PartialRun(RunLayout(out), settings).finished(plan.models, plan.n_folds))
     return dataclasses.replace(plan, settings=settings, resume=done)
+
+
+def _bounded(cohort, plan: ComparePlan, *, y: np.ndarray, max_memory_gb: float) -> ComparePlan:
+    """``plan`` for a cohort read on access: its memory bound, and per fold the attention genes that fit it (those
+    of highest ``rank_genes_by`` on the fold's training patients)."""
+    plan = dataclasses.replace(plan, max_memory_gb=max_memory_gb)
+    cap = attention_cap(cohort, plan, max_memory_gb=max_memory_gb)
+    if cap is None:
+        return plan
+    rank_by = plan.selection.rank_genes_by if plan.selection is not None else "variance"
+    capped = []
+    for k, cols in enumerate(plan.attention_genes):
+        cols = np.asarray(cols)
+        if len(cols) > cap:
+            cols = cols[top_genes_of(y[plan.folds != k][:, cols], top=cap, rank_by=rank_by)[:cap]]
+            if len(cols) < cap:
+                cols = np.asarray(plan.attention_genes[k])[:cap]
+        capped.append(cols)
+    warnings.warn(
+        f"attention is recorded for {cap} gene(s) per fold, as many as fit a quarter of max_memory_gb="
+        f"{max_memory_gb:g} for {int(cohort.n_tiles[plan.keep].sum()):,} tiles; give more memory "
+        "(--max-memory-gb) to record more",
+        MemoryBoundWarning,
+        stacklevel=3,
+    )
+    return dataclasses.replace(plan, attention_genes=tuple(capped))
 
 
 def _complete_targets(cohort: Cohort, selection: GeneSelection) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -357,6 +406,9 @@ class CompareResult:
         One row per model: ``median_r`` (pooled Pearson r over genes), ``n_well_predicted``, ``n_genes``,
         ``n_r_above`` (genes with pooled r > :data:`R_COUNT_THRESHOLD`, as DeepPT counts them),
         ``median_rmse_ratio`` (RMSE ÷ training-mean RMSE), ``fit_seconds`` (all folds).
+    stages : dict
+        Per stage of :func:`compare` (``plan``, ``pooled features`` on a cohort read on access, ``fit``, ``null``,
+        ``summarise and write``): ``{"seconds", "peak_rss_gb"}``, the process's peak resident memory when it ended.
     gene_comparisons : pandas.DataFrame or None
         The across-patients axis: per model pair and gene, Steiger's test of the two pooled correlations
         (:func:`~slide2expr.regress.gene_comparisons`; ``fdr`` is its BH adjustment within the pair).
@@ -372,6 +424,7 @@ class CompareResult:
     attention_rows: int = 0
     seconds: dict = field(default_factory=dict)
     gene_comparisons: pd.DataFrame | None = None
+    stages: dict = field(default_factory=dict)
 
 
 @_says_how_to_resume
@@ -393,6 +446,7 @@ def compare(
     top_genes: int | None = None,
     rank_genes_by: str = "variance",
     protein_coding: bool = False,
+    max_memory_gb: float | None = None,
 ) -> CompareResult:
     """Cross-validate ``models`` on the same patient-grouped folds and write a run directory.
 
@@ -403,7 +457,10 @@ def compare(
     Parameters
     ----------
     cohort
-        Bags with targets (``sql.load_cohort(store, encoder=…, targets=…)``).
+        Bags with targets: in memory (``sql.load_cohort(store, encoder=…, targets=…)``) or read on access
+        (``sql.lazy_cohort``; ``sql.open_cohort`` chooses by ``max_memory_gb``), where the pooled baselines use
+        the store's cached pooled features and an attention model's tile projection is fitted on a bounded sample
+        of each fold's training tiles (:mod:`slide2expr.regress._streaming`).
     models
         Registered model names (:func:`regress.list_models`).
     n_folds, seed
@@ -436,6 +493,9 @@ def compare(
         bags (``folds_selected`` in ``metrics.parquet``).
     protein_coding
         Only genes whose GENCODE ``gene_type`` is ``protein_coding`` (targets imported from GDC STAR-counts).
+    max_memory_gb
+        On a cohort read on access, the memory the run may hold (default ``sql.default_max_memory_gb()``, a
+        third of the machine's): checked before fitting, and the attention recorded is cut to fit a quarter of it.
 
     Raises
     ------
@@ -450,42 +510,58 @@ def compare(
     when that few, else those of highest ``rank_genes_by`` on its training patients), ``models/<model>/fold<k>.joblib``,
     ``plots/compare_pearson.png``; while running, ``partial/`` (removed at the end).
     """
-    plan = plan_compare(
-        cohort,
-        models=models,
-        n_folds=n_folds,
-        seed=seed,
-        out=out,
-        model_params=model_params,
-        device=device,
-        overwrite=overwrite,
-        genes=genes,
-        top_genes=top_genes,
-        rank_genes_by=rank_genes_by,
-        protein_coding=protein_coding,
-        save_models=save_models,
-    )
+    stages = Stages()
+    with stages("plan"):
+        plan = plan_compare(
+            cohort,
+            models=models,
+            n_folds=n_folds,
+            seed=seed,
+            out=out,
+            model_params=model_params,
+            device=device,
+            overwrite=overwrite,
+            genes=genes,
+            top_genes=top_genes,
+            rank_genes_by=rank_genes_by,
+            protein_coding=protein_coding,
+            save_models=save_models,
+            max_memory_gb=max_memory_gb,
+        )
     cohort = plan_cohort(cohort, plan)  # y_true of the compared genes only
+    inputs = fold_inputs(cohort, plan)
+    if is_lazy(cohort) and any(not model_info(m).attention for m in plan.models if m != FLOOR_MODEL):
+        with stages("pooled features"):
+            inputs.pooled  # noqa: B018 (one streaming pass over the store, or its cache)
     layout = checkpoint = None
     if plan.out is not None:
         fresh = plan.resume is None
         layout = RunLayout(prepare_output_dir(plan.out, overwrite=overwrite) if fresh else plan.out)
         checkpoint = PartialRun.start(layout, plan.settings)
     saving = layout is not None and save_models
-    fits = cross_fit(
-        cohort,
-        plan,
-        on_fitted=partial(save_fold_model, layout) if saving else None,
-        progress=progress,
-        checkpoint=checkpoint,
-    )
+    with stages("fit"):
+        fits = cross_fit(
+            cohort,
+            plan,
+            on_fitted=partial(save_fold_model, layout) if saving else None,
+            progress=progress,
+            checkpoint=checkpoint,
+            inputs=inputs,
+        )
     # the null of every model but the floor (whose null is itself): the same model on permuted training targets
-    null = null_fits(cohort, plan, skip=(FLOOR_MODEL,), progress=progress)
-    result = summarise(plan, fits, config=run_config(cohort, plan, store=store, targets=targets), null=null)
-    if layout is not None:
-        tables = {k: getattr(result, k) for k in ("folds", "predictions", "metrics", "comparisons")}
-        write_run(layout, config=result.config, attention=fits.attention, models=list(plan.models), **tables)
-        checkpoint.remove()
+    with stages("null"):
+        null = null_fits(cohort, plan, skip=(FLOOR_MODEL,), progress=progress, inputs=inputs)
+    with stages("summarise and write"):
+        result = summarise(
+            plan, fits, config=run_config(cohort, plan, store=store, targets=targets), null=null
+        )
+        if layout is not None:
+            tables = {k: getattr(result, k) for k in ("folds", "predictions", "metrics", "comparisons")}
+            write_run(
+                layout, config=result.config, attention=fits.attention, models=list(plan.models), **tables
+            )
+            checkpoint.remove()
+    result.stages = stages.table
     if progress:
         print_summary(result)
     return result
@@ -556,7 +632,9 @@ def summarise(
     )
 
 
-def _comparisons(metrics: pd.DataFrame, per_gene: pd.DataFrame, *, models: list[str], seed: int) -> pd.DataFrame:
+def _comparisons(
+    metrics: pd.DataFrame, per_gene: pd.DataFrame, *, models: list[str], seed: int
+) -> pd.DataFrame:
     """Per model pair: the across-genes paired test, and counts of the across-patients tests' verdicts."""
     pooled = metrics[metrics["fold"] == -1].pivot(index="gene", columns="model", values="pearson_r")
     rows = []
@@ -612,7 +690,14 @@ def print_summary(result: CompareResult, *, console=None) -> None:
         caption="well predicted: pooled r > 0, BH-FDR < 0.05, RMSE < training-mean RMSE, beats the model's null "
         "(the same model on permuted targets)",
     )
-    for col in ("model", "median r", "well predicted", f"r > {R_COUNT_THRESHOLD}", "median RMSE ratio", "fit s"):
+    for col in (
+        "model",
+        "median r",
+        "well predicted",
+        f"r > {R_COUNT_THRESHOLD}",
+        "median RMSE ratio",
+        "fit s",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in result.summary.itertuples():
         table.add_row(
@@ -624,5 +709,9 @@ def print_summary(result: CompareResult, *, console=None) -> None:
             f"{r.fit_seconds:.1f}",
         )
     console.print(table)
+    if result.stages:
+        parts = ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in result.stages.items())
+        peak = max(v["peak_rss_gb"] for v in result.stages.values())
+        console.print(f"stages: {parts}; peak RSS {peak:.2f} GB")
     if result.run is not None:
         console.print(f"run directory: {result.run}")

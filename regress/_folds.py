@@ -12,9 +12,10 @@ import pandas as pd
 import pyarrow as pa
 
 from slide2expr.contract import ATTENTION_SCHEMA, Cohort
-from slide2expr.regress._harness import CompareError, fit_model, plan_targets
+from slide2expr.regress._harness import CompareError, plan_targets
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import make_model, model_info
+from slide2expr.regress._streaming import fold_inputs
 
 
 def make_folds(groups: Sequence[str], *, n_folds: int, seed: int) -> np.ndarray:
@@ -67,6 +68,7 @@ def cross_fit(
     on_fitted: Callable[[str, int, object], None] | None = None,
     progress: bool = False,
     checkpoint=None,
+    inputs=None,
 ) -> FoldOutputs:
     """Fit each model of ``plan`` (a :class:`~slide2expr.regress.ComparePlan`) on every fold's training patients
     (``random_state = seed + fold``) and predict the held-out bags.
@@ -76,10 +78,10 @@ def cross_fit(
     ``plan.attention_genes[k]``. ``on_fitted(model, fold, estimator)`` sees each fitted estimator; ``checkpoint``
     (a :class:`~slide2expr.regress._runs.PartialRun`) returns the outputs of fits finished by an earlier,
     interrupted run instead of fitting them again, and saves each new one as it finishes. ``progress`` shows a bar
-    over models × folds.
+    over models × folds. ``inputs`` (default :func:`~slide2expr.regress._streaming.fold_inputs`) fits and
+    predicts: bags in memory, or a cohort read on access with memory bounded.
     """
-    all_bags = cohort.bags
-    bags = [all_bags[i] for i in plan.keep]
+    inputs = fold_inputs(cohort, plan) if inputs is None else inputs
     Y = plan_targets(cohort, plan)
     pred_parts, att_parts, seconds = [], [], dict.fromkeys(plan.models, 0.0)
     with _Progress(enabled=progress, total=len(plan.models) * plan.n_folds) as bar:
@@ -94,9 +96,8 @@ def cross_fit(
                     y_tr = Y[tr] if len(cols) == Y.shape[1] else Y[tr][:, cols]
                     est = make_model(name, params=params, random_state=plan.seed + k)
                     t0 = time.perf_counter()
-                    fit_model(est, [bags[i] for i in tr], y_tr, plan.patients[tr], name=name, params=params)
-                    test_bags = [bags[i] for i in te]
-                    yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(cols))
+                    inputs.fit(est, k, tr, y_tr, plan.patients[tr], name=name, params=params)
+                    yp = np.asarray(inputs.predict(est, k, te), dtype=np.float64).reshape(len(te), len(cols))
                     spent = time.perf_counter() - t0
                     pred = _prediction_rows(plan, name, k, te, Y, yp, base=y_tr.mean(axis=0), cols=cols)
                     att = None
@@ -105,10 +106,11 @@ def cross_fit(
                         within = np.searchsorted(cols, att_cols)
                         scores = [
                             TileScores(*(None if a is None else a[:, within] for a in s))
-                            for s in est.predict_tiles(test_bags)
+                            for s in inputs.predict_tiles(est, k, te)
                         ]
                         genes = [plan.genes[i] for i in att_cols]
                         att = attention_rows(scores, cohort, plan.keep[te], name=name, fold=k, genes=genes)
+                    est = inputs.finish(est, k)
                     if on_fitted is not None:
                         on_fitted(name, k, est)
                     if checkpoint is not None:
@@ -124,8 +126,9 @@ def cross_fit(
     return FoldOutputs(pd.concat(pred_parts, ignore_index=True), attention, seconds)
 
 
-
-def null_fits(cohort: Cohort, plan, *, skip: Sequence[str] = (), progress: bool = False) -> pd.DataFrame:
+def null_fits(
+    cohort: Cohort, plan, *, skip: Sequence[str] = (), progress: bool = False, inputs=None
+) -> pd.DataFrame:
     """Each model's *null*: the same model, on the same folds and seeds as :func:`cross_fit`, fitted on training
     targets permuted among the training patients (one permutation per fold, the same for every gene and model,
     drawn from ``plan.seed + fold``), predicting the held-out bags.
@@ -134,7 +137,7 @@ def null_fits(cohort: Cohort, plan, *, skip: Sequence[str] = (), progress: bool 
     ``skip`` (the training-mean floor, whose null is itself) get none. A model that beats its null learned
     something from the pairing of slides and targets, not from the fold structure or the targets' distribution.
     """
-    bags = [cohort.bags[i] for i in plan.keep]
+    inputs = fold_inputs(cohort, plan) if inputs is None else inputs
     Y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
     names = [m for m in plan.models if m not in skip]
     parts = []
@@ -142,13 +145,15 @@ def null_fits(cohort: Cohort, plan, *, skip: Sequence[str] = (), progress: bool 
         for k in range(plan.n_folds):
             tr, te = np.flatnonzero(plan.folds != k), np.flatnonzero(plan.folds == k)
             Yp = permute_by_group(Y[tr], plan.patients[tr], seed=plan.seed + k)
-            test_bags = [bags[i] for i in te]
             for name in names:
                 bar.describe(f"{name} null fold {k + 1}/{plan.n_folds}")
                 params = plan.model_params.get(name)
                 est = make_model(name, params=params, random_state=plan.seed + k)
-                fit_model(est, [bags[i] for i in tr], Yp, plan.patients[tr], name=name, params=params)
-                yp = np.asarray(est.predict(test_bags), dtype=np.float64).reshape(len(te), len(plan.genes))
+                inputs.fit(est, k, tr, Yp, plan.patients[tr], name=name, params=params)
+                yp = np.asarray(inputs.predict(est, k, te), dtype=np.float64).reshape(
+                    len(te), len(plan.genes)
+                )
+                inputs.finish(est, k)
                 parts.append(_prediction_rows(plan, name, k, te, Y, yp, base=Yp.mean(axis=0)))
                 bar.advance()
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -164,6 +169,7 @@ def permute_by_group(Y: np.ndarray, groups: np.ndarray, *, seed: int) -> np.ndar
     uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(uniq))
     return Y[first[order]][inverse]
+
 
 def _prediction_rows(plan, name: str, fold: int, te: np.ndarray, Y, yp, *, base, cols=None) -> pd.DataFrame:
     """The held-out rows of one model × fold, for the fold's genes ``cols`` (default ``plan.fold_genes[fold]``).

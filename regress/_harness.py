@@ -3,6 +3,7 @@ errors, the targets' transform, and JSON-safe config values."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import os
@@ -136,11 +137,16 @@ def plan_targets(cohort: Cohort, plan) -> np.ndarray:
 
 
 def plan_cohort(cohort: Cohort, plan) -> Cohort:
-    """``cohort`` with ``y_true`` and ``genes`` cut to ``plan.genes`` (the same features, bags and order)."""
+    """``cohort`` (a :class:`Cohort` or a :class:`sql.LazyCohort`) with ``y_true`` and ``genes`` cut to
+    ``plan.genes`` (the same features, bags and order)."""
     if tuple(cohort.genes) == tuple(plan.genes):
         return cohort
     position = {g: i for i, g in enumerate(cohort.genes)}
     y = np.asarray(cohort.y_true)[:, [position[g] for g in plan.genes]]
+    if not dataclasses.is_dataclass(cohort):  # a cohort read on access (sql.LazyCohort)
+        out = copy.copy(cohort)
+        out.y_true, out.genes = y, tuple(plan.genes)
+        return out
     return dataclasses.replace(cohort, y_true=y, genes=tuple(plan.genes))
 
 
