@@ -40,15 +40,17 @@ from slide2expr.regress._harness import (
     CompareError,
     check_cohort_targets,
     complete_bags,
-    fit_model,
     jsonable,
     target_transform,
 )
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import UnknownModelError, make_model, model_info
+from slide2expr.regress._streaming import fold_inputs
 
 #: Bags a model needs to be fitted on.
 MIN_TRAINING_BAGS = 2
+#: The fold a model trained on the whole cohort fits in (its tile sample's seed is drawn from it).
+TRAIN_FOLD = -1
 
 
 class EncoderMismatchError(ValueError):
@@ -136,7 +138,9 @@ def train(
     Parameters
     ----------
     cohort
-        Bags with targets.
+        Bags with targets: in memory (``sql.load_cohort``) or read on access (``sql.lazy_cohort``: pooled models
+        on the store's cached pooled features, an attention model's tile projection fitted on a bounded sample of
+        the tiles and applied as each bag is read, as :func:`compare` does).
     model, model_params
         A registered model name (:func:`regress.list_models`) and its parameters (:func:`regress.make_model`).
     seed
@@ -156,10 +160,12 @@ def train(
     plan = plan_train(cohort, model=model, model_params=model_params, seed=seed, out=out, overwrite=overwrite)
     est = make_model(model, params=model_params, random_state=seed)
     t0 = time.perf_counter()
-    bags = cohort.bags
+    inputs = fold_inputs(cohort, plan)  # the bags in memory, or read on access (regress._streaming)
     groups = np.asarray(cohort.groups, dtype=object)[plan.keep].astype(str)
     y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
-    fit_model(est, [bags[i] for i in plan.keep], y, groups, name=model, params=model_params)
+    rows = np.arange(len(plan.keep))
+    inputs.fit(est, TRAIN_FOLD, rows, y, groups, name=model, params=model_params)
+    est = inputs.finish(est, TRAIN_FOLD)
     seconds = time.perf_counter() - t0
     if plan.out is not None:
         _save_model(est, plan, cohort, seconds=seconds, store=store, targets=targets, overwrite=overwrite)

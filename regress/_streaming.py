@@ -233,7 +233,7 @@ class StreamingInputs:
         if self._fold is not None and self._fold[0] == key:
             return self._fold[1], self._fold[2]
         self._fold = None  # one fold's projected bags at a time
-        rng = np.random.default_rng([self.seed, fold])
+        rng = np.random.default_rng([self.seed, fold + 1])  # fold -1: a model trained on every bag
         index = self.keep[rows]
         lengths = self.cohort.n_tiles[index]
         total, cap = int(lengths.sum()), int(proj.max_rows)

@@ -53,6 +53,10 @@ class LazyCohort(Sequence):
         return len(self.bag_ids)
 
     @property
+    def n_bags(self) -> int:
+        return len(self.bag_ids)
+
+    @property
     def bags(self) -> LazyCohort:
         """The bags (this sequence: each read when indexed)."""
         return self

@@ -106,3 +106,16 @@ def test_memory_bound(store):
         sql.open_cohort(store.root, encoder=store.encoder, max_memory_gb=0)
     assert isinstance(sql.open_cohort(store.root, encoder=store.encoder, max_memory_gb=1e-6), sql.LazyCohort)
     assert not isinstance(sql.open_cohort(store.root, encoder=store.encoder, max_memory_gb=4), sql.LazyCohort)
+
+
+def test_train_and_predict_on_access(store, tmp_path):
+    mem, lazy = _cohorts(store)
+    a = regress.train(mem, model="ridge", seed=0)
+    b = regress.train(lazy, model="ridge", seed=0, out=tmp_path / "ridge", store=store.root, targets="expr")
+    np.testing.assert_allclose(b.predict(mem.bags), a.predict(mem.bags), rtol=1e-9, atol=1e-9)
+    mil = regress.train(lazy, model="mil", model_params=MIL, seed=0, out=tmp_path / "mil")
+    assert set(mil.members_[0][0][0].tile_projection_.sample_bags_) == set(lazy.bag_ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = regress.predict(lazy, model=tmp_path / "mil", out=tmp_path / "pred")  # bags read in batches
+    np.testing.assert_allclose(pred.y_pred.to_numpy(), mil.predict(mem.bags).ravel(), rtol=1e-5, atol=1e-6)
