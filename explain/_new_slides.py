@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slide2expr.contract import Cohort, ModelLayout
+from slide2expr.contract import Cohort, ModelLayout, StorePath, store_path
 from slide2expr.explain._inputs import ExplainError, as_explain_error, check_store_dir, read_slides
 from slide2expr.explain._plan import check_explain_args
 from slide2expr.explain._run import ExplainResult, explain_run
@@ -27,7 +27,7 @@ class NewSlidesPlan:
     into the prediction directory ``out``, then explain it into ``out/explain``."""
 
     model: Path
-    store: Path
+    store: StorePath
     out: Path
     config: dict
     cohort: Cohort
@@ -89,7 +89,7 @@ def plan_explain_model(
             by=config.get("by", "patient"),
         )
         regress.check_predict(cohort, model=model, store=store, targets=targets, out=out, overwrite=overwrite)
-    return NewSlidesPlan(Path(model), Path(store), Path(out), config, cohort, targets, overwrite)
+    return NewSlidesPlan(Path(model), store_path(store), Path(out), config, cohort, targets, overwrite)
 
 
 def explain_model(

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slide2expr.contract import EMBEDDINGS_DIR, StoreError, check_store
+from slide2expr.contract import EMBEDDINGS_DIR, StoreError, check_store, is_remote
 from slide2expr.sql._rows import PageMap, page_map, read_column, read_rows
 
 #: Derived similarity indexes live here (hidden: no view or glob of the store ever reads them).
@@ -111,6 +111,11 @@ def resolve_embeddings(
     store: str | os.PathLike, *, encoder: str | None, tiling: str | None
 ) -> tuple[str, str]:
     """The (tiling, encoder) to search: each given one must exist; ``None`` picks the only one there is."""
+    if is_remote(store):
+        raise SimilarityError(
+            f"store {store} is on an object store, but similar (exact search and its index) reads and writes a "
+            f"local store: copy it to a folder (`aws s3 sync {store} DIR`) and give that as STORE"
+        )
     root = check_store(store) / EMBEDDINGS_DIR
     pairs = sorted((p.parent.name, p.name) for p in root.glob("*/*") if p.is_dir()) if root.is_dir() else []
     have = [(t, e) for t, e in pairs if (encoder is None or e == encoder) and (tiling is None or t == tiling)]

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from slide2expr._app import EXIT_INTERRUPTED, EXIT_SOME_FAILED, DryRunOpt, app, fail, reported
+from slide2expr.contract import store_path
 
 
 @app.command(no_args_is_help=True)
@@ -25,7 +26,16 @@ def featurize(
             show_default=False,
         ),
     ],
-    store: Annotated[Path, typer.Option("--store", "-s", help="Store directory (created if missing).")],
+    store: Annotated[
+        Path,
+        typer.Option(
+            "--store",
+            "-s",
+            parser=store_path,
+            metavar="PATH",
+            help="Store directory or s3://bucket/prefix (created if missing).",
+        ),
+    ],
     encoder: Annotated[
         str | None,
         typer.Option(

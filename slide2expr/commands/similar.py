@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from slide2expr._app import DryRunOpt, app, fail, reported
+from slide2expr.contract import store_path
 
 
 class Method(str, Enum):
@@ -26,7 +27,10 @@ class Format(str, Enum):
 
 @app.command()
 def similar(
-    store: Annotated[Path, typer.Argument(help="The store directory.")],
+    store: Annotated[
+        Path,
+        typer.Argument(parser=store_path, help="The store: a directory or s3://bucket/prefix."),
+    ],
     tile: Annotated[
         str | None,
         typer.Option(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from slide2expr._app import app, fail, reported
+from slide2expr.contract import store_path
 
 
 class Format(str, enum.Enum):
@@ -209,7 +210,10 @@ def shell_command(
 
 @app.command(name="sql")
 def sql_command(
-    store: Annotated[Path | None, typer.Argument(help="The store directory.")] = None,
+    store: Annotated[
+        Path | None,
+        typer.Argument(parser=store_path, help="The store: a directory or s3://bucket/prefix."),
+    ] = None,
     name: Annotated[str | None, typer.Argument(help="A named query (see --list).")] = None,
     param: Annotated[
         list[str] | None,

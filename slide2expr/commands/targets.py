@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from slide2expr._app import DryRunOpt, app, fail, reported
+from slide2expr.contract import store_path
 
 targets_app = typer.Typer(
     help="Expression targets: import a matrix or GDC STAR-counts files into STORE/targets/<name>.parquet.",
@@ -21,7 +22,12 @@ targets_app = typer.Typer(
 )
 app.add_typer(targets_app, name="targets")
 
-StoreOpt = Annotated[Path, typer.Option("--store", help="The store directory.")]
+StoreOpt = Annotated[
+    Path,
+    typer.Option(
+        "--store", parser=store_path, metavar="PATH", help="The store: a directory or s3://bucket/prefix."
+    ),
+]
 
 
 @targets_app.command(name="import")

@@ -343,6 +343,16 @@ class ObjectPath:
 StorePath = Path | ObjectPath
 
 
+def store_location(path: str | os.PathLike | ObjectPath) -> str:
+    """``path`` as a run's ``config.json`` records it: a local path made absolute, a URI as it is.
+
+    >>> store_location("s3://bucket/stores/coad/"), store_location("/data/stores/coad")
+    ('s3://bucket/stores/coad', '/data/stores/coad')
+    """
+    p = store_path(path)
+    return str(p) if isinstance(p, ObjectPath) else str(p.resolve())
+
+
 def is_remote(path: str | os.PathLike | ObjectPath) -> bool:
     """Whether ``path`` names an object store (a URI other than ``file://``)."""
     if isinstance(path, ObjectPath):
