@@ -92,7 +92,7 @@ from slide2expr.regress._stats import (
     regression_metrics,
     steiger_test,
 )
-from slide2expr.regress._streaming import MemoryBoundWarning, StreamingError
+from slide2expr.regress._streaming import MemoryBoundWarning, StreamingError, peak_rss_gb
 from slide2expr.regress._targets import (
     PANELS,
     SamplesWithoutSlidesWarning,
@@ -127,6 +127,7 @@ __all__ = [
     "LeftOutBagsWarning",
     "MemoryBoundWarning",
     "StreamingError",
+    "peak_rss_gb",
     "MeanRegressor",
     "ModelInfo",
     "NestedMIL",

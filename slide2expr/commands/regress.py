@@ -66,16 +66,31 @@ def _params(text: str | None, *, example: str) -> dict:
 
 
 def _load(
-    store: Path, *, encoder: str, tiling: str | None, targets: str | None, by: str, genes, quiet_missing: bool
+    store: Path,
+    *,
+    encoder: str,
+    tiling: str | None,
+    targets: str | None,
+    by: str,
+    genes,
+    quiet_missing: bool,
+    max_memory_gb: float | None = None,
+    lazy: bool | None = False,
 ):
-    """The cohort. ``quiet_missing`` leaves bags without targets to the command (compare and train report them as
-    left out)."""
+    """The cohort: in memory, or read on access (``sql.open_cohort`` by ``max_memory_gb``, or as ``lazy`` says).
+    ``quiet_missing`` leaves bags without targets to the command (compare and train report them as left out)."""
     from slide2expr import sql
     from slide2expr.contract import StoreError
 
     with reported(StoreError, ValueError, FileNotFoundError), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", sql.MissingTargetsWarning)
-        cohort = sql.load_cohort(store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes)
+        if lazy is False and max_memory_gb is None:
+            cohort = sql.load_cohort(
+                store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes
+            )
+        else:
+            cohort = sql.open_cohort(store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=genes,
+                                     max_memory_gb=max_memory_gb, lazy=lazy)  # fmt: skip
     for w in caught:
         if not (quiet_missing and issubclass(w.category, sql.MissingTargetsWarning)):
             typer.echo(f"warning: {w.message}", err=True)
@@ -100,6 +115,21 @@ TilingOpt = Annotated[str | None, typer.Option("--tiling", help="Tiling name (de
 ByOpt = Annotated[str, typer.Option("--by", help="One bag per 'patient' (the paper) or per 'slide'.")]
 GenesOpt = Annotated[str | None, typer.Option("--genes", help="Comma-separated genes (default: all).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the folds and the models.")]
+MaxMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-memory-gb",
+        help="Memory bound in GB (default: a third of this machine's). A cohort whose features take more than half "
+        "of it is read on access from the store, bag by bag, and the run is checked to fit the bound.",
+    ),
+]
+LazyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--lazy/--in-memory",
+        help="Read the bags on access from the store, or load them all; default: by --max-memory-gb.",
+    ),
+]
 
 
 @app.command()
@@ -158,19 +188,30 @@ def compare(
         str | None,
         typer.Option("--device", help="auto, cpu, cuda or cuda:<i> for the models that take a device."),
     ] = None,
+    max_memory_gb: MaxMemoryOpt = None,
+    lazy: LazyOpt = None,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Cross-validate models on the same patient-grouped folds; write a run directory (metrics, attention, plots).
 
     An interrupted compare (Ctrl-C) keeps its finished model × fold fits in OUT/partial/: the same command resumes
-    them; --overwrite restarts.
+    them; --overwrite restarts. A cohort larger than the memory bound is read on access from the store; the summary
+    gives each stage's time and the peak resident memory.
     """
     from slide2expr import regress
 
     model_params = _params(params, example='{"mil": {"max_epochs": 30}}')
     cohort = _load(
-        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=None, quiet_missing=True
+        store,
+        encoder=encoder,
+        tiling=tiling,
+        targets=targets,
+        by=by,
+        genes=None,
+        quiet_missing=True,
+        max_memory_gb=max_memory_gb,
+        lazy=lazy,
     )
     kwargs = dict(
         models=_split(models),
@@ -185,6 +226,7 @@ def compare(
         rank_genes_by=rank_genes_by,
         protein_coding=protein_coding,
         save_models=not no_models,
+        max_memory_gb=max_memory_gb,
     )
     errors = (
         regress.CompareError,
@@ -193,7 +235,7 @@ def compare(
         regress.BagInputError,
         regress.OutputExistsError,
     )
-    warned = (regress.LeftOutBagsWarning, regress.GeneSelectionWarning)
+    warned = (regress.LeftOutBagsWarning, regress.GeneSelectionWarning, regress.MemoryBoundWarning)
     with reported(*errors), _warnings_as_lines(*warned):
         if dry_run:
             typer.echo(regress.plan_compare(cohort, **kwargs).describe())
@@ -221,18 +263,34 @@ def train(
     params: Annotated[
         str | None, typer.Option("--params", help='The model\'s parameters as JSON: {"max_epochs": 30}.')
     ] = None,
+    max_memory_gb: MaxMemoryOpt = None,
+    lazy: LazyOpt = None,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Fit one model on the whole cohort; save it with its config and the encoder identity."""
+    """Fit one model on the whole cohort; save it with its config and the encoder identity. A cohort larger than
+    the memory bound is read on access from the store; the summary gives each stage's time and the peak resident
+    memory."""
+    import time
+
     import numpy as np
 
-    from slide2expr import regress
+    from slide2expr import regress, sql
 
     model_params = _params(params, example='{"max_epochs": 30}')
+    t0 = time.perf_counter()
     cohort = _load(
-        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=_genes(genes), quiet_missing=True
+        store,
+        encoder=encoder,
+        tiling=tiling,
+        targets=targets,
+        by=by,
+        genes=_genes(genes),
+        quiet_missing=True,
+        max_memory_gb=max_memory_gb,
+        lazy=lazy,
     )
+    loaded = time.perf_counter() - t0
     kwargs = dict(model=model, model_params=model_params, seed=seed, out=out, overwrite=overwrite)
     with reported(ValueError), _warnings_as_lines(regress.LeftOutBagsWarning):
         if dry_run:
@@ -240,7 +298,11 @@ def train(
             return
         regress.train(cohort, **kwargs, store=store, targets=targets)
     n_bags = int((~np.isnan(np.asarray(cohort.y_true, dtype=float)).any(axis=1)).sum())
-    typer.echo(f"trained {model} on {n_bags} bags × {len(cohort.genes)} genes → {out}")
+    how = "read on access" if isinstance(cohort, sql.LazyCohort) else "in memory"
+    typer.echo(
+        f"trained {model} on {n_bags} bags × {len(cohort.genes)} genes ({how}) → {out} (load {loaded:.1f} s, "
+        f"fit {time.perf_counter() - t0 - loaded:.1f} s; peak RSS {regress.peak_rss_gb():.2f} GB)"
+    )
 
 
 @app.command()

@@ -119,3 +119,28 @@ def test_train_and_predict_on_access(store, tmp_path):
         warnings.simplefilter("ignore")
         pred = regress.predict(lazy, model=tmp_path / "mil", out=tmp_path / "pred")  # bags read in batches
     np.testing.assert_allclose(pred.y_pred.to_numpy(), mil.predict(mem.bags).ravel(), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_compare_and_train_on_access(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from slide2expr.cli import app
+
+    common = ["--store", store.root, "--targets", "expr", "--encoder", store.encoder, "--lazy"]
+    run = CliRunner().invoke(
+        app,
+        [
+            str(a)
+            for a in ["compare", *common, "--out", tmp_path / "run", "--models", "ridge", "--n-folds", 3]
+        ],
+    )
+    assert run.exit_code == 0, run.output
+    assert "peak RSS" in run.output and "pooled features" in run.output
+    run = CliRunner().invoke(
+        app, [str(a) for a in ["train", *common, "--out", tmp_path / "m", "--model", "lgbm"]]
+    )
+    assert run.exit_code == 0 and "read on access" in run.output and "peak RSS" in run.output, run.output
+    bad = CliRunner().invoke(
+        app, [str(a) for a in ["compare", *common, "--out", tmp_path / "x", "--max-memory-gb", -1]]
+    )
+    assert bad.exit_code == 2 and "max_memory_gb=-1" in bad.output, bad.output
