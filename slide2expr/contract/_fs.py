@@ -286,10 +286,13 @@ class ObjectPath:
     def glob(self, pattern: str) -> Iterator[ObjectPath]:
         """Paths under this folder matching ``pattern`` (``*`` within a name, ``**`` across folders), sorted."""
         if "**" in pattern:
+            pat = pattern.strip("/")
+            # as in pathlib, a leading ``**/`` also matches no folder at all
+            pats = (pat, pat[3:]) if pat.startswith("**/") else (pat,)
             names = [
                 n
                 for n in self.fs.find(self._key)
-                if fnmatch.fnmatch(n[len(self._key) + 1 :], pattern.strip("/"))
+                if any(fnmatch.fnmatch(n[len(self._key) + 1 :], q) for q in pats)
             ]
         else:
             names = self.fs.glob(f"{self._key}/{pattern}")
