@@ -27,6 +27,11 @@ Run::
 
     python benchmarks/cohort_scale.py write --out /work/scale-store          # the full store (check df -h first)
     python benchmarks/cohort_scale.py write --out /tmp/s --patients 30       # a small store in seconds
+    python benchmarks/cohort_scale.py compare --store /work/scale-store --save # compare read on access
+
+``compare`` runs ``regress.compare`` of mil, lgbm and ridge (5 folds; MIL reads 512 tiles of a bag per step) on
+the store read on access, in a fresh process, and records wall time and peak RSS per stage and the pooled r per
+planted gene kind; ``--in-memory`` runs it again with the cohort loaded, for the peak RSS beside it (small stores).
 
 The store is never written inside the repository; delete it when done (``rm -rf DIR``).
 """
@@ -878,6 +883,89 @@ def bench_queries(store: Path, *, timeout: int = 900) -> dict:
 # ---- reporting -------------------------------------------------------------------------------------------------
 
 
+# ---- compare ------------------------------------------------------------------------------------------------------
+
+#: The compare section's models and their parameters: MIL reads 512 tiles of a bag per step (``max_tiles``).
+COMPARE_MODELS = ("mil", "lgbm", "ridge")
+COMPARE_PARAMS = {"mil": {"max_tiles": 512}}
+
+
+def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memory_gb: float | None,
+                 seed: int = 0) -> dict:  # fmt: skip
+    """One ``regress.compare`` of :data:`COMPARE_MODELS` in this process, the cohort read on access (``path`` =
+    ``"lazy"``) or loaded (``"memory"``): wall time and peak RSS per stage, pooled r per gene and its median per
+    planted gene kind and model."""
+    import warnings
+
+    from slide2expr import regress, sql
+
+    truth = json.loads((store / TRUTH_DIR / "truth.json").read_text())
+    kw = dict(encoder=truth["encoder"], targets=truth["targets"], genes=list(truth["genes"]))
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cohort = sql.lazy_cohort(store, **kw) if path == "lazy" else sql.load_cohort(store, **kw)
+    open_s = time.perf_counter() - t
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", regress.MemoryBoundWarning)
+        result = regress.compare(cohort, models=COMPARE_MODELS, n_folds=n_folds, seed=seed, model_params=params,
+                                 max_memory_gb=max_memory_gb, progress=False, device="cpu")  # fmt: skip
+    pooled = result.metrics[result.metrics["fold"] == -1]
+    r_by_gene = {
+        m: dict(zip(g["gene"], g["pearson_r"].astype(float), strict=True)) for m, g in pooled.groupby("model")
+    }
+    by_kind: dict[str, dict[str, float]] = {}
+    for model, genes in r_by_gene.items():
+        kinds: dict[str, list[float]] = {}
+        for gene, r in genes.items():
+            kinds.setdefault(truth["genes"][gene]["kind"], []).append(r)
+        by_kind[model] = {k: float(np.nanmedian(v)) for k, v in sorted(kinds.items())}
+    stages = {"open": {"seconds": open_s, "peak_rss_gb": regress.peak_rss_gb()}, **result.stages}
+    return {
+        "path": path,
+        "bags": len(result.folds),
+        "tiles": int(np.sum(cohort.n_tiles)) if path == "lazy" else int(len(cohort.features)),
+        "feature_gb_float32": round((cohort.nbytes if path == "lazy" else cohort.features.nbytes) / 1e9, 3),
+        "stages": {
+            k: {"seconds": round(v["seconds"], 2), "peak_rss_gb": round(v["peak_rss_gb"], 3)}
+            for k, v in stages.items()
+        },  # fmt: skip
+        "wall_s": round(sum(v["seconds"] for v in stages.values()), 1),
+        "peak_rss_gb": round(max(v["peak_rss_gb"] for v in stages.values()), 3),
+        "fit_seconds_by_model": {k: round(v, 1) for k, v in result.seconds.items()},
+        "pooled_r_median_by_kind": by_kind,
+        "pooled_r_by_gene": r_by_gene,
+        "attention_rows": result.attention_rows,
+        "memory_warnings": [
+            str(w.message) for w in caught if issubclass(w.category, regress.MemoryBoundWarning)
+        ],
+    }
+
+
+def bench_compare(store: Path, *, n_folds: int = 5, params: dict | None = None, max_memory_gb: float | None = None,
+                  in_memory: bool = False) -> dict:  # fmt: skip
+    """``compare --models mil,lgbm,ridge`` on the store read on access (and, with ``in_memory``, loaded, for the
+    peak RSS beside it), each in a fresh process so each peak RSS is its own."""
+    params = COMPARE_PARAMS if params is None else params
+    runs = {}
+    for path in ("lazy", "memory") if in_memory else ("lazy",):
+        cmd = [sys.executable, __file__, "compare-once", "--store", str(store), "--path", path,
+               "--n-folds", str(n_folds), "--params", json.dumps(params)]  # fmt: skip
+        if max_memory_gb is not None:
+            cmd += ["--max-memory-gb", str(max_memory_gb)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"compare ({path}) failed:\n{done.stderr[-4000:]}")
+        runs[path] = json.loads(done.stdout)
+    figures = {"models": list(COMPARE_MODELS), "n_folds": n_folds, "params": params,
+               "max_memory_gb": max_memory_gb, "load_average": list(os.getloadavg()), **runs}  # fmt: skip
+    if in_memory:
+        figures["peak_rss_ratio_lazy_to_memory"] = round(
+            runs["lazy"]["peak_rss_gb"] / runs["memory"]["peak_rss_gb"], 3
+        )
+    return figures
+
+
 def machine() -> dict:
     import psutil
 
@@ -948,10 +1036,27 @@ def main(argv: list[str] | None = None) -> dict:
         "mil-epoch", help="one attention-MIL epoch with the cohort on disk: seconds and I/O wait"
     )
     me.add_argument("--store", required=True)
+    cp = sub.add_parser(
+        "compare",
+        help="compare mil,lgbm,ridge on the store read on access: time and peak RSS per stage, r by gene kind",
+    )
+    cp.add_argument("--store", required=True)
+    cp.add_argument("--n-folds", type=int, default=5)
+    cp.add_argument("--params", default=json.dumps(COMPARE_PARAMS), help="model parameters as JSON")
+    cp.add_argument("--max-memory-gb", type=float, default=None)
+    cp.add_argument(
+        "--in-memory", action="store_true", help="also run it with the cohort loaded (small stores)"
+    )
+    one = sub.add_parser("compare-once", help=argparse.SUPPRESS)
+    one.add_argument("--store", required=True)
+    one.add_argument("--path", choices=("lazy", "memory"), required=True)
+    one.add_argument("--n-folds", type=int, default=5)
+    one.add_argument("--params", default=json.dumps(COMPARE_PARAMS))
+    one.add_argument("--max-memory-gb", type=float, default=None)
     q = sub.add_parser("queries", help="time every named query on the store")
     q.add_argument("--store", required=True)
     q.add_argument("--timeout", type=int, default=900)
-    for p in (w, m, c, pl, me, q):
+    for p in (w, m, c, pl, me, cp, q):
         p.add_argument(
             "--save", action="store_true", help=f"merge the figures into {RESULTS.relative_to(ROOT)}"
         )
@@ -965,6 +1070,14 @@ def main(argv: list[str] | None = None) -> dict:
         figures = bench_mil_epoch(Path(args.store))
     elif args.step == "pooled":
         figures = bench_pooled(Path(args.store))
+    elif args.step == "compare":
+        figures = bench_compare(Path(args.store), n_folds=args.n_folds, params=json.loads(args.params),
+                                max_memory_gb=args.max_memory_gb, in_memory=args.in_memory)  # fmt: skip
+    elif args.step == "compare-once":
+        figures = compare_once(Path(args.store), path=args.path, n_folds=args.n_folds, params=json.loads(args.params),
+                               max_memory_gb=args.max_memory_gb)  # fmt: skip
+        print(json.dumps(figures))
+        return figures
     elif args.step == "ann-choice":
         figures = bench_ann_choice(Path(args.store), n=args.sample)
     else:

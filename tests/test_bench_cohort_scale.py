@@ -74,3 +74,17 @@ def test_tile_counts_follow_the_design(bench):
 def test_refuses_the_repository(bench):
     with pytest.raises(SystemExit, match="inside the repository"):
         bench.main(["write", "--out", str(BENCH.parent / "store"), "--patients", "1"])
+
+
+@pytest.mark.slow  # 35 genes × three models and their nulls: ~20 s on two shared cores
+def test_compare_section_reads_the_store_on_access(bench, tmp_path):
+    store = tmp_path / "s"
+    bench.main(["write", "--out", str(store), "--patients", "12", "--dim", "32", "--tile-scale", "0.02"])
+    params = {"mil": {"max_tiles": 64, "max_epochs": 2, "min_epochs": 0, "n_inner": 2, "pca_components": 4}}
+    out = bench.compare_once(store, path="lazy", n_folds=3, params=params, max_memory_gb=2.0)
+    assert out["bags"] == 12 and out["path"] == "lazy"
+    assert {"open", "plan", "pooled features", "fit", "null", "summarise and write"} <= set(out["stages"])
+    assert 0 < out["peak_rss_gb"] == max(s["peak_rss_gb"] for s in out["stages"].values())
+    assert set(out["pooled_r_median_by_kind"]) == {"mil", "lgbm", "ridge", "mean"}
+    assert set(out["pooled_r_median_by_kind"]["ridge"]) == {"compartment", "hotspot", "noise"}
+    assert out["attention_rows"] == out["tiles"] * 35
