@@ -10,6 +10,8 @@ A page holds a marker ``<!-- generated: WHAT [ARG] -->`` on a line of its own; :
 - ``models``: the model registry;
 - ``cli``: every command of the ``slide2expr`` app with its arguments and options;
 - ``benchmarks``: the results page (``benchmarks/results.py``);
+- ``cohort_scale SECTION``: the figures of one section of ``benchmarks/results/cohort_scale.json`` (``write``,
+  ``ann-choice``, ``compare``, …) with the date, machine and commit they were measured on;
 - ``tutorial``: the cells of ``docs/tutorial.ipynb``.
 """
 
@@ -316,6 +318,52 @@ def benchmarks_page() -> str:
     return render(ROOT / "benchmarks" / "results", heading_level=2)
 
 
+def _figure(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "—" if value is None else f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def _figure_rows(figures: dict, prefix: str = "") -> list[str]:
+    """``| name | value |`` rows of a section's numbers and strings; a mapping of mappings is opened (rows named
+    ``a · b``), a mapping of numbers is one row; per-gene tables are left to the JSON."""
+    rows = []
+    for k, v in figures.items():
+        if k.endswith("_by_gene"):
+            continue
+        if isinstance(v, dict) and any(isinstance(x, dict) for x in v.values()):
+            rows += _figure_rows(v, prefix=f"{prefix}{k} · ")
+        elif isinstance(v, dict):
+            rows.append(f"| {prefix}{k} | {', '.join(f'{a}: {_figure(b)}' for a, b in v.items())} |")
+        elif isinstance(v, (int, float, str)) or v is None:
+            rows.append(f"| {prefix}{k} | {_figure(v)} |")
+        elif isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v):
+            rows.append(f"| {prefix}{k} | {', '.join(_figure(x) for x in v)} |")
+    return rows
+
+
+def cohort_scale_figures(section: str) -> str:
+    """One section of ``benchmarks/results/cohort_scale.json`` as a table, with where and when it was measured."""
+    path = ROOT / "benchmarks" / "results" / "cohort_scale.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    figures = data.get("sections", {}).get(section)
+    if figures is None:
+        return (
+            f"*Not measured yet on this machine: `python benchmarks/cohort_scale.py {section} --store STORE "
+            "--save` records it.*"
+        )
+    m = data.get("machine", {})
+    where = f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB"
+    rows = _figure_rows(figures)
+    head = (
+        f"*`{section}`, from `benchmarks/results/cohort_scale.json` ({data.get('date', '')[:10]}, {where}, "
+    )
+    head += f"commit `{data.get('commit')}`; the file was last written then).*"
+    return "\n".join([head, "", "| figure | value |", "|---|---|", *rows])
+
+
 def tutorial_markdown() -> str:
     """The notebook's cells: Markdown as is, code in fenced blocks (run it to see the outputs)."""
     nb = json.loads((ROOT / "docs" / "tutorial.ipynb").read_text())
@@ -334,6 +382,7 @@ GENERATORS = {
     "models": model_list,
     "cli": cli_reference,
     "benchmarks": benchmarks_page,
+    "cohort_scale": cohort_scale_figures,
     "tutorial": tutorial_markdown,
 }
 
