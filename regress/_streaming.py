@@ -20,6 +20,10 @@ bags and predicts its held-out bags. On a :class:`~slide2expr.contract.Cohort` t
 
 from __future__ import annotations
 
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.model_selection import GroupKFold
@@ -31,8 +35,11 @@ from slide2expr.regress._checks import check_groups, check_targets
 from slide2expr.regress._harness import CompareError, fit_model
 from slide2expr.regress._meta import MAX_SEED
 from slide2expr.regress._mil import _TorchBagRegressor
+from slide2expr.regress._models import make_model, model_info
 from slide2expr.regress._projection import TILE_SAMPLE_ROWS
 
+#: Bags read and projected at once.
+READ_THREADS = 2
 #: The statistics a streaming pass gives, in :func:`sql.pooled_features`' column order.
 POOLED_STATS = ("mean", "max", "min", "std")
 
@@ -242,7 +249,8 @@ class StreamingInputs:
         proj.fit(sample, rng=rng)
         proj.sample_bags_ = np.asarray(self.cohort.bag_ids[index], dtype=object)
         del sample
-        projected = [proj.transform([self.cohort[int(i)]])[0] for i in self.keep]
+        with ThreadPoolExecutor(READ_THREADS) as pool:  # reads release the GIL; one bag per thread in memory
+            projected = list(pool.map(lambda i: proj.transform([self.cohort[int(i)]])[0], self.keep))
         self._fold = (key, proj, projected)
         return proj, projected
 
@@ -319,8 +327,6 @@ def streaming_bytes(cohort, plan) -> dict[str, int]:
     d = int(cohort.dim)
     k = 0
     for name in plan.models:
-        from slide2expr.regress._models import make_model
-
         net, _ = _network(make_model(name, params=plan.model_params.get(name)))
         if net is not None:
             k = max(k, int(net._tile_projection().pca_components or d))
@@ -343,8 +349,6 @@ def attention_cap(cohort, plan, *, max_memory_gb: float) -> int | None:
             f"max_memory_gb={max_memory_gb:g} is less than a run on this cohort read on access holds ({parts}): "
             "give more (--max-memory-gb) or fewer pca_components"
         )
-    from slide2expr.regress._models import model_info
-
     n_att = sum(model_info(m).attention for m in plan.models)
     if not n_att:
         return None
@@ -362,9 +366,6 @@ class Stages:
         self.table: dict[str, dict[str, float]] = {}
 
     def __call__(self, name: str):
-        import contextlib
-        import time
-
         @contextlib.contextmanager
         def stage():
             t0 = time.perf_counter()
