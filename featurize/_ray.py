@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slide2expr.contract import StoreError, acquire_claim, claim_path, is_remote, read_claim, s3_settings
+from slide2expr.contract import acquire_claim, claim_path, read_claim, s3_settings, store_path
 from slide2expr.featurize._cohort import plan_cohort
 from slide2expr.featurize._embed import DEFAULT_BATCH, load_embedder
 from slide2expr.featurize._executors import default_workers
@@ -140,7 +140,7 @@ class SlideWorker:
             input_px=options.input_px,
         )
         plan = CohortPlan(
-            store=Path(store),
+            store=store_path(store),
             tiling=options.tiling_params,
             encoder=self.embedder.encoder.spec.name,
             device=device,
@@ -286,11 +286,6 @@ def featurize_cohort_ray(
     if options.encoder is not None and not isinstance(options.encoder, str):
         raise FeaturizeOptionsError(
             "engine 'ray' builds the encoder on every worker: give encoder as a registered name, not an object"
-        )
-    if is_remote(store):
-        raise StoreError(
-            f"store {store}: featurize writes to a folder (local or shared by the nodes), not to an object store; "
-            "give a shared folder and copy it to the bucket after (aws s3 sync)"
         )
     if max_attempts < 1:
         raise FeaturizeOptionsError(f"max_attempts={max_attempts}: at least 1")

@@ -17,9 +17,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from slide2expr.contract import CLAIMS_DIR
+from slide2expr.contract import CLAIMS_DIR, read_parquet_table
 from slide2expr.featurize import FeaturizeOptions, featurize_cohort
 from slide2expr.featurize._svs import write_svs
+from tests._s3server import s3_env, s3_server  # noqa: F401 - fixtures
 from tests.featurize.conftest import FAST
 
 ray = pytest.importorskip(
@@ -78,11 +79,25 @@ def test_worker_takes_claimed_slides_only_when_free_or_stolen(slide_dir, tmp_pat
     assert leftovers(store) == []
 
 
-def test_object_store_refused_before_ray_starts(slide_dir):
-    from slide2expr.contract import StoreError
+def test_worker_writes_an_object_store(request, slide_dir, tmp_path):
+    """The actor's slide step, in this process, on an ``s3://`` store of the S3 server: the files equal the local
+    engine's and no claim is left."""
+    from slide2expr.contract import store_path
 
-    with pytest.raises(StoreError, match="not to an object store"):
-        featurize_cohort_ray(slide_dir, store="s3://bucket/store", options=FeaturizeOptions(**FAST))
+    local, remote = tmp_path / "local", f"{request.getfixturevalue('s3_env')}/store"
+    featurize_cohort(slide_dir, store=local, options=FeaturizeOptions(**FAST))
+    worker = SlideWorker(remote, FeaturizeOptions(**FAST), cpus=1, n_slides=3, claim_ttl_s=60)
+    assert all(worker.featurize(s).result.status == "ok" for s in collect_slides(slide_dir))
+    root = store_path(remote)
+    got = {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
+    want = {str(p.relative_to(local)): p for p in local.rglob("*") if p.is_file()}
+    assert sorted(got) == sorted(want)
+    for name, p in got.items():
+        if name.startswith("slides/"):
+            a, b = (read_parquet_table(f).drop_columns(list(TIMING)) for f in (p, want[name]))
+            assert a.equals(b) and a.schema.metadata == b.schema.metadata, name
+        else:
+            assert p.read_bytes() == want[name].read_bytes(), name
 
 
 @pytest.fixture(scope="module")
