@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slide2expr import regress, sql
-from slide2expr.regress import _folds
+from slide2expr.regress import _streaming
 
 SETTINGS = dict(models=("ridge", "lgbm"), n_folds=3, seed=0, model_params={"lgbm": {"n_estimators": 5}})
 
@@ -23,7 +23,7 @@ def cohort(fake_store):
 
 def _interrupt_after(monkeypatch, n_fits: int) -> None:
     """Ctrl-C at the fit that follows ``n_fits`` finished ones."""
-    real, calls = _folds.fit_model, []
+    real, calls = _streaming.fit_model, []
 
     def fit(*args, **kwargs):
         calls.append(1)
@@ -31,7 +31,7 @@ def _interrupt_after(monkeypatch, n_fits: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_folds, "fit_model", fit)
+    monkeypatch.setattr(_streaming, "fit_model", fit)  # the fold loop fits through it
 
 
 def _files(root) -> dict[str, bytes]:
