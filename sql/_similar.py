@@ -113,8 +113,9 @@ def resolve_embeddings(
     """The (tiling, encoder) to search: each given one must exist; ``None`` picks the only one there is."""
     if is_remote(store):
         raise SimilarityError(
-            f"store {store} is on an object store, but similar (exact search and its index) reads and writes a "
-            f"local store: copy it to a folder (`aws s3 sync {store} DIR`) and give that as STORE"
+            f"store {store} is on an object store, but the similarity search (`slide2expr similar STORE`) and the "
+            f"pooled statistics read its embeddings as local files: copy it to a folder (`aws s3 sync {store} DIR`) "
+            "and give that folder"
         )
     root = check_store(store) / EMBEDDINGS_DIR
     pairs = sorted((p.parent.name, p.name) for p in root.glob("*/*") if p.is_dir()) if root.is_dir() else []
