@@ -338,6 +338,8 @@ def predict(
             "genes, at most the first 50).",
         ),
     ] = None,
+    max_memory_gb: MaxMemoryOpt = None,
+    lazy: LazyOpt = None,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -354,6 +356,7 @@ def predict(
         _predict(
             model_dir, store=store, out=out, encoder=encoder, tiling=tiling, targets=targets,
             overwrite=overwrite, dry_run=dry_run, rerun=rerun, attention_genes=_genes(attention_genes),
+            max_memory_gb=max_memory_gb, lazy=lazy,
         )  # fmt: skip
     except KeyboardInterrupt:
         typer.echo(
@@ -376,8 +379,13 @@ def _predict(
     dry_run: bool,
     rerun: str,
     attention_genes,
+    max_memory_gb: float | None = None,
+    lazy: bool | None = None,
 ):
-    """The ``predict`` command after its flags: load, check, predict under a progress bar, say where it went."""
+    """The ``predict`` command after its flags: load (in memory, or read on access by ``max_memory_gb``/``lazy``),
+    check, predict under a progress bar, say where it went with each stage's time and the peak RSS."""
+    import time
+
     from slide2expr import regress
 
     with reported(FileNotFoundError):
@@ -385,9 +393,19 @@ def _predict(
     encoder = encoder or config["encoder"]
     tiling = _model_tiling(store, model_dir=model_dir, config=config, encoder=encoder, tiling=tiling)
     by = config.get("by", "patient")
+    t0 = time.perf_counter()
     cohort = _load(
-        store, encoder=encoder, tiling=tiling, targets=targets, by=by, genes=None, quiet_missing=False
+        store,
+        encoder=encoder,
+        tiling=tiling,
+        targets=targets,
+        by=by,
+        genes=None,
+        quiet_missing=False,
+        max_memory_gb=max_memory_gb,
+        lazy=lazy,
     )
+    loaded = time.perf_counter() - t0
     errors = (
         regress.EncoderMismatchError,
         regress.TransformMismatchError,
@@ -416,6 +434,8 @@ def _predict(
         df = _predict_with_progress(regress, cohort, kwargs, rerun=rerun)
     typer.echo(
         f"predicted {df['bag_id'].nunique()} bags × {df['gene'].nunique()} genes → {out}"
+        + f" (load {loaded:.1f} s, predict {time.perf_counter() - t0 - loaded:.1f} s; peak RSS "
+        f"{regress.peak_rss_gb():.2f} GB)"
         + (f"; maps: slide2expr explain {out} --store {store}" if _has_attention(config) else "")
     )
 

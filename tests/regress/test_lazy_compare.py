@@ -144,3 +144,17 @@ def test_cli_compare_and_train_on_access(store, tmp_path):
         app, [str(a) for a in ["compare", *common, "--out", tmp_path / "x", "--max-memory-gb", -1]]
     )
     assert bad.exit_code == 2 and "max_memory_gb=-1" in bad.output, bad.output
+
+
+def test_cli_predict_on_access(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from slide2expr.cli import app
+
+    common = ["--store", store.root, "--encoder", store.encoder]
+    fit = ["train", *common, "--targets", "expr", "--out", tmp_path / "m", "--model", "ridge", "--in-memory"]
+    assert CliRunner().invoke(app, [str(a) for a in fit]).exit_code == 0
+    run = CliRunner().invoke(
+        app, [str(a) for a in ["predict", tmp_path / "m", *common, "--out", tmp_path / "p", "--lazy"]]
+    )
+    assert run.exit_code == 0 and "peak RSS" in run.output, run.output
