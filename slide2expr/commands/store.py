@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from slide2expr._app import DryRunOpt, app, reported
+from slide2expr.contract import store_path
 
 store_app = typer.Typer(
     help="Store maintenance: take slides, a tiling or an encoder out of a store with their files.",
@@ -22,7 +23,16 @@ app.add_typer(store_app, name="store")
 
 @store_app.command(name="rm", no_args_is_help=True)
 def rm_command(
-    store: Annotated[Path, typer.Option("--store", "-s", help="The store directory.")],
+    store: Annotated[
+        Path,
+        typer.Option(
+            "--store",
+            "-s",
+            parser=store_path,
+            metavar="PATH",
+            help="The store: a directory or s3://bucket/prefix.",
+        ),
+    ],
     slides: Annotated[
         str | None,
         typer.Option(

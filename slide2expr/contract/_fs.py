@@ -225,6 +225,15 @@ class ObjectPath:
         return ObjectPath(f"{self._scheme}://{head}") if head else self
 
     @property
+    def parents(self) -> tuple[ObjectPath, ...]:
+        """The folders above, nearest first, down to the bucket."""
+        out, key = [], self._key
+        while "/" in key:
+            key = posixpath.dirname(key)
+            out.append(ObjectPath(f"{self._scheme}://{key}"))
+        return tuple(out)
+
+    @property
     def parts(self) -> tuple[str, ...]:
         return (f"{self._scheme}://", *self._key.split("/"))
 
