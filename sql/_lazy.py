@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from slide2expr.sql._bags import _plan, _targets_for_plan, _warn_missing, load_cohort, read_targets
 from slide2expr.sql._similar import _Reader
@@ -83,11 +84,7 @@ class LazyCohort(Sequence):
         parts: dict[str, list] = {"slide_ids": [], "tile_ids": [], "x": [], "y": []}
         for j in order:
             f = self._files[int(j)]
-            reader = _Reader(f.path)
-            try:
-                t = reader.columns(["tile_id", "x", "y"])
-            finally:
-                reader.close()
+            t = pq.read_table(f.path, columns=["tile_id", "x", "y"], use_threads=False)
             parts["slide_ids"].append(np.full(t.num_rows, f.slide_id, dtype=object))
             parts["tile_ids"].append(t.column("tile_id").to_numpy().astype(np.int32))
             parts["x"].append(t.column("x").to_numpy().astype(np.int64))
