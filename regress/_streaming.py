@@ -233,7 +233,7 @@ class StreamingInputs:
     def projection(self, est, fold: int, rows: np.ndarray):
         """``(projection, projected kept bags)`` of ``fold``: the network's :class:`TileProjection` fitted on a
         bounded random sample of the training bags ``rows`` (its ``sample_bags_`` names them), and every kept bag
-        projected (read once, one bag at a time)."""
+        projected (read once, :data:`READ_THREADS` bags at a time)."""
         net, _ = _network(est)
         proj = net._tile_projection()
         key = (fold, tuple(sorted(proj.get_params().items())))
