@@ -126,8 +126,23 @@ def _main(
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            help="S3-compatible server for s3:// stores (MinIO, Ceph, a local server); default $AWS_ENDPOINT_URL, "
+            "else AWS. Credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY (or ~/.aws), never flags."
+        ),
+    ] = None,
+    s3_region: Annotated[
+        str | None, typer.Option(help="Region of s3:// stores; default $AWS_REGION.")
+    ] = None,
 ) -> None:
     """Predict bulk gene expression from H&E whole-slide images and show where in the tissue it comes from."""
+    if s3_endpoint_url or s3_region:
+        from slide2expr.contract import configure_storage
+
+        configure_storage(endpoint_url=s3_endpoint_url, region=s3_region)
+        ctx.call_on_close(configure_storage)  # in-process callers (tests) get the AWS variables back
     asks_help = any(h in sys.argv[1:] for h in ctx.help_option_names)
     if "COLUMNS" in os.environ or asks_help or sys.stdout.isatty():
         return

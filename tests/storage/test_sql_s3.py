@@ -37,3 +37,18 @@ def test_a_missing_or_foreign_prefix_is_refused(s3_env):
     write_file_atomic(store_path(s3_env) / "other" / "notes.txt", b"x")
     with pytest.raises(StoreError, match="is not a slide2expr store"):
         sql.connect(f"{s3_env}/other")
+
+
+def test_the_endpoint_flag_stands_for_the_variable(s3_fake_store, s3_server, fake_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from slide2expr.cli import app
+    from slide2expr.contract import s3_settings
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    args = ["sql", str(s3_fake_store), "-q", "select count(*) as n from tiles", "--format", "json"]
+    r = CliRunner().invoke(app, ["--s3-endpoint-url", s3_server, *args])
+    assert r.exit_code == 0, r.output
+    n = sql.connect(fake_store.root).execute("select count(*) from tiles").fetchone()[0]
+    assert str(n) in r.output
+    assert s3_settings().endpoint_url is None  # the flag holds for its command only
