@@ -905,7 +905,7 @@ def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cohort = sql.lazy_cohort(store, **kw) if path == "lazy" else sql.load_cohort(store, **kw)
-    open_s = time.perf_counter() - t
+    opened = {"seconds": time.perf_counter() - t, "peak_rss_gb": regress.peak_rss_gb()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", regress.MemoryBoundWarning)
         result = regress.compare(cohort, models=COMPARE_MODELS, n_folds=n_folds, seed=seed, model_params=params,
@@ -920,7 +920,7 @@ def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memo
         for gene, r in genes.items():
             kinds.setdefault(truth["genes"][gene]["kind"], []).append(r)
         by_kind[model] = {k: float(np.nanmedian(v)) for k, v in sorted(kinds.items())}
-    stages = {"open": {"seconds": open_s, "peak_rss_gb": regress.peak_rss_gb()}, **result.stages}
+    stages = {"open": opened, **result.stages}
     return {
         "path": path,
         "bags": len(result.folds),
