@@ -34,6 +34,7 @@ from slide2expr.contract import (
     check_output_dir,
     package_version,
     prepare_output_dir,
+    store_location,
 )
 from slide2expr.regress._checks import check_device
 from slide2expr.regress._folds import FoldOutputs, cross_fit, make_folds, null_fits
@@ -570,7 +571,7 @@ def compare(
 def run_config(cohort: Cohort, plan: ComparePlan, *, store=None, targets: str | None = None) -> dict:
     """The content of a run's ``config.json``: where the cohort came from and what was compared."""
     return {
-        "store": None if store is None else str(Path(store).resolve()),
+        "store": None if store is None else store_location(store),
         "targets": targets,
         "encoder": cohort.encoder,
         "tiling": cohort.tiling,

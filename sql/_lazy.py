@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from slide2expr.contract import StoreError, is_remote, store_path
 from slide2expr.sql._bags import _plan, _targets_for_plan, _warn_missing, load_cohort, read_targets
 from slide2expr.sql._similar import _Reader
 
@@ -34,7 +34,7 @@ class LazyCohort(Sequence):
     """
 
     def __init__(self, plan, files: Sequence[int], *, by: str, y_all, genes, missing, store=None):
-        self.store = None if store is None else Path(store)
+        self.store = None if store is None else store_path(store)
         self.meta = dict(plan.meta)
         self._files = [plan.files[j] for j in files]
         file_bag = np.asarray([plan.bag_of_file[j] for j in files], dtype=np.int64)
@@ -194,7 +194,12 @@ def lazy_cohort(
 ) -> LazyCohort:
     """The bags of :func:`sql.load_cohort` (same order, same ``y_true``), read on access; nothing is read now but
     the footers and the targets. Bags without targets are kept with NaN rows and listed in ``missing_targets``."""
-    plan = _plan(Path(store), encoder=encoder, tiling=tiling, by=by)
+    if is_remote(store):
+        raise StoreError(
+            f"{store}: bags are read on access from local files only; copy the store to a folder (aws s3 sync "
+            "STORE DIR) and give that folder, or load it in memory (--in-memory)"
+        )
+    plan = _plan(store, encoder=encoder, tiling=tiling, by=by)
     table = read_targets(store, targets) if targets is not None else None
     y_all, gene_names, missing, _, excluded = _targets_for_plan(plan, table, genes, stacklevel=2)
     _warn_missing(missing, drop_missing=False, stacklevel=2)
@@ -243,8 +248,11 @@ def open_cohort(
 ):
     """The cohort of :func:`sql.load_cohort` in memory when its float32 features take at most
     :data:`IN_MEMORY_SHARE` of ``max_memory_gb`` (default :func:`default_max_memory_gb`), else a
-    :class:`LazyCohort` (bags read on access); ``lazy`` True or False forces the choice."""
+    :class:`LazyCohort` (bags read on access); ``lazy`` True or False forces the choice. An ``s3://`` store is
+    loaded in memory (bags are read on access from local files only)."""
     budget = check_max_memory_gb(max_memory_gb)
+    if lazy is None and is_remote(store):
+        lazy = False  # an object store is read whole (ranged reads of each file's embedding column)
     if lazy is None:
         lazy = (
             lazy_cohort(store, encoder=encoder, tiling=tiling, by=by).nbytes > IN_MEMORY_SHARE * budget * 1e9

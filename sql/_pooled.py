@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slide2expr.contract import StoreError, tcga_patient
+from slide2expr.contract import StoreError, store_path, tcga_patient
 from slide2expr.sql._bags import BAG_UNITS, _slide_patients
 from slide2expr.sql._similar import _ROWS_PER_STEP, EmbeddingFiles, _Reader, list_embedding_files
 
@@ -196,7 +196,7 @@ def pooled_features(
         raise ValueError(f"by={by!r}: use 'patient' (all tiles of a patient's slides) or 'slide'")
     files = list_embedding_files(store, encoder=encoder, tiling=tiling)
     table = slide_statistics(files, cache=cache, progress=progress)
-    patients = _slide_patients(Path(store))
+    patients = _slide_patients(store_path(store))
     sids = table.column("slide_id").to_pylist()
     pids = [patients.get(s) or tcga_patient(s) for s in sids]
     unknown = [s for s, p in zip(sids, pids, strict=True) if p is None]

@@ -5,6 +5,7 @@ the command line (``--store s3://…``), the rest through the library."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slide2expr import regress, sql
-from slide2expr.contract import read_parquet_table, store_path
+from slide2expr.contract import StoreError, read_parquet_table, store_path
 from slide2expr.featurize import FeaturizeOptions, featurize_cohort
 from slide2expr.synth import GENES, gene_kind, make_cohort
 
@@ -88,6 +89,13 @@ def test_pipeline_on_s3_equals_the_local_folder(s3_env, tmp_path):
     for table in ("metrics", "predictions"):
         a, b = (pq.read_table(tmp_path / r / f"{table}.parquet").to_pandas() for r in ("run_local", "run_s3"))
         pd.testing.assert_frame_equal(a, b, obj=table)
+
+    # the command reads an s3:// store whole (a cohort read on access needs local files) and records the URI
+    _cli("compare", "--store", remote, "--targets", "expr", "--encoder", FAST["encoder"], "--models", "ridge",
+         "--n-folds", "2", "--genes", ",".join(GENES_COMPARED), "--out", tmp_path / "run_cli")  # fmt: skip
+    assert json.loads((tmp_path / "run_cli" / "config.json").read_text())["store"] == remote
+    with pytest.raises(StoreError, match="local files only"):
+        sql.lazy_cohort(remote, encoder=FAST["encoder"])
 
     from slide2expr import explain
 
