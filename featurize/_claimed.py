@@ -49,6 +49,31 @@ class RunClaims:
             self._thread.start()
         return mine
 
+    def tidy(self, done: list[SlideInput]) -> None:
+        """Remove the claims left on ``done`` slides (found finished) by writers that died before releasing them.
+
+        Only a dead or lapsed holder's claim is taken over (then released); a live writer's stays. One listing of
+        the claims folder, so a resumed run does not read a claim per finished slide.
+        """
+        if not done:
+            return
+        cfg = self.cfg
+        folder = claim_path(cfg.store, cfg.tiling.name, cfg.encoder_name, done[0].slide_id).parent
+        try:
+            present = {p.name.removesuffix(".claim") for p in folder.glob("*.claim")}
+        except OSError:
+            return
+        for s in done:
+            if s.slide_id not in present:
+                continue
+            path = claim_path(cfg.store, cfg.tiling.name, cfg.encoder_name, s.slide_id)
+            try:
+                claim = acquire_claim(path, ttl_s=self.ttl_s)
+                if claim is not None:
+                    claim.release()
+            except OSError:
+                continue  # left for the next run; it lapses after its lifetime
+
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             for c in self.held:

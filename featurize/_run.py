@@ -112,14 +112,17 @@ def featurize_cohort(
         cfg = _run_config(plan, embedder, options.dtype)
         summary.store, summary.encoder, summary.precision = cfg.store, cfg.encoder_name, embedder.precision
         todo: list[SlideInput] = []
+        done: list[SlideInput] = []
         for s in plan.inputs:
             row = None if options.force else skip_if_done(s, cfg)
             if row is None:
                 todo.append(s)
             else:
+                done.append(s)
                 source = row.column("mpp_source")[0].as_py()
                 summary.results.append(SlideResult(s.slide_id, "skipped", mpp_source=source))
         claims = RunClaims(cfg, force=options.force)
+        claims.tidy(done)
         todo = claims.take(todo, summary)
         t_start = time.perf_counter()
         if todo:
