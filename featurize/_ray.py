@@ -43,8 +43,9 @@ from slide2expr.featurize._write import skip_if_done
 IN_FLIGHT_PER_ACTOR = 2
 #: attempts per slide when actors are lost (a slide that fails to read is not retried: it is recorded failed)
 MAX_ATTEMPTS = 3
-#: seconds to wait for a replacement actor when every actor is lost
-ACTOR_START_TIMEOUT_S = 120.0
+#: seconds to wait for the first worker (or a replacement when every worker is lost): a worker imports torch and
+#: builds its encoder, which takes minutes on a busy node or one that installs a runtime environment first
+ACTOR_START_TIMEOUT_S = 300.0
 
 
 class RayEngineError(RuntimeError):
