@@ -102,7 +102,10 @@ METRICS_SCHEMA = pa.schema(
         ("gene", pa.string()),
         ("fold", pa.int32()),
         ("n", pa.int64()),
-        ("folds_selected", pa.int32()),  # folds whose gene selection kept the gene (its pooled rows use those)
+        (
+            "folds_selected",
+            pa.int32(),
+        ),  # folds whose gene selection kept the gene (its pooled rows use those)
         *(
             (c, pa.float64())
             for c in (

@@ -17,7 +17,6 @@ from slide2expr.regress import (
 )
 from tests.regress._data import digit_bags, mean_bag_auroc, planted_bags
 
-
 #: A quick network for the tests of the mechanism (gated attention, dropout, half the tiles per step, 50 epochs);
 #: the pre-registered defaults inside NestedMIL are tested in test_readouts.py and measured by
 #: benchmarks/validity.py.
