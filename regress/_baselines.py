@@ -247,29 +247,36 @@ class PooledStatsSearch(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
     def fit(self, bags, y, groups=None):
         bags = check_bags(bags, who=type(self).__name__)
         Y, was_1d = check_targets(y, len(bags), who=type(self).__name__)
-        groups = check_groups(groups, len(bags))
+        self.search(self.estimator, bags, Y, check_groups(groups, len(bags)), was_1d=was_1d)
+        self.n_features_in_ = bags[0].shape[1]
+        return self
+
+    def search(self, template, X, Y: np.ndarray, groups: np.ndarray, *, was_1d: bool) -> None:
+        """Choose ``stats_`` on inner patient-grouped folds of ``X`` and refit ``template`` with it on all of ``X``.
+
+        ``X`` is what ``template`` reads: bags, or rows of pooled statistics (the streaming path's columns);
+        ``Y`` is ``(n, n_genes)``. Sets ``cv_mse_``, ``stats_`` and ``best_estimator_``.
+        """
         k = min(int(self.n_inner), len(np.unique(groups)))
         sd = np.nanstd(Y, axis=0)
         scale = np.where(sd > 0, sd, 1.0)
         self.cv_mse_ = {}
         if k >= 2:
             seed = check_random_state(self.random_state).randint(MAX_SEED)
-            splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(bags, Y, groups))
+            splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(Y, Y, groups))
             for option in self.options:
                 err = np.full(Y.shape, np.nan)
                 for tr, te in splits:
-                    est = clone(self.estimator).set_params(pool__stats=tuple(option))
-                    est.fit(_safe_indexing(bags, tr), Y[tr])
-                    pred = np.asarray(est.predict(_safe_indexing(bags, te))).reshape(len(te), -1)
+                    est = clone(template).set_params(pool__stats=tuple(option))
+                    est.fit(_safe_indexing(X, tr), Y[tr])
+                    pred = np.asarray(est.predict(_safe_indexing(X, te))).reshape(len(te), -1)
                     err[te] = (pred - Y[te]) / scale
                 self.cv_mse_[tuple(option)] = float(np.nanmean(err**2))
             self.stats_ = min(self.cv_mse_, key=self.cv_mse_.get)
         else:
             self.stats_ = tuple(self.options[0])
-        self.best_estimator_ = clone(self.estimator).set_params(pool__stats=self.stats_)
-        self.best_estimator_.fit(bags, Y[:, 0] if was_1d else Y)
-        self.n_features_in_ = bags[0].shape[1]
-        return self
+        self.best_estimator_ = clone(template).set_params(pool__stats=self.stats_)
+        self.best_estimator_.fit(X, Y[:, 0] if was_1d else Y)
 
     def predict(self, bags) -> np.ndarray:
         check_is_fitted(self, "best_estimator_")

@@ -26,14 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
-from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_random_state
 
 from slide2expr.regress._baselines import BagPooler, MeanRegressor, PooledStatsSearch
 from slide2expr.regress._checks import check_groups, check_targets
 from slide2expr.regress._harness import CompareError, fit_model
-from slide2expr.regress._meta import MAX_SEED
 from slide2expr.regress._mil import _TorchBagRegressor
 from slide2expr.regress._models import make_model, model_info
 from slide2expr.regress._projection import TILE_SAMPLE_ROWS
@@ -138,28 +135,8 @@ def _with_bag_pooler(pipe: Pipeline, dim: int) -> None:
 def fit_stats_search(search: PooledStatsSearch, X: np.ndarray, y, groups, *, dim: int) -> PooledStatsSearch:
     """:meth:`PooledStatsSearch.fit` on pooled rows ``X`` (``(n_bags, 4 × dim)``): the same inner folds, criterion
     and refit, the pipeline reading ``X``'s columns."""
-    template = _on_columns(search.estimator, dim)
     Y, was_1d = check_targets(y, len(X), who="PooledStatsSearch")
-    groups = check_groups(groups, len(X))
-    k = min(int(search.n_inner), len(np.unique(groups)))
-    sd = np.nanstd(Y, axis=0)
-    scale = np.where(sd > 0, sd, 1.0)
-    search.cv_mse_ = {}
-    if k >= 2:
-        seed = check_random_state(search.random_state).randint(MAX_SEED)
-        splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(X, Y, groups))
-        for option in search.options:
-            err = np.full(Y.shape, np.nan)
-            for tr, te in splits:
-                est = clone(template).set_params(pool__stats=tuple(option))
-                est.fit(X[tr], Y[tr])
-                err[te] = (np.asarray(est.predict(X[te])).reshape(len(te), -1) - Y[te]) / scale
-            search.cv_mse_[tuple(option)] = float(np.nanmean(err**2))
-        search.stats_ = min(search.cv_mse_, key=search.cv_mse_.get)
-    else:
-        search.stats_ = tuple(search.options[0])
-    search.best_estimator_ = clone(template).set_params(pool__stats=search.stats_)
-    search.best_estimator_.fit(X, Y[:, 0] if was_1d else Y)
+    search.search(_on_columns(search.estimator, dim), X, Y, check_groups(groups, len(X)), was_1d=was_1d)
     search.n_features_in_ = dim
     return search
 
