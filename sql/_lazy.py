@@ -203,7 +203,8 @@ def lazy_cohort(
     table = read_targets(store, targets) if targets is not None else None
     y_all, gene_names, missing, _, excluded = _targets_for_plan(plan, table, genes, stacklevel=2)
     _warn_missing(missing, drop_missing=False, stacklevel=2)
-    files = [j for j in range(len(plan.files)) if j not in set(excluded)]
+    skip = set(excluded)
+    files = [j for j in range(len(plan.files)) if j not in skip]
     return LazyCohort(plan, files, by=by, y_all=y_all, genes=gene_names, missing=missing, store=store)
 
 
