@@ -111,6 +111,14 @@ app = typer.Typer(
 )
 
 
+def store_option(help: str):
+    """``--store``/``-s``: a store folder or an ``s3://bucket/prefix`` URI, kept as typed (a plain ``Path`` would turn
+    ``s3://b/x`` into ``s3:/b/x``)."""
+    from slide2expr.contract import store_path
+
+    return typer.Option("--store", "-s", parser=store_path, metavar="PATH", help=help)
+
+
 def _print_version(value: bool) -> None:
     if value:
         from slide2expr import __version__

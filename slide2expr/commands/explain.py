@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported
-from slide2expr.contract import store_path
+from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported, store_option
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -32,13 +31,7 @@ def explain(
     ],
     store: Annotated[
         Path,
-        typer.Option(
-            "--store",
-            "-s",
-            parser=store_path,
-            metavar="PATH",
-            help="The store the run (or predictions) was made from: a directory or s3://bucket/prefix.",
-        ),
+        store_option("The store the run (or predictions) was made from: a directory or s3://bucket/prefix."),
     ],
     slides: Annotated[
         list[str] | None,

@@ -11,8 +11,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import EXIT_INTERRUPTED, EXIT_SOME_FAILED, DryRunOpt, app, fail, reported
-from slide2expr.contract import store_path
+from slide2expr._app import EXIT_INTERRUPTED, EXIT_SOME_FAILED, DryRunOpt, app, fail, reported, store_option
 
 
 @app.command(no_args_is_help=True)
@@ -28,13 +27,7 @@ def featurize(
     ],
     store: Annotated[
         Path,
-        typer.Option(
-            "--store",
-            "-s",
-            parser=store_path,
-            metavar="PATH",
-            help="Store directory or s3://bucket/prefix (created if missing).",
-        ),
+        store_option("Store directory or s3://bucket/prefix (created if missing)."),
     ],
     encoder: Annotated[
         str | None,

@@ -15,8 +15,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported
-from slide2expr.contract import store_path
+from slide2expr._app import EXIT_INTERRUPTED, DryRunOpt, OverwriteOpt, app, fail, reported, store_option
 
 
 def _split(values: str | None) -> list[str]:
@@ -99,13 +98,7 @@ def _load(
 
 StoreOpt = Annotated[
     Path,
-    typer.Option(
-        "--store",
-        "-s",
-        parser=store_path,
-        metavar="PATH",
-        help="The store (featurized slides + targets): a directory or s3://bucket/prefix.",
-    ),
+    store_option("The store (featurized slides + targets): a directory or s3://bucket/prefix."),
 ]
 TargetsOpt = Annotated[
     str, typer.Option("--targets", "-t", help="Targets table name (targets/<NAME>.parquet).")

@@ -11,8 +11,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import DryRunOpt, app, reported
-from slide2expr.contract import store_path
+from slide2expr._app import DryRunOpt, app, reported, store_option
 
 store_app = typer.Typer(
     help="Store maintenance: take slides, a tiling or an encoder out of a store with their files.",
@@ -25,13 +24,7 @@ app.add_typer(store_app, name="store")
 def rm_command(
     store: Annotated[
         Path,
-        typer.Option(
-            "--store",
-            "-s",
-            parser=store_path,
-            metavar="PATH",
-            help="The store: a directory or s3://bucket/prefix.",
-        ),
+        store_option("The store: a directory or s3://bucket/prefix."),
     ],
     slides: Annotated[
         str | None,

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slide2expr._app import DryRunOpt, app, reported
-from slide2expr.contract import store_path
+from slide2expr._app import DryRunOpt, app, reported, store_option
 
 
 @app.command()
@@ -16,13 +15,7 @@ def truth(
     cohort: Annotated[Path, typer.Argument(help="A synthetic cohort folder written by `slide2expr synth`.")],
     store: Annotated[
         Path,
-        typer.Option(
-            "--store",
-            "-s",
-            parser=store_path,
-            metavar="PATH",
-            help="The store its slides were featurized into: a directory or s3://bucket/prefix.",
-        ),
+        store_option("The store its slides were featurized into: a directory or s3://bucket/prefix."),
     ],
     run: Annotated[
         Path,
