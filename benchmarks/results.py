@@ -1,6 +1,6 @@
 """Benchmark results: record a benchmark's JSON with its date, machine and commit, and render the results page.
 
-Each benchmark script (``featurize.py``, ``bags.py``, ``train.py``, ``demo.py``) prints its figures as JSON. This script runs
+Each benchmark script (``featurize.py``, ``bags.py``, ``train.py``, ``demo.py``, ``genome_wide.py``) prints its figures as JSON. This script runs
 one and keeps what it printed, or takes a JSON file a benchmark wrote (``featurize.py --json``, ``gpu.sh``'s logs),
 in ``benchmarks/results/<benchmark>-<date>.json`` together with the date, the machine (CPU, cores, memory, GPU)
 and the git commit; ``render`` turns the folder into ``benchmarks/RESULTS.md`` (the docs' Benchmarks page is built
@@ -75,6 +75,22 @@ KEY_FIGURES["demo"] = {
         )
     },
     "demo_seconds": "demo, s",
+}
+KEY_FIGURES["genome_wide"] = {
+    "genes_in_targets": "genes in the targets",
+    "genes_compared": "genes compared",
+    "patients": "patients",
+    "import_s": "targets import, s",
+    "import_peak_rss_gb": "targets import, peak RSS GB",
+    "compare_s": "compare, s",
+    "compare_peak_rss_gb": "compare, peak RSS GB",
+    "compare_stages": "compare stages",
+    "report_s": "report, s",
+    "run_dir_gb": "run folder, GB",
+    "report_mb": "report, MB",
+    "ridge_median_r": "ridge median r",
+    "lgbm_median_r": "lgbm median r",
+    "load_average": "load average at the end",
 }
 #: Tissue tiles of a typical TCGA diagnostic slide at 20x (0.5 µm/px) and 224 px, for the estimates per 100 slides.
 TILES_PER_TCGA_SLIDE = 10_000
