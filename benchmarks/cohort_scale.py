@@ -825,12 +825,16 @@ for run in ("first_s", "second_s"):
     table = sql.run_query(con, name, params=params)
     out[run] = round(time.perf_counter() - t, 3)
 out["rows"] = table.num_rows
+from slide2expr.sql._routed import ROUTED_QUERIES
+out["answered_by"] = "cache or similarity search" if name in ROUTED_QUERIES else "SQL"
 print(json.dumps(out))
 """
 
 
 def bench_queries(store: Path, *, timeout: int = 900) -> dict:
-    """Each named query on the store, in a fresh process (first and second run), with ``timeout`` seconds each."""
+    """Each named query on the store, in a fresh process (first and second run), with ``timeout`` seconds each,
+    as ``sql.run_query`` answers it: the scanning queries from the pooled cache and the similarity search (run the
+    ``similar`` section first, or the first nearest-tiles query builds the index inside its timeout)."""
     from slide2expr import sql
     from slide2expr.sql._similar import list_embedding_files
 

@@ -55,6 +55,7 @@ from slide2expr.sql._similar import (
     open_similarity_index,
     plan_similar,
     similar_tiles,
+    similar_to_vector,
 )
 from slide2expr.sql._targets import list_targets
 
@@ -89,6 +90,7 @@ __all__ = [
     "open_similarity_index",
     "plan_similar",
     "similar_tiles",
+    "similar_to_vector",
     "STREAMED_STATS",
     "PooledFeatures",
     "pooled_features",

@@ -157,6 +157,7 @@ def run_query(
     *,
     params: dict[str, Any] | None = None,
     run: str | os.PathLike | None = None,
+    route: bool = True,
 ) -> pa.Table:
     """Run the named query ``sql/<name>.sql`` with bound ``params``; return its result as an Arrow table.
 
@@ -169,10 +170,21 @@ def run_query(
     params
         Values for the query's ``$parameters``: all of them, and no others. Strings are converted to the types
         the header declares (so command-line values work); values are always bound, never formatted into SQL.
+    route
+        The queries that scan every embedding (``pooled_slide_features``, ``pooled_patient_features``,
+        ``nearest_tiles``, ``nearest_tiles_to_vector``) are answered, with the same columns, from the pooled
+        statistics cached beside a local store and from the similarity search (the index on large stores), not
+        by the scan; ``False`` runs their SQL as written.
     """
     info = get_query(name)
     values = check_params(info, params)
     con = _as_connection(source, run)
+    if route:
+        from slide2expr.sql._routed import routed_query
+
+        routed = routed_query(con, name, values)
+        if routed is not None:
+            return routed
     return con.sql(info.text, params=values or None).to_arrow_table()
 
 

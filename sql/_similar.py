@@ -850,6 +850,42 @@ def similar_tiles(
         q = reader.rows(np.array([j]))[0]
     finally:
         reader.close()
+    ((fi, rows, scores),) = exact_search(
+        files, q, k=k, exclude=[(i, j)], progress=_byte_progress(files, progress)
+    )
+    return _result(files, fi, rows, scores)
+
+
+def similar_to_vector(
+    store: str | os.PathLike,
+    vector: np.ndarray,
+    *,
+    k: int = 20,
+    encoder: str | None = None,
+    tiling: str | None = None,
+    method: str = "auto",
+    candidates: int = CANDIDATES,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> pa.Table:
+    """The ``k`` tiles most similar (cosine) to ``vector`` (a prototype, a centroid: as long as the embeddings),
+    as :func:`similar_tiles` returns them; ``method`` as there."""
+    _check_k(k)
+    plan = plan_similar(store, encoder=encoder, tiling=tiling, method=method)
+    if plan.method == "index":
+        if plan.build:
+            build_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling, progress=progress)
+        with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:
+            return index.query_vector(vector, k=k, candidates=candidates)
+    files = list_embedding_files(store, encoder=plan.encoder, tiling=plan.tiling)
+    q = np.asarray(vector, np.float32).reshape(-1)
+    if q.shape[0] != files.dim:
+        raise SimilarityError(f"the query vector has {q.shape[0]} values; the embeddings have {files.dim}")
+    ((fi, rows, scores),) = exact_search(files, q, k=k, progress=_byte_progress(files, progress))
+    return _result(files, fi, rows, scores)
+
+
+def _byte_progress(files: EmbeddingFiles, progress) -> Callable[[int], None]:
+    """``progress("exact", done, total)`` over the bytes of an exact pass, from each file's byte count."""
     total, done = files.n_tiles * files.dim * 4, [0]
 
     def tick(nbytes: int) -> None:
@@ -857,8 +893,7 @@ def similar_tiles(
         if progress is not None:
             progress("exact", done[0], total)
 
-    ((fi, rows, scores),) = exact_search(files, q, k=k, exclude=[(i, j)], progress=tick)
-    return _result(files, fi, rows, scores)
+    return tick
 
 
 def _doctest_store(root: str) -> str:

@@ -5,6 +5,8 @@
 --         $k integer: how many neighbours
 -- columns: tiling, encoder, rank, slide_id, tile_id, x, y, similarity
 -- The query tile itself is left out; other tiles of its slide are candidates.
+-- run_query and `slide2expr sql` answer it through sql.similar_tiles (exact on small stores, the similarity
+-- index on large ones), with these columns; --sql-only (route=False) runs this SQL as written.
 with query_tile as (
     select e.tiling, e.encoder, e.embedding
     from embeddings as e

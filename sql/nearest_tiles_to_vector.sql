@@ -4,6 +4,8 @@
 --         $encoder varchar: the encoder name
 --         $k integer: how many neighbours
 -- columns: tiling, encoder, rank, slide_id, tile_id, x, y, similarity
+-- run_query and `slide2expr sql` answer it through sql.similar_to_vector (exact on small stores, the
+-- similarity index on large ones), with these columns; --sql-only (route=False) runs this SQL as written.
 with scored as (
     select
         e.tiling,

@@ -3,10 +3,13 @@
 -- params: none
 -- columns: patient_id, tiling, encoder, n_slides, n_tiles, mean_embedding (FLOAT[]), max_embedding (FLOAT[])
 -- The mean is over tiles (a slide with more tiles weighs more), as in a patient-level bag.
+-- A slide with neither a patient id nor a TCGA barcode pools as a null patient.
+-- run_query and `slide2expr sql` answer it from the per-slide statistics cached beside a local store (one
+-- streaming pass the first time), with these columns; --sql-only (route=False) runs this SQL as written.
 with slide_patient as (
     select
         s.slide_id,
-        coalesce(s.patient_id, regexp_extract(s.slide_id, '^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})', 1))
+        coalesce(s.patient_id, nullif(regexp_extract(s.slide_id, '^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})', 1), ''))
             as patient_id
     from slides as s
 ),

@@ -4,6 +4,8 @@
 -- columns: slide_id, tiling, encoder, n_tiles, mean_embedding (FLOAT[]), max_embedding (FLOAT[])
 -- Element-wise pooling: the embeddings are unnested to (tile, dimension) values, aggregated per dimension and
 -- put back in dimension order.
+-- run_query and `slide2expr sql` answer it from the per-slide statistics cached beside a local store (one
+-- streaming pass the first time), with these columns; --sql-only (route=False) runs this SQL as written.
 with elements as (
     select
         e.slide_id,

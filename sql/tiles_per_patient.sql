@@ -10,7 +10,7 @@ with per_slide as (
 
 with_patient as (
     select
-        coalesce(s.patient_id, regexp_extract(ps.slide_id, '^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})', 1))
+        coalesce(s.patient_id, nullif(regexp_extract(ps.slide_id, '^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})', 1), ''))
             as patient_id,
         ps.tiling,
         ps.slide_id,

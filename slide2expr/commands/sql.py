@@ -233,6 +233,15 @@ def sql_command(
     tiling: Annotated[
         str | None, typer.Option("--tiling", help="Restrict the embeddings view to one tiling.")
     ] = None,
+    sql_only: Annotated[
+        bool,
+        typer.Option(
+            "--sql-only",
+            help="Run a named query's SQL as written. Without it pooled_slide_features, pooled_patient_features, "
+            "nearest_tiles and nearest_tiles_to_vector are answered, with the same columns, from the pooled "
+            "statistics cached beside the store and the similarity search, not by scanning every embedding.",
+        ),
+    ] = False,
     list_: Annotated[
         bool, typer.Option("--list", help="List the named queries with their purpose and parameters.")
     ] = False,
@@ -298,7 +307,7 @@ def sql_command(
         try:
             con = connect(store, run=run, encoder=encoder, tiling=tiling)
             if name is not None:
-                result, title = run_query(con, name, params=params), name
+                result, title = run_query(con, name, params=params, route=not sql_only), name
             else:
                 result, title = run_sql(con, query, params=params or None), "query"
         except duckdb.Error as exc:

@@ -80,8 +80,12 @@ def test_named_queries_on_a_mixed_store(mixed):
     con = connect(fs.root)
     summary = run_query(con, "cohort_summary").to_pylist()  # footers only: works as it is
     assert [(r["encoder"], r["dim"]) for r in summary] == [("fake-encoder", 16), ("wide", 32)]
+    params = {"slide_id": fs.slides[0][0], "tile_id": 0, "k": 3}
     with pytest.raises(duckdb.Error, match=r"pick one encoder with --encoder NAME"):
-        run_query(con, "nearest_tiles", params={"slide_id": fs.slides[0][0], "tile_id": 0, "k": 3})
+        run_query(con, "nearest_tiles", params=params, route=False)  # the SQL reads every encoder's vectors
+    # answered per tiling/encoder through the similarity search, it holds both
+    both = run_query(con, "nearest_tiles", params=params)
+    assert both.column("encoder").to_pylist() == ["fake-encoder"] * 3 + ["wide"] * 3
     picked = connect(fs.root, encoder="wide")
     near = run_query(picked, "nearest_tiles", params={"slide_id": fs.slides[0][0], "tile_id": 0, "k": 3})
     assert near.num_rows == 3 and set(near.column("encoder").to_pylist()) == {"wide"}
