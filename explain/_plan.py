@@ -70,7 +70,8 @@ class ExplainPlan:
     learned_nothing
         Tree models left out of SHAP because every fold model predicts the same for every bag.
     map_slides_by
-        What ranks the bags whose slides get heatmaps: ``"true expression"`` or ``"predicted expression"``.
+        How the slides that get heatmaps were chosen, in words (``"highest true expression"``, ``"largest
+        error of mil"``, ``"--slides"``).
     notes
         What is left out and why, known before anything is written.
     """
@@ -100,7 +101,7 @@ class ExplainPlan:
     scatter: bool = True
     gallery: bool = True
     learned_nothing: tuple[str, ...] = ()
-    map_slides_by: str = "true expression"
+    map_slides_by: str = "highest true expression"
     notes: tuple[str, ...] = ()
 
     @property
@@ -149,20 +150,33 @@ def _has_truth(run: Run) -> bool:
     return bool(np.isfinite(run.table("predictions")["y_true"].to_numpy(dtype=np.float64)).any())
 
 
-def _choose_slides(run: Run, *, genes, model: str, top_slides: int, by: str) -> dict[str, list[str]]:
-    """gene → the slides (with attention) of the ``top_slides`` bags with the highest ``by`` (``"y_true"`` or
-    ``"y_pred"``) expression of ``model``."""
+#: How explain picks the bags whose slides get heatmaps when no slides are given (``top_by``).
+TOP_BY = ("highest", "lowest", "largest-error")
+
+
+def _choose_slides(
+    run: Run, *, genes, model: str, top_slides: int, by: str, top_by: str = "highest"
+) -> dict[str, list[str]]:
+    """gene → the slides (with attention) of the ``top_slides`` bags ranked by ``top_by``: the highest or lowest
+    ``by`` (``"y_true"`` or ``"y_pred"``) expression, or the largest absolute error of ``model``'s prediction
+    (|y_pred − y_true|). Only the run's tables are read, whatever the cohort's size."""
     att = run.table("attention")
     att = att[att["model"] == model]
     slides_of_bag = att.groupby("bag_id")["slide_id"].unique()
     preds = run.table("predictions")
-    if by == "y_pred":
+    if by == "y_pred" or top_by == "largest-error":
         preds = preds[preds["model"] == model]
     out = {}
     for g in genes:
-        value = preds[preds["gene"] == g].groupby("bag_id")[by].first()
+        rows = preds[preds["gene"] == g].groupby("bag_id")
+        if top_by == "largest-error":
+            value = (
+                rows["y_pred"].mean() - rows["y_true"].first()
+            ).abs()  # a bag's folds: its mean prediction
+        else:
+            value = rows[by].first()
         value = value[value.index.isin(slides_of_bag.index)].dropna()
-        top = value.sort_values(ascending=False, kind="stable").head(top_slides).index
+        top = value.sort_values(ascending=top_by == "lowest", kind="stable").head(top_slides).index
         out[g] = [sorted(slides_of_bag[b])[0] for b in top]
     return out
 
@@ -262,9 +276,17 @@ def _report_applies(run: Run, out: Path, report: bool) -> tuple[bool, str | None
     return True, None
 
 
+def _slides_rule(slides, top_by: str, by: str, model: str | None) -> str:
+    if slides is not None:
+        return "--slides"
+    if top_by == "largest-error":
+        return f"largest error of {model}"
+    return f"{top_by} {'true' if by == 'y_true' else 'predicted'} expression"
+
+
 def check_explain_args(
     *, top_slides: int = 3, percentile: float = 90.0, min_cells: int = 2, sigma: float = 0.0, n_bins: int = 7,
-    top_k: int = 5,
+    top_k: int = 5, top_by: str = "highest",
 ) -> None:  # fmt: skip
     """Raise :class:`ExplainError` unless the numeric arguments of :func:`explain_run` are in range.
 
@@ -276,6 +298,8 @@ def check_explain_args(
     """
     if top_slides < 1:
         raise ExplainError(f"top_slides must be at least 1, got {top_slides}")
+    if top_by not in TOP_BY:
+        raise ExplainError(f"top_by={top_by!r}: rank the map slides by one of {', '.join(TOP_BY)}")
     check_hotspot_args(percentile, min_cells)
     check_sigma(sigma)
     check_gallery_args(n_bins, top_k)
@@ -290,6 +314,7 @@ def plan_explain(
     genes=None,
     models=None,
     top_slides: int = 3,
+    top_by: str = "highest",
     percentile: float = 90.0,
     min_cells: int = 2,
     sigma: float = 0.0,
@@ -318,6 +343,7 @@ def plan_explain(
     models = _check_models(run, models)
     check_explain_args(
         top_slides=top_slides,
+        top_by=top_by,
         percentile=percentile,
         min_cells=min_cells,
         sigma=sigma,
@@ -347,13 +373,20 @@ def plan_explain(
         )
     hotspot_slides, map_slides = (), {}
     by = "y_true" if truth else "y_pred"
+    if top_by == "largest-error" and slides is None and not truth:
+        raise ExplainError(
+            "top_by='largest-error' needs true expression, which these predictions have not: predict with "
+            "--targets, or rank the map slides by highest or lowest predicted expression"
+        )
     if map_model is not None:
         hotspot_slides = tuple(sorted(att.loc[att["model"] == map_model, "slide_id"].unique()))
         _check_slides(run, store, list(hotspot_slides), what="slides with attention")
         map_slides = (
             {g: list(slides) for g in genes}
             if slides is not None
-            else _choose_slides(run, genes=genes, model=map_model, top_slides=top_slides, by=by)
+            else _choose_slides(
+                run, genes=genes, model=map_model, top_slides=top_slides, by=by, top_by=top_by
+            )
         )
     report, why = _report_applies(run, out, report)
     notes += [why] if why else []
@@ -383,6 +416,6 @@ def plan_explain(
         scatter=truth,
         gallery=truth,
         learned_nothing=tuple(nothing),
-        map_slides_by="true expression" if truth else "predicted expression",
+        map_slides_by=_slides_rule(slides, top_by, by, map_model),
         notes=tuple(notes),
     )

@@ -273,6 +273,7 @@ def explain_run(
     genes=None,
     models=None,
     top_slides: int = 3,
+    top_by: str = "highest",
     percentile: float = 90.0,
     min_cells: int = 2,
     sigma: float = 0.0,
@@ -303,9 +304,12 @@ def explain_run(
         (:class:`~slide2expr.contract.OutputExistsError`) unless ``overwrite``, which replaces it as a whole when
         it holds only explain's outputs.
     slides
-        Slides to draw maps for (default, per gene, the slides of the ``top_slides`` bags with the highest true
-        expression, or predicted expression when there is none). Hotspots, GeoJSON and detections cover every
-        slide with attention either way.
+        Slides to draw maps for (default, per gene, the slides of the ``top_slides`` bags ranked by ``top_by``).
+        Hotspots, GeoJSON and detections cover every slide with attention either way.
+    top_slides, top_by
+        Without ``slides``: how many bags per gene, and how they are ranked: ``"highest"`` or ``"lowest"`` true
+        expression (predicted expression when there is none), or ``"largest-error"`` (|predicted − true| of the
+        map model; needs true expression). Only the run's tables are read to rank them.
     genes, models
         Subsets of the run's genes and models (default all).
     percentile, min_cells
@@ -346,6 +350,7 @@ def explain_run(
         genes=genes,
         models=models,
         top_slides=top_slides,
+        top_by=top_by,
         percentile=percentile,
         min_cells=min_cells,
         sigma=sigma,
@@ -437,7 +442,8 @@ def _write_all(plan: ExplainPlan, stage: _Stages) -> ExplainResult:
         res.notes.append(
             f"no {plan.run.layout.truth_tiles.name} in the run: localisation against truth is left out"
         )
-    write_bytes_atomic(plan.layout.manifest, json.dumps(res.manifest(), indent=1).encode())
+    manifest = res.manifest() | {"map_slides": {"chosen_by": plan.map_slides_by, "slides": plan.map_slides}}
+    write_bytes_atomic(plan.layout.manifest, json.dumps(manifest, indent=1).encode())
     if plan.report:
         stage("report")
         res.report = write_report(plan.run, explain_dir=plan.out, store=plan.store)

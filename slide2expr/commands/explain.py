@@ -39,7 +39,7 @@ def explain(
             "--slides",
             metavar="SLIDE",
             help="Slides to draw maps for (repeat or comma-separate); default: per gene, "
-            "the slides of the highest-expression patients.",
+            "the slides of --top-slides patients ranked by --top-by.",
         ),
     ] = None,
     genes: Annotated[
@@ -67,6 +67,14 @@ def explain(
         ),
     ] = None,
     top_slides: Annotated[int, typer.Option(help="Slides per gene when --slides is not given.")] = 3,
+    top_by: Annotated[
+        str,
+        typer.Option(
+            help="Without --slides, rank each gene's patients by: highest or lowest true expression (predicted "
+            "when there is none), or largest-error (|predicted − true| of the map model). Only the run's tables "
+            "are read to rank them, whatever the cohort's size.",
+        ),
+    ] = "highest",
     percentile: Annotated[
         float, typer.Option(help="Hotspot threshold: percentile of a slide's tile scores.")
     ] = 90.0,
@@ -104,6 +112,7 @@ def explain(
         genes=_split(genes),
         models=_split(models),
         top_slides=top_slides,
+        top_by=top_by,
         percentile=percentile,
         min_cells=min_cells,
         sigma=sigma,

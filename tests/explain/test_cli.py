@@ -153,7 +153,10 @@ def test_explain_a_prediction_directory_and_refuse_a_non_empty_out(toy, tmp_path
     args = ["explain", str(pred), "--store", str(toy.store), "--genes", "HOTA", "--top-slides", "1"]
     res = CliRunner().invoke(app, [*args, "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "would explain the predictions" in res.stdout and "chosen by predicted expression" in res.stdout
+    assert (
+        "would explain the predictions" in res.stdout
+        and "chosen by highest predicted expression" in res.stdout
+    )
     assert f"  detections/{toy.slides[0]}.geojson\n" in res.stdout and "no SHAP" in _flat(res.stdout)
     res = CliRunner().invoke(app, [*args, "--overlays"])
     assert res.exit_code == 0, res.output

@@ -129,7 +129,9 @@ def test_the_plan_lists_detections_and_overlays(toy, tmp_path):
     pred = make_prediction_dir(toy, tmp_path / "pred", truth=False)
     plan = explain.plan_explain(pred, store=toy.store, overlays=True, genes=["HOTA"], top_slides=1)
     assert plan.kind == "predictions" and plan.trees == () and not plan.gallery and not plan.report
-    assert plan.map_slides_by == "predicted expression" and not plan.localisation
+    assert plan.map_slides_by == "highest predicted expression" and not plan.localisation
+    with pytest.raises(ExplainError, match="largest-error' needs true expression"):
+        explain.plan_explain(pred, store=toy.store, genes=["HOTA"], top_by="largest-error")
     rel = {p.relative_to(plan.out).as_posix() for p in plan.outputs()}
     assert {f"detections/{s}.geojson" for s in toy.slides} <= rel
     sid = plan.map_slides["HOTA"][0]

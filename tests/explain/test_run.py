@@ -181,6 +181,39 @@ def test_manifest_lists_the_figures_by_section(explained):
     assert len(manifest["figures"]["heatmaps"]) == len(GENES)  # top_slides=1: one slide per gene
 
 
+def test_manifest_says_how_the_map_slides_were_chosen(explained):
+    manifest = json.loads((explained.out / "manifest.json").read_text())
+    assert manifest["map_slides"]["chosen_by"] == "highest true expression"
+    assert set(manifest["map_slides"]["slides"]) == set(GENES)
+
+
+@pytest.mark.parametrize("top_by", ["highest", "lowest", "largest-error"])
+def test_map_slides_ranked_by_a_rule(toy, top_by):
+    """Per gene, the slides of the top bags by true expression (either end) or by the map model's absolute error,
+    computed here from the run's predictions."""
+    run = load_run(toy.run)
+    plan = explain.plan_explain(toy.run, store=toy.store, top_slides=2, top_by=top_by, overwrite=True)
+    pred = run.table("predictions")
+    att = run.table("attention")
+    slide_of = att[att["model"] == "mil"].groupby("bag_id")["slide_id"].min()
+    for g in GENES:
+        p = pred[(pred["gene"] == g) & (pred["model"] == "mil")].groupby("bag_id")
+        if top_by == "largest-error":
+            value = (p["y_pred"].mean() - p["y_true"].first()).abs()
+        else:
+            value = p["y_true"].first() * (1 if top_by == "highest" else -1)
+        want = [slide_of[b] for b in value.sort_values(ascending=False, kind="stable").index[:2]]
+        assert plan.map_slides[g] == want, g
+    assert plan.map_slides_by == (
+        "largest error of mil" if top_by == "largest-error" else f"{top_by} true expression"
+    )
+
+
+def test_an_unknown_ranking_rule_is_refused(toy):
+    with pytest.raises(ExplainError, match="top_by='worst'.*highest, lowest, largest-error"):
+        explain.plan_explain(toy.run, store=toy.store, top_by="worst", overwrite=True)
+
+
 def test_missing_inputs_give_clear_errors(toy, tmp_path):
     with pytest.raises(ExplainError, match="not a run directory"):
         load_run(tmp_path)
