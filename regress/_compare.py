@@ -49,12 +49,14 @@ from slide2expr.regress._genes import (
     top_genes_of,
 )
 from slide2expr.regress._harness import (
+    FLOOR_MODEL,
     CompareError,
     CompareInterrupted,
     check_cohort_targets,
     check_fold_sizes,
     check_targets_vary,
     complete_bags,
+    fit_keys,
     jsonable,
     plan_cohort,
     target_transform,
@@ -83,9 +85,6 @@ from slide2expr.regress._streaming import (
     is_lazy,
 )
 from slide2expr.sql import check_max_memory_gb
-
-#: The floor every comparison includes.
-FLOOR_MODEL = "mean"
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ class ComparePlan:
         if self.resume is not None:
             lines.append(
                 f"  resumes the interrupted run in {self.out}: {len(self.resume)} of "
-                f"{len(self.models) * self.n_folds} model × fold fits are done"
+                f"{len(fit_keys(self.models)) * self.n_folds} model × fold fits (nulls included) are done"
             )
         where = (
             "nothing (out=None)"
@@ -260,7 +259,7 @@ def plan_compare(
     if not resuming:
         return dataclasses.replace(plan, settings=settings)
     check_resume(out, settings)
-    done = tuple(PartialRun(RunLayout(out), settings).finished(plan.models, plan.n_folds))
+    done = tuple(PartialRun(RunLayout(out), settings).finished(fit_keys(plan.models), plan.n_folds))
     return dataclasses.replace(plan, settings=settings, resume=done)
 
 
@@ -551,7 +550,9 @@ def compare(
         )
     # the null of every model but the floor (whose null is itself): the same model on permuted training targets
     with stages("null"):
-        null = null_fits(cohort, plan, skip=(FLOOR_MODEL,), progress=progress, inputs=inputs)
+        null = null_fits(
+            cohort, plan, skip=(FLOOR_MODEL,), progress=progress, inputs=inputs, checkpoint=checkpoint
+        )
     with stages("summarise and write"):
         result = summarise(
             plan, fits, config=run_config(cohort, plan, store=store, targets=targets), null=null

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from slide2expr.contract import ATTENTION_SCHEMA, Cohort
-from slide2expr.regress._harness import CompareError, plan_targets
+from slide2expr.regress._harness import CompareError, null_key, plan_targets
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import make_model, model_info
 from slide2expr.regress._streaming import fold_inputs
@@ -127,15 +127,23 @@ def cross_fit(
 
 
 def null_fits(
-    cohort: Cohort, plan, *, skip: Sequence[str] = (), progress: bool = False, inputs=None
+    cohort: Cohort,
+    plan,
+    *,
+    skip: Sequence[str] = (),
+    progress: bool = False,
+    inputs=None,
+    checkpoint=None,
 ) -> pd.DataFrame:
-    """Each model's *null*: the same model, on the same folds and seeds as :func:`cross_fit`, fitted on training
-    targets permuted among the training patients (one permutation per fold, the same for every gene and model,
-    drawn from ``plan.seed + fold``), predicting the held-out bags.
+    """Each model's *null*: the same model, on the same folds, seeds and genes as :func:`cross_fit`, fitted on
+    training targets permuted among the training patients (one permutation per fold, the same for every gene and
+    model, drawn from ``plan.seed + fold``), predicting the held-out bags.
 
     Returns the null's held-out predictions with the columns of :class:`FoldOutputs.predictions`; models in
     ``skip`` (the training-mean floor, whose null is itself) get none. A model that beats its null learned
     something from the pairing of slides and targets, not from the fold structure or the targets' distribution.
+    ``checkpoint`` (a :class:`~slide2expr.regress._runs.PartialRun`) keeps each finished null fit, as
+    :func:`cross_fit` keeps the fits, so an interrupted run resumes its nulls too.
     """
     inputs = fold_inputs(cohort, plan) if inputs is None else inputs
     Y = np.asarray(cohort.y_true, dtype=np.float64)[plan.keep]
@@ -144,17 +152,24 @@ def null_fits(
     with _Progress(enabled=progress, total=len(names) * plan.n_folds) as bar:
         for k in range(plan.n_folds):
             tr, te = np.flatnonzero(plan.folds != k), np.flatnonzero(plan.folds == k)
+            cols = np.asarray(plan.fold_genes[k])
             Yp = permute_by_group(Y[tr], plan.patients[tr], seed=plan.seed + k)
+            Yp = Yp if len(cols) == Y.shape[1] else Yp[:, cols]  # the fold's genes, as cross_fit fits them
             for name in names:
                 bar.describe(f"{name} null fold {k + 1}/{plan.n_folds}")
-                params = plan.model_params.get(name)
-                est = make_model(name, params=params, random_state=plan.seed + k)
-                inputs.fit(est, k, tr, Yp, plan.patients[tr], name=name, params=params)
-                yp = np.asarray(inputs.predict(est, k, te), dtype=np.float64).reshape(
-                    len(te), len(plan.genes)
-                )
-                inputs.finish(est, k)
-                parts.append(_prediction_rows(plan, name, k, te, Y, yp, base=Yp.mean(axis=0)))
+                done = None if checkpoint is None else checkpoint.load(null_key(name), k)
+                if done is None:
+                    params = plan.model_params.get(name)
+                    est = make_model(name, params=params, random_state=plan.seed + k)
+                    t0 = time.perf_counter()
+                    inputs.fit(est, k, tr, Yp, plan.patients[tr], name=name, params=params)
+                    yp = np.asarray(inputs.predict(est, k, te), dtype=np.float64).reshape(len(te), len(cols))
+                    inputs.finish(est, k)
+                    rows = _prediction_rows(plan, name, k, te, Y, yp, base=Yp.mean(axis=0), cols=cols)
+                    if checkpoint is not None:
+                        checkpoint.save(null_key(name), k, rows, None, time.perf_counter() - t0)
+                    done = (rows, None, 0.0)
+                parts.append(done[0])
                 bar.advance()
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

@@ -22,6 +22,21 @@ LISTED_BAGS = 10
 MIN_PATIENTS_PER_FOLD = 3
 
 
+#: The floor every comparison includes (its null is itself: no null is fitted for it).
+FLOOR_MODEL = "mean"
+
+
+def null_key(model: str) -> str:
+    """The name under which a model's null fits (the model on permuted training targets) are kept in
+    ``RUN/partial/``."""
+    return f"{model}.null"
+
+
+def fit_keys(models: Sequence[str]) -> list[str]:
+    """What a compare run fits on every fold, in order: each model, then the null of each but the floor."""
+    return [*models, *(null_key(m) for m in models if m != FLOOR_MODEL)]
+
+
 class CompareError(ValueError):
     """A cohort or argument that ``compare`` (or ``train``) cannot run on."""
 
@@ -44,7 +59,8 @@ class CompareInterrupted(KeyboardInterrupt):
             super().__init__("compare interrupted before fitting began: run the same command again")
             return
         super().__init__(
-            f"compare interrupted after {done} of {total} model × fold fits; the finished ones are kept in "
+            f"compare interrupted after {done} of {total} model × fold fits (nulls included); the finished ones are "
+            "kept in "
             f"{out}/partial/: run the same compare with the same settings and out to resume them (overwrite, "
             "--overwrite, restarts)"
         )

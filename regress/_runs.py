@@ -29,7 +29,7 @@ from slide2expr.contract import (
     write_bytes_atomic,
     write_table_atomic,
 )
-from slide2expr.regress._harness import CompareInterrupted, jsonable, plan_targets
+from slide2expr.regress._harness import CompareInterrupted, fit_keys, jsonable, plan_targets
 
 #: The comparison plot under ``RUN/plots/``.
 COMPARE_PLOT = "compare_pearson.png"
@@ -94,7 +94,8 @@ class PartialRun:
 
     ``settings.json`` holds the run's settings and their fingerprint (:func:`run_settings`); each finished fit
     writes ``<model>/fold<k>.attention.parquet`` (attention models) and then ``<model>/fold<k>.predictions.parquet``
-    (its held-out predictions with the training mean, the fitting time in its metadata), which marks it done. A
+    (its held-out predictions with the training mean, the fitting time in its metadata), which marks it done; a
+    model's null fits are kept the same way under ``<model>.null/`` (:func:`~slide2expr.regress._harness.null_key`). A
     rerun with the same settings loads those instead of fitting again; :meth:`remove` deletes the folder once the
     run directory is written.
     """
@@ -159,9 +160,9 @@ def interrupted_run(out) -> CompareInterrupted:
     record = None if out is None else PartialRun.read(out)
     if record is None:
         return CompareInterrupted(0, None, None if out is None else Path(out))
-    models, n_folds = record["settings"]["models"], record["settings"]["n_folds"]
-    done = PartialRun(RunLayout(out), record).finished(models, n_folds)
-    return CompareInterrupted(len(done), len(models) * n_folds, Path(out))
+    keys, n_folds = fit_keys(record["settings"]["models"]), record["settings"]["n_folds"]
+    done = PartialRun(RunLayout(out), record).finished(keys, n_folds)
+    return CompareInterrupted(len(done), len(keys) * n_folds, Path(out))
 
 
 def check_resume(out, record: dict) -> None:

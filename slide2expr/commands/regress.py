@@ -188,9 +188,9 @@ def compare(
 ) -> None:
     """Cross-validate models on the same patient-grouped folds; write a run directory (metrics, attention, plots).
 
-    An interrupted compare (Ctrl-C) keeps its finished model × fold fits in OUT/partial/: the same command resumes
-    them; --overwrite restarts. A cohort larger than the memory bound is read on access from the store; the summary
-    gives each stage's time and the peak resident memory.
+    An interrupted compare (Ctrl-C) keeps its finished model × fold fits (nulls included) in OUT/partial/: the
+    same command resumes them; --overwrite restarts. A cohort larger than the memory bound is read on access from
+    the store; the summary gives each stage's time and the peak resident memory.
     """
     from slide2expr import regress
 

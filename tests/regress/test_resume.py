@@ -47,8 +47,13 @@ def test_a_resumed_run_is_the_uninterrupted_run(cohort, tmp_path, monkeypatch):
         with pytest.raises(regress.CompareInterrupted) as caught:
             regress.compare(cohort, out=run, progress=False, **SETTINGS)
     exc = caught.value
-    assert (exc.done, exc.total, exc.out) == (4, 9, run)
-    assert "after 4 of 9 model × fold fits" in str(exc) and "same settings and out to resume" in str(exc)
+    assert (exc.done, exc.total, exc.out) == (
+        4,
+        15,
+        run,
+    )  # 3 models × 3 folds, and the nulls of ridge and lgbm
+    assert "after 4 of 15 model × fold fits (nulls included)" in str(exc)
+    assert "same settings and out to resume" in str(exc)
     partial = run / "partial"
     assert sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*.parquet")) == [
         "lgbm/fold0.predictions.parquet",
@@ -62,13 +67,32 @@ def test_a_resumed_run_is_the_uninterrupted_run(cohort, tmp_path, monkeypatch):
     assert sorted(plan.resume) == [("lgbm", 0), ("ridge", 0), ("ridge", 1), ("ridge", 2)]
     assert (
         "resumes the interrupted run" in plan.describe()
-        and "4 of 9 model × fold fits are done" in plan.describe()
+        and "4 of 15 model × fold fits (nulls included) are done" in plan.describe()
     )
     res = regress.compare(cohort, out=run, progress=False, **SETTINGS)
     assert (run / "models" / "ridge" / "fold1.joblib").stat().st_mtime_ns == kept  # loaded, not fitted again
     assert not partial.exists()
     assert _files(run) == _files(whole)
     assert res.summary.set_index("model")["fit_seconds"].gt(0).all()
+
+
+def test_a_run_interrupted_in_its_nulls_resumes_them(cohort, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    regress.compare(cohort, out=whole, progress=False, **SETTINGS)
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 11)  # the 9 fits, then the first fold's nulls of ridge and lgbm
+        with pytest.raises(regress.CompareInterrupted) as caught:
+            regress.compare(cohort, out=run, progress=False, **SETTINGS)
+    assert (caught.value.done, caught.value.total) == (11, 15)
+    nulls = sorted(
+        p.relative_to(run / "partial").as_posix() for p in (run / "partial").glob("*.null/*.parquet")
+    )
+    assert nulls == ["lgbm.null/fold0.predictions.parquet", "ridge.null/fold0.predictions.parquet"]
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 4)  # the 4 nulls left: only those are fitted
+        regress.compare(cohort, out=run, progress=False, **SETTINGS)
+    assert _files(run) == _files(whole)
 
 
 def test_other_settings_are_refused_and_overwrite_restarts(cohort, tmp_path, monkeypatch):
@@ -109,11 +133,11 @@ def test_cli_ctrl_c_says_how_to_resume(fake_store, tmp_path, monkeypatch):
     text = " ".join(r.output.split())
     assert r.exit_code == 130, r.output
     assert (
-        f"interrupted: compare interrupted after 2 of 6 model × fold fits; the finished ones are kept in {out}/partial/"
-        in text
+        f"interrupted: compare interrupted after 2 of 9 model × fold fits (nulls included); the finished ones are "
+        f"kept in {out}/partial/" in text
     )
     r = CliRunner().invoke(app, [*args, "--dry-run"], env={"COLUMNS": "250"})
-    assert r.exit_code == 0 and "2 of 6 model × fold fits are done" in r.output, r.output
+    assert r.exit_code == 0 and "2 of 9 model × fold fits (nulls included) are done" in r.output, r.output
     r = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
     assert (out / "metrics.parquet").is_file() and not (out / "partial").exists()
