@@ -79,7 +79,7 @@ KEY_FIGURES["demo"] = {
 KEY_FIGURES["genome_wide"] = {
     "genes_in_targets": "genes in the targets",
     "genes_compared": "genes compared",
-    "patients": "patients",
+    "bags": "bags (patients)",
     "import_s": "targets import, s",
     "import_peak_rss_gb": "targets import, peak RSS GB",
     "compare_s": "compare, s",
