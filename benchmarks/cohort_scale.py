@@ -913,10 +913,11 @@ COMPARE_PARAMS = {"mil": {"max_tiles": 512}}
 
 
 def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memory_gb: float | None,
-                 seed: int = 0) -> dict:  # fmt: skip
+                 seed: int = 0, out: Path | None = None) -> dict:  # fmt: skip
     """One ``regress.compare`` of :data:`COMPARE_MODELS` in this process, the cohort read on access (``path`` =
     ``"lazy"``) or loaded (``"memory"``): wall time and peak RSS per stage, pooled r per gene and its median per
-    planted gene kind and model."""
+    planted gene kind and model. With ``out`` the run is written there as ``compare`` writes it: each finished
+    model × fold lands in ``out/partial/`` with its seconds, so a run stopped early still shows how far it got."""
     import warnings
 
     from slide2expr import regress, sql
@@ -931,7 +932,8 @@ def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memo
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", regress.MemoryBoundWarning)
         result = regress.compare(cohort, models=COMPARE_MODELS, n_folds=n_folds, seed=seed, model_params=params,
-                                 max_memory_gb=max_memory_gb, progress=False, device="cpu")  # fmt: skip
+                                 max_memory_gb=max_memory_gb, progress=False, device="cpu", out=out,
+                                 save_models=False)  # fmt: skip
     pooled = result.metrics[result.metrics["fold"] == -1]
     r_by_gene = {
         m: dict(zip(g["gene"], g["pearson_r"].astype(float), strict=True)) for m, g in pooled.groupby("model")
@@ -965,9 +967,10 @@ def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memo
 
 
 def bench_compare(store: Path, *, n_folds: int = 5, params: dict | None = None, max_memory_gb: float | None = None,
-                  in_memory: bool = False) -> dict:  # fmt: skip
+                  in_memory: bool = False, run_dir: Path | None = None) -> dict:  # fmt: skip
     """``compare --models mil,lgbm,ridge`` on the store read on access (and, with ``in_memory``, loaded, for the
-    peak RSS beside it), each in a fresh process so each peak RSS is its own."""
+    peak RSS beside it), each in a fresh process so each peak RSS is its own; with ``run_dir``, each run is written
+    under it (``run_dir/lazy``, ``run_dir/memory``)."""
     params = COMPARE_PARAMS if params is None else params
     runs = {}
     for path in ("lazy", "memory") if in_memory else ("lazy",):
@@ -975,6 +978,8 @@ def bench_compare(store: Path, *, n_folds: int = 5, params: dict | None = None, 
                "--n-folds", str(n_folds), "--params", json.dumps(params)]  # fmt: skip
         if max_memory_gb is not None:
             cmd += ["--max-memory-gb", str(max_memory_gb)]
+        if run_dir is not None:
+            cmd += ["--out", str(run_dir / path)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"compare ({path}) failed:\n{done.stderr[-4000:]}")
@@ -1069,12 +1074,16 @@ def main(argv: list[str] | None = None) -> dict:
     cp.add_argument(
         "--in-memory", action="store_true", help="also run it with the cohort loaded (small stores)"
     )
+    cp.add_argument(
+        "--run-dir", help="write each run there (outside the repository): finished fits land as they go"
+    )
     one = sub.add_parser("compare-once", help=argparse.SUPPRESS)
     one.add_argument("--store", required=True)
     one.add_argument("--path", choices=("lazy", "memory"), required=True)
     one.add_argument("--n-folds", type=int, default=5)
     one.add_argument("--params", default=json.dumps(COMPARE_PARAMS))
     one.add_argument("--max-memory-gb", type=float, default=None)
+    one.add_argument("--out", default=None)
     q = sub.add_parser("queries", help="time every named query on the store")
     q.add_argument("--store", required=True)
     q.add_argument("--timeout", type=int, default=900)
@@ -1094,10 +1103,11 @@ def main(argv: list[str] | None = None) -> dict:
         figures = bench_pooled(Path(args.store))
     elif args.step == "compare":
         figures = bench_compare(Path(args.store), n_folds=args.n_folds, params=json.loads(args.params),
-                                max_memory_gb=args.max_memory_gb, in_memory=args.in_memory)  # fmt: skip
+                                max_memory_gb=args.max_memory_gb, in_memory=args.in_memory,
+                                run_dir=args.run_dir and _check_out(args.run_dir))  # fmt: skip
     elif args.step == "compare-once":
         figures = compare_once(Path(args.store), path=args.path, n_folds=args.n_folds, params=json.loads(args.params),
-                               max_memory_gb=args.max_memory_gb)  # fmt: skip
+                               max_memory_gb=args.max_memory_gb, out=args.out and Path(args.out))  # fmt: skip
         print(json.dumps(figures))
         return figures
     elif args.step == "ann-choice":
