@@ -328,7 +328,8 @@ def _figure(value) -> str:
 
 def _figure_rows(figures: dict, prefix: str = "") -> list[str]:
     """``| name | value |`` rows of a section's numbers and strings; a mapping of mappings is opened (rows named
-    ``a · b``), a mapping of numbers is one row; per-gene tables are left to the JSON."""
+    ``a · b``), a mapping of numbers is one row, a list of mappings one row each; per-gene tables are left to the
+    JSON."""
     rows = []
     for k, v in figures.items():
         if k.endswith("_by_gene"):
@@ -341,6 +342,8 @@ def _figure_rows(figures: dict, prefix: str = "") -> list[str]:
             rows.append(f"| {prefix}{k} | {_figure(v)} |")
         elif isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v):
             rows.append(f"| {prefix}{k} | {', '.join(_figure(x) for x in v)} |")
+        elif isinstance(v, list) and all(isinstance(x, dict) for x in v):  # e.g. one row per query setting
+            rows += [f"| {prefix}{k} | {', '.join(f'{a}: {_figure(b)}' for a, b in x.items())} |" for x in v]
     return rows
 
 
