@@ -60,6 +60,8 @@ def routed_query(con: duckdb.DuckDBPyConnection, name: str, params: dict[str, An
     if store is None or is_remote(store) or not Path(store).is_dir():
         return None
     pairs = _pairs(Path(store), encoder=_variable(con, "encoder"), tiling=_variable(con, "tiling"))
+    if not pairs:
+        return None  # no embeddings to scan: the SQL answers as it does (or says what is missing)
     if name in _POOLED:
         return _pooled(con, Path(store), pairs, by_patient=name == "pooled_patient_features")
     if int(params["k"]) < 1:
@@ -133,8 +135,6 @@ def _pooled(con, store: Path, pairs, *, by_patient: bool) -> pa.Table:
             )
         )
     key = "patient_id" if by_patient else "slide_id"
-    if not parts:
-        return con.sql(f"select * from ({_empty_sql(by_patient)})").to_arrow_table()
     out = pa.concat_tables(parts)
     return out.sort_by([(key, "ascending"), ("tiling", "ascending"), ("encoder", "ascending")])
 
@@ -142,15 +142,6 @@ def _pooled(con, store: Path, pairs, *, by_patient: bool) -> pa.Table:
 def _barcode_patient(slide_id: str) -> str | None:
     m = _TCGA_PATIENT.match(slide_id)
     return m.group(1) if m else None
-
-
-def _empty_sql(by_patient: bool) -> str:
-    head = "null::varchar as patient_id, " if by_patient else "null::varchar as slide_id, "
-    slides = "null::bigint as n_slides, " if by_patient else ""
-    return (
-        f"select {head}null::varchar as tiling, null::varchar as encoder, {slides}null::bigint as n_tiles, "
-        "null::float[] as mean_embedding, null::float[] as max_embedding limit 0"
-    )
 
 
 # ---- nearest tiles ----------------------------------------------------------------------------------------------

@@ -773,6 +773,14 @@ def plan_similar(
                        use_index and not exists, path if use_index else None)  # fmt: skip
 
 
+def _ready_plan(store, *, encoder, tiling, method: str, progress) -> SimilarPlan:
+    """:func:`plan_similar`'s plan, with the index built first when the plan needs one that is missing or stale."""
+    plan = plan_similar(store, encoder=encoder, tiling=tiling, method=method)
+    if plan.method == "index" and plan.build:
+        build_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling, progress=progress)
+    return plan
+
+
 def similar_tiles(
     store: str | os.PathLike,
     *,
@@ -827,10 +835,8 @@ def similar_tiles(
     (3,)
     """
     _check_k(k)
-    plan = plan_similar(store, encoder=encoder, tiling=tiling, method=method)
+    plan = _ready_plan(store, encoder=encoder, tiling=tiling, method=method, progress=progress)
     if plan.method == "index":
-        if plan.build:
-            build_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling, progress=progress)
         with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:
             return index.query(slide_id, int(tile_id), k=k, candidates=candidates)
     files = list_embedding_files(store, encoder=plan.encoder, tiling=plan.tiling)
@@ -870,10 +876,8 @@ def similar_to_vector(
     """The ``k`` tiles most similar (cosine) to ``vector`` (a prototype, a centroid: as long as the embeddings),
     as :func:`similar_tiles` returns them; ``method`` as there."""
     _check_k(k)
-    plan = plan_similar(store, encoder=encoder, tiling=tiling, method=method)
+    plan = _ready_plan(store, encoder=encoder, tiling=tiling, method=method, progress=progress)
     if plan.method == "index":
-        if plan.build:
-            build_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling, progress=progress)
         with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:
             return index.query_vector(vector, k=k, candidates=candidates)
     files = list_embedding_files(store, encoder=plan.encoder, tiling=plan.tiling)

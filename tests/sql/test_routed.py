@@ -142,3 +142,15 @@ def test_the_sql_command_routes_unless_sql_only(store, tmp_path):
 
 def test_the_routed_queries_are_named_queries():
     assert set(ROUTED_QUERIES) <= set(sql.list_queries())
+
+
+def test_a_store_without_embeddings_runs_the_sql(tmp_path):
+    """Nothing to route: the SQL answers, with its own message."""
+    import duckdb
+
+    from slide2expr.contract import init_store
+
+    con = sql.connect(init_store(tmp_path / "empty"))
+    for route in (True, False):
+        with pytest.raises(duckdb.Error, match="no embeddings in store .*slide2expr featurize"):
+            sql.run_query(con, "pooled_patient_features", route=route)
