@@ -78,6 +78,7 @@ from slide2expr.regress._stats import (
     paired_comparison,
 )
 from slide2expr.regress._streaming import (
+    SPILL_DIR,
     MemoryBoundWarning,
     Stages,
     attention_cap,
@@ -529,30 +530,33 @@ def compare(
             max_memory_gb=max_memory_gb,
         )
     cohort = plan_cohort(cohort, plan)  # y_true of the compared genes only
-    inputs = fold_inputs(cohort, plan)
-    if is_lazy(cohort) and any(not model_info(m).attention for m in plan.models if m != FLOOR_MODEL):
-        with stages("pooled features"):
-            inputs.pooled  # noqa: B018 (one streaming pass over the store, or its cache)
-    layout = checkpoint = None
-    if plan.out is not None:
-        fresh = plan.resume is None
-        layout = RunLayout(prepare_output_dir(plan.out, overwrite=overwrite) if fresh else plan.out)
-        checkpoint = PartialRun.start(layout, plan.settings)
-    saving = layout is not None and save_models
-    with stages("fit"):
-        fits = cross_fit(
-            cohort,
-            plan,
-            on_fitted=partial(save_fold_model, layout) if saving else None,
-            progress=progress,
-            checkpoint=checkpoint,
-            inputs=inputs,
-        )
-    # the null of every model but the floor (whose null is itself): the same model on permuted training targets
-    with stages("null"):
-        null = null_fits(
-            cohort, plan, skip=(FLOOR_MODEL,), progress=progress, inputs=inputs, checkpoint=checkpoint
-        )
+    # each fold's projected bags kept on disk, so its null reuses them (regress._streaming): under partial/ with a
+    # run directory (a resumed run reuses them; removed with partial/), else in a temporary folder removed on exit
+    spill = True if plan.out is None else RunLayout(plan.out).partial / SPILL_DIR
+    with fold_inputs(cohort, plan, spill=spill) as inputs:
+        if is_lazy(cohort) and any(not model_info(m).attention for m in plan.models if m != FLOOR_MODEL):
+            with stages("pooled features"):
+                inputs.pooled  # noqa: B018 (one streaming pass over the store, or its cache)
+        layout = checkpoint = None
+        if plan.out is not None:
+            fresh = plan.resume is None
+            layout = RunLayout(prepare_output_dir(plan.out, overwrite=overwrite) if fresh else plan.out)
+            checkpoint = PartialRun.start(layout, plan.settings)
+        saving = layout is not None and save_models
+        with stages("fit"):
+            fits = cross_fit(
+                cohort,
+                plan,
+                on_fitted=partial(save_fold_model, layout) if saving else None,
+                progress=progress,
+                checkpoint=checkpoint,
+                inputs=inputs,
+            )
+        # the null of every model but the floor (whose null is itself): the same model on permuted training targets
+        with stages("null"):
+            null = null_fits(
+                cohort, plan, skip=(FLOOR_MODEL,), progress=progress, inputs=inputs, checkpoint=checkpoint
+            )
     with stages("summarise and write"):
         result = summarise(
             plan, fits, config=run_config(cohort, plan, store=store, targets=targets), null=null

@@ -16,13 +16,34 @@ bags and predicts its held-out bags. On a :class:`~slide2expr.contract.Cohort` t
   fitted once per outer fold (in memory, each inner fit of ``NestedMIL`` fits its own), so the two paths agree in
   distribution, not bit for bit. A network without ``pca_components`` sees every tile's full features at each step
   and is refused (:class:`StreamingError`).
+
+A fold's projection depends on its training bags, the plan's seed and the projection's parameters, never on the
+targets, so a fold's fit and its null (the same fold on permuted targets) use the same projected bags. Reading and
+projecting every bag is a full read of the store, so ``compare`` keeps each fold's projection and projected bags on
+disk as they are made (a *spill*: one float32 ``.npy`` of the concatenated bags, and the fitted projection with the
+bags' offsets in a ``.joblib``, each written atomically) and maps them back for the next use of the same fold
+instead of reading the store again. Memory still holds one fold's projected bags. A spill's name is a hash of
+everything the projected bags depend on (fold, projection parameters, seed, the kept and training bags and their
+tile counts, the cohort's identity and the run's settings' fingerprint), so it is used only where it is the same.
+With a run directory the spills live in ``RUN/partial/projected/`` (:data:`SPILL_DIR`): an interrupted run resumes
+with them, and they go with ``partial/`` when the run is written; without one, in a temporary folder the inputs own
+and remove on :meth:`StreamingInputs.close`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 import time
+import uuid
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
@@ -39,10 +60,16 @@ from slide2expr.regress._projection import TILE_SAMPLE_ROWS
 READ_THREADS = 2
 #: The statistics a streaming pass gives, in :func:`sql.pooled_features`' column order.
 POOLED_STATS = ("mean", "max", "min", "std")
+#: The folder of a run's ``partial/`` that holds its folds' projected bags (:class:`StreamingInputs`).
+SPILL_DIR = "projected"
 
 
 class StreamingError(CompareError):
     """A model that cannot be fitted on a cohort read on access; the message says what to do instead."""
+
+
+class SpillWarning(UserWarning):
+    """A fold's projected bags could not be kept on disk; the message says where and what it costs."""
 
 
 def is_lazy(cohort) -> bool:
@@ -52,9 +79,14 @@ def is_lazy(cohort) -> bool:
     return isinstance(cohort, LazyCohort)
 
 
-def fold_inputs(cohort, plan):
-    """:class:`InMemoryInputs` or, for a :class:`sql.LazyCohort`, :class:`StreamingInputs` of ``plan``'s bags."""
-    return StreamingInputs(cohort, plan) if is_lazy(cohort) else InMemoryInputs(cohort, plan)
+def fold_inputs(cohort, plan, *, spill: bool | str | os.PathLike = False):
+    """:class:`InMemoryInputs` or, for a :class:`sql.LazyCohort`, :class:`StreamingInputs` of ``plan``'s bags.
+
+    ``spill`` (read on access only): False keeps no fold's projected bags on disk, a folder keeps them there (left
+    for its owner to remove), True in a temporary folder removed on ``close()``. Either object is a context manager
+    that closes itself.
+    """
+    return StreamingInputs(cohort, plan, spill=spill) if is_lazy(cohort) else InMemoryInputs(cohort, plan)
 
 
 class InMemoryInputs:
@@ -63,6 +95,15 @@ class InMemoryInputs:
     def __init__(self, cohort, plan):
         all_bags = cohort.bags
         self.bags = [all_bags[i] for i in plan.keep]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def fit(self, est, fold: int, rows, y, groups, *, name: str, params) -> None:
         fit_model(est, [self.bags[i] for i in rows], y, groups, name=name, params=params)
@@ -165,14 +206,39 @@ def _fitted(est):
 
 class StreamingInputs:
     """The kept bags of a :class:`sql.LazyCohort`, fitted and predicted as the module doc says; memory holds the
-    pooled rows, one fold's projected bags and one bag being read."""
+    pooled rows, one fold's projected bags and one bag being read.
 
-    def __init__(self, cohort, plan):
+    ``spill``: False, a folder, or True (a temporary folder removed on :meth:`close`), as :func:`fold_inputs` says.
+    :attr:`store_passes` counts the full reads of the store that projected every kept bag; :attr:`spill_loads` the
+    folds' projected bags mapped back from the spill instead.
+    """
+
+    def __init__(self, cohort, plan, *, spill: bool | str | os.PathLike = False):
         self.cohort, self.keep, self.seed = cohort, np.asarray(plan.keep), int(plan.seed)
         self.dim = int(cohort.dim)
         self._pooled: np.ndarray | None = None
         self._fold: tuple | None = None  # (key, projection, projected kept bags)
         self._restore: dict[int, dict] = {}
+        settings = getattr(plan, "settings", None)
+        self._fingerprint = None if settings is None else settings.get("fingerprint")
+        self.store_passes = 0
+        self.spill_loads = 0
+        self._temporary = spill is True  # a folder of its own, made at the first spill
+        self._cleanup = None
+        self.spill_dir: Path | None = Path(spill) if spill and spill is not True else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the fold held in memory and remove a temporary spill folder (a given folder stays)."""
+        self._fold = None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = self.spill_dir = None
 
     @property
     def pooled(self) -> np.ndarray:
@@ -210,13 +276,21 @@ class StreamingInputs:
     def projection(self, est, fold: int, rows: np.ndarray):
         """``(projection, projected kept bags)`` of ``fold``: the network's :class:`TileProjection` fitted on a
         bounded random sample of the training bags ``rows`` (its ``sample_bags_`` names them), and every kept bag
-        projected (read once, :data:`READ_THREADS` bags at a time)."""
+        projected (read once, :data:`READ_THREADS` bags at a time), or both mapped back from the spill of an
+        earlier call with the same fold, parameters and rows (:meth:`spill_key`)."""
         net, _ = _network(est)
         proj = net._tile_projection()
-        key = (fold, tuple(sorted(proj.get_params().items())))
+        key = (fold, tuple(sorted(proj.get_params().items())), np.asarray(rows).tobytes())
         if self._fold is not None and self._fold[0] == key:
             return self._fold[1], self._fold[2]
         self._fold = None  # one fold's projected bags at a time
+        spilling = self.spill_dir is not None or self._temporary
+        digest = self.spill_key(fold, key[1], rows) if spilling else None
+        loaded = None if digest is None else self._load_spill(fold, digest)
+        if loaded is not None:
+            self.spill_loads += 1
+            self._fold = (key, *loaded)
+            return loaded
         rng = np.random.default_rng([self.seed, fold + 1])  # fold -1: a model trained on every bag
         index = self.keep[rows]
         lengths = self.cohort.n_tiles[index]
@@ -228,8 +302,98 @@ class StreamingInputs:
         del sample
         with ThreadPoolExecutor(READ_THREADS) as pool:  # reads release the GIL; one bag per thread in memory
             projected = list(pool.map(lambda i: proj.transform([self.cohort[int(i)]])[0], self.keep))
+        self.store_passes += 1
+        if digest is not None:
+            # a full disk costs the next use of this fold a read of the store, not the run
+            try:
+                self._write_spill(fold, digest, proj, projected)
+            except OSError as e:
+                warnings.warn(
+                    f"fold {fold}'s projected bags could not be kept on disk in {self.spill_dir} ({e}): the next "
+                    "fit of this fold reads the store again; free space there (or set TMPDIR without a run "
+                    "directory) to avoid it",
+                    SpillWarning,
+                    stacklevel=2,
+                )
         self._fold = (key, proj, projected)
         return proj, projected
+
+    def spill_key(self, fold: int, params, rows) -> str:
+        """sha256 of what ``fold``'s projected bags depend on: the fold, the projection's parameters ``params``,
+        the seed, the training ``rows``, the kept bags and their tile counts, the cohort's identity and the run's
+        settings' fingerprint."""
+        c = self.cohort
+        head = {
+            "fold": int(fold),
+            "params": repr(params),
+            "seed": self.seed,
+            "dim": self.dim,
+            "cohort": [str(c.store), c.encoder, c.tiling, c.by],
+            "settings": self._fingerprint,
+        }
+        h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+        h.update(np.asarray(rows, dtype=np.int64).tobytes())
+        h.update(np.asarray(c.n_tiles[self.keep], dtype=np.int64).tobytes())
+        h.update("\0".join(map(str, c.bag_ids[self.keep])).encode())
+        return h.hexdigest()
+
+    def _spill_paths(self, fold: int, digest: str) -> tuple[Path, Path]:
+        stem = self.spill_dir / f"fold{int(fold)}.{digest[:24]}"
+        return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".joblib")
+
+    def _write_spill(self, fold: int, digest: str, proj, projected: list) -> None:
+        """Write the projected bags (``(n_tiles, k)`` float32, concatenated, bag by bag) and then the projection
+        with the bags' offsets, each to a hidden temporary name renamed into place; the ``.joblib`` marks it done."""
+        import joblib
+
+        if self.spill_dir is None:
+            self.spill_dir = Path(tempfile.mkdtemp(prefix="slide2expr-projected-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.spill_dir, ignore_errors=True)
+        data, meta = self._spill_paths(fold, digest)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.concatenate([[0], np.cumsum([len(b) for b in projected])]).astype(np.int64)
+        width = projected[0].shape[1] if projected else 0
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
+        for path, write in (
+            (data, lambda fh: _write_npy(fh, projected, {**header, "shape": (int(offsets[-1]), width)})),
+            (meta, lambda fh: joblib.dump({"key": digest, "projection": proj, "offsets": offsets}, fh)),
+        ):
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    write(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def _load_spill(self, fold: int, digest: str) -> tuple | None:
+        """``(projection, projected kept bags as views of a read-only memory map)`` of a complete spill named
+        ``digest``, or None (none, unreadable, or not of these bags: the caller projects again)."""
+        import joblib
+
+        if self.spill_dir is None:
+            return None
+        data, meta = self._spill_paths(fold, digest)
+        if not (data.is_file() and meta.is_file()):
+            return None
+        try:
+            payload = joblib.load(meta)
+            arr = np.load(data, mmap_mode="r")
+        except Exception:  # noqa: BLE001 (a damaged spill is projected again and rewritten)
+            return None
+        offsets = np.asarray(payload.get("offsets")) if isinstance(payload, dict) else None
+        if (
+            offsets is None
+            or payload.get("key") != digest
+            or len(offsets) != len(self.keep) + 1
+            or arr.ndim != 2
+            or arr.dtype != np.float32
+            or int(offsets[-1]) != arr.shape[0]
+        ):
+            return None
+        return payload["projection"], [arr[offsets[i] : offsets[i + 1]] for i in range(len(self.keep))]
 
     def fit(self, est, fold: int, rows, y, groups, *, name: str, params) -> None:
         kind = self._kind(est, name)
@@ -284,6 +448,13 @@ class StreamingInputs:
                 if hasattr(e, "n_features_in_"):
                     e.n_features_in_ = self.dim
         return est
+
+
+def _write_npy(fh, bags: list, header: dict) -> None:
+    """``bags`` concatenated as one ``.npy`` array of ``header``'s shape, written bag by bag (no concatenated copy)."""
+    np.lib.format.write_array_header_2_0(fh, header)
+    for b in bags:
+        fh.write(np.ascontiguousarray(b, dtype="<f4").data)
 
 
 class MemoryBoundWarning(UserWarning):
