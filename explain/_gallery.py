@@ -105,10 +105,12 @@ def gallery(
     """
     run = load_run(run)
     check_gallery_args(n_bins, top_k)
-    att = run.table("attention")
-    att = att[(att["model"] == model) & (att["gene"] == gene)]
+    index = run.attention_index()
+    if index is None:
+        run.table("attention")  # the missing file's error
+    att = run.attention_rows(models=[model], genes=[gene])
     if att.empty:
-        have = sorted(run.table("attention")["model"].unique())
+        have = sorted(index["model"].unique())
         raise ExplainError(
             f"no attention rows for model {model!r} and gene {gene!r} in {run.layout.attention} "
             f"(models with attention: {have}; genes: {list(run.genes)})"

@@ -14,31 +14,42 @@ LOCALISATION_COLUMNS = ("model", "gene", "score", "auroc", "n_pos", "n_neg", "au
 SCORE_COLUMNS = ("model", "score", "gene", "slide_id", "tile_id", "value")
 
 
-def attention_scores(run: str | os.PathLike | Run, *, models=None) -> pd.DataFrame:
-    """Tile scores of the run's MIL models in long form (:data:`SCORE_COLUMNS`).
+def attention_scores(run: str | os.PathLike | Run, *, models=None, slides=None, genes=None) -> pd.DataFrame:
+    """Tile scores of the run's MIL models in long form (:data:`SCORE_COLUMNS`), of the given models, slides and
+    genes (each None: all); only their rows of the attention table are read.
 
     ``score`` is ``"attention"`` (attention × tiles in the bag, so 1 is uniform weight and values compare across
     bags of different sizes; rankings within a bag are those of the softmax attention) and ``"tile_pred"`` (the
     per-tile prediction, where the model has one).
     """
     run = load_run(run)
-    att = run.table("attention", required=False)
-    if att is None or att.empty:
+    if run.attention_index() is None:
         return pd.DataFrame({c: [] for c in SCORE_COLUMNS})
-    if models is not None:
-        att = att[att["model"].isin(list(models))]
+    att = run.attention_rows(models=models, slides=slides, genes=genes)
+    if att.empty:
+        return pd.DataFrame({c: [] for c in SCORE_COLUMNS})
     att = att.groupby(["model", "gene", "slide_id", "tile_id"], as_index=False, sort=False).agg(
         bag_id=("bag_id", "first"), attention=("attention", "mean"), tile_pred=("tile_pred", "mean")
     )
-    n_in_bag = att.groupby(["model", "gene", "bag_id"])["attention"].transform("size")
+    n_in_bag = bag_sizes(run).reindex(pd.MultiIndex.from_frame(att[["model", "gene", "bag_id"]])).to_numpy()
     base = att[["model", "gene", "slide_id", "tile_id"]]
-    parts = [base.assign(score="attention", value=(att["attention"] * n_in_bag).to_numpy())]
+    parts = [base.assign(score="attention", value=att["attention"].to_numpy() * n_in_bag)]
     has_pred = att["tile_pred"].notna()
     if has_pred.any():
         parts.append(
             base[has_pred].assign(score="tile_pred", value=att.loc[has_pred, "tile_pred"].to_numpy())
         )
     return pd.concat(parts, ignore_index=True)[list(SCORE_COLUMNS)]
+
+
+def bag_sizes(run: Run) -> pd.Series:
+    """Tiles with attention per model, gene and bag (a bag's slides together), from the run's attention index."""
+    return run.attention_index().groupby(["model", "gene", "bag_id"])["n_tiles"].sum()
+
+
+def bag_tiles(run: Run, *, model: str, gene: str, bag_id: str) -> int:
+    """Tiles of one bag with ``model``'s attention for ``gene`` (0 when none)."""
+    return int(bag_sizes(run).get((model, gene, bag_id), 0))
 
 
 def shap_scores(shap_tiles: pd.DataFrame) -> pd.DataFrame:

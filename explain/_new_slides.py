@@ -13,7 +13,7 @@ from slide2expr.explain._plan import check_explain_args
 from slide2expr.explain._run import ExplainResult, explain_run
 
 #: The arguments of :func:`explain_run` that :func:`check_explain_args` checks.
-_NUMERIC_ARGS = ("top_slides", "top_by", "percentile", "min_cells", "sigma", "n_bins", "top_k")
+_NUMERIC_ARGS = ("top_slides", "top_by", "hotspots_on", "percentile", "min_cells", "sigma", "n_bins", "top_k")
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:

@@ -28,6 +28,11 @@ from slide2expr.explain._shap import check_genes, tree_fits
 
 #: The attention model drawn in maps, hotspots and the gallery when the run has it.
 PREFERRED_MAP_MODEL = "mil"
+#: Where hotspots, GeoJSON and QuPath detections are looked for (``hotspots_on``): every slide with attention, the
+#: map slides only, or ``"auto"``: every slide up to :data:`HOTSPOTS_ALL_UP_TO` slides with attention, else the map
+#: slides (a large run is then explained by reading only its chosen slides).
+HOTSPOTS_ON = ("auto", "all", "maps")
+HOTSPOTS_ALL_UP_TO = 200
 #: The score maps written as pyramidal TIFF overlays (``overlays=True``), by their file-name suffix.
 OVERLAY_SCORES = {"attention": "attention", "prediction": "tile prediction"}
 
@@ -54,7 +59,8 @@ class ExplainPlan:
     attention_models
         The models of ``models`` with rows in ``attention.parquet`` (scored for localisation).
     hotspot_slides
-        Every slide with ``map_model`` attention: hotspots and GeoJSON are looked for on each.
+        The slides hotspots, GeoJSON and detections are looked for on (``hotspots_on``): every slide with
+        ``map_model`` attention, or the map slides.
     map_slides
         Gene → the slides whose heatmaps are drawn.
     localisation
@@ -160,9 +166,8 @@ def _choose_slides(
     """gene → the slides (with attention) of the ``top_slides`` bags ranked by ``top_by``: the highest or lowest
     ``by`` (``"y_true"`` or ``"y_pred"``) expression, or the largest absolute error of ``model``'s prediction
     (|y_pred − y_true|). Only the run's tables are read, whatever the cohort's size."""
-    att = run.table("attention")
-    att = att[att["model"] == model]
-    slides_of_bag = att.groupby("bag_id")["slide_id"].unique()
+    att = run.attention_index()
+    slides_of_bag = att[att["model"] == model].groupby("bag_id")["slide_id"].unique()
     preds = run.table("predictions")
     if by == "y_pred" or top_by == "largest-error":
         preds = preds[preds["model"] == model]
@@ -178,6 +183,22 @@ def _choose_slides(
         value = value[value.index.isin(slides_of_bag.index)].dropna()
         top = value.sort_values(ascending=top_by == "lowest", kind="stable").head(top_slides).index
         out[g] = [sorted(slides_of_bag[b])[0] for b in top]
+    return out
+
+
+def _hotspot_slides(with_attention, map_slides: dict, hotspots_on: str, notes: list[str]) -> tuple[str, ...]:
+    """The slides of ``with_attention`` that hotspots and detections cover (``hotspots_on``, :data:`HOTSPOTS_ON`);
+    a note says when ``"auto"`` leaves slides out."""
+    n = len(with_attention)
+    if hotspots_on == "all" or (hotspots_on == "auto" and n <= HOTSPOTS_ALL_UP_TO):
+        return tuple(with_attention)
+    chosen = {s for v in map_slides.values() for s in v}
+    out = tuple(s for s in with_attention if s in chosen)
+    if hotspots_on == "auto":
+        notes.append(
+            f"hotspots and QuPath detections cover the {len(out)} map slides, not all {n} slides with attention "
+            f"(more than {HOTSPOTS_ALL_UP_TO}): hotspots_on='all' (--hotspots-on all) covers every slide"
+        )
     return out
 
 
@@ -286,7 +307,7 @@ def _slides_rule(slides, top_by: str, by: str, model: str | None) -> str:
 
 def check_explain_args(
     *, top_slides: int = 3, percentile: float = 90.0, min_cells: int = 2, sigma: float = 0.0, n_bins: int = 7,
-    top_k: int = 5, top_by: str = "highest",
+    top_k: int = 5, top_by: str = "highest", hotspots_on: str = "auto",
 ) -> None:  # fmt: skip
     """Raise :class:`ExplainError` unless the numeric arguments of :func:`explain_run` are in range.
 
@@ -300,6 +321,10 @@ def check_explain_args(
         raise ExplainError(f"top_slides must be at least 1, got {top_slides}")
     if top_by not in TOP_BY:
         raise ExplainError(f"top_by={top_by!r}: rank the map slides by one of {', '.join(TOP_BY)}")
+    if hotspots_on not in HOTSPOTS_ON:
+        raise ExplainError(
+            f"hotspots_on={hotspots_on!r}: look for hotspots on one of {', '.join(HOTSPOTS_ON)} (slides)"
+        )
     check_hotspot_args(percentile, min_cells)
     check_sigma(sigma)
     check_gallery_args(n_bins, top_k)
@@ -315,6 +340,7 @@ def plan_explain(
     models=None,
     top_slides: int = 3,
     top_by: str = "highest",
+    hotspots_on: str = "auto",
     percentile: float = 90.0,
     min_cells: int = 2,
     sigma: float = 0.0,
@@ -324,6 +350,7 @@ def plan_explain(
     overwrite: bool = False,
     detections: bool = True,
     overlays: bool = False,
+    gallery: bool = True,
 ) -> ExplainPlan:
     """Check the arguments of :func:`explain_run` against the run, the store and the models; write nothing.
 
@@ -344,6 +371,7 @@ def plan_explain(
     check_explain_args(
         top_slides=top_slides,
         top_by=top_by,
+        hotspots_on=hotspots_on,
         percentile=percentile,
         min_cells=min_cells,
         sigma=sigma,
@@ -360,7 +388,7 @@ def plan_explain(
         run.table("metrics")
     truth = _has_truth(run)
     notes = []
-    att = run.table("attention", required=False)
+    att = run.attention_index()
     att_models = [m for m in dict.fromkeys(att["model"]) if m in models] if att is not None else []
     map_model = (
         PREFERRED_MAP_MODEL if PREFERRED_MAP_MODEL in att_models else (att_models[0] if att_models else None)
@@ -379,8 +407,6 @@ def plan_explain(
             "--targets, or rank the map slides by highest or lowest predicted expression"
         )
     if map_model is not None:
-        hotspot_slides = tuple(sorted(att.loc[att["model"] == map_model, "slide_id"].unique()))
-        _check_slides(run, store, list(hotspot_slides), what="slides with attention")
         map_slides = (
             {g: list(slides) for g in genes}
             if slides is not None
@@ -388,6 +414,9 @@ def plan_explain(
                 run, genes=genes, model=map_model, top_slides=top_slides, by=by, top_by=top_by
             )
         )
+        with_attention = tuple(sorted(att.loc[att["model"] == map_model, "slide_id"].unique()))
+        hotspot_slides = _hotspot_slides(with_attention, map_slides, hotspots_on, notes)
+        _check_slides(run, store, list(hotspot_slides), what="slides with attention")
     report, why = _report_applies(run, out, report)
     notes += [why] if why else []
     return ExplainPlan(
@@ -414,7 +443,7 @@ def plan_explain(
         detections=detections,
         overlays=overlays,
         scatter=truth,
-        gallery=truth,
+        gallery=truth and gallery,
         learned_nothing=tuple(nothing),
         map_slides_by=_slides_rule(slides, top_by, by, map_model),
         notes=tuple(notes),

@@ -367,7 +367,7 @@ def _summary(run: Run, pooled: pd.DataFrame, store: Path, manifest: dict) -> str
     cfg = run.config
     folds = run.table("folds", required=False)
     n_bags = len(folds) if folds is not None else "?"
-    att = run.table("attention", required=False)
+    att = run.attention_index()
     n_slides = att["slide_id"].nunique() if att is not None and not att.empty else None
     tiling = str(cfg.get("tiling") or run.tiling)
     cards = [

@@ -21,6 +21,7 @@ from slide2expr.explain._inputs import ExplainError, Run, load_run, read_tiles, 
 from slide2expr.explain._layout import check_explain_out, heatmap_path
 from slide2expr.explain._localisation import (
     attention_scores,
+    bag_tiles,
     localisation_auroc,
     plot_localisation,
     shap_scores,
@@ -150,16 +151,14 @@ def slide_score_maps(
     run = load_run(run)
     tiles = read_tiles(store, run.tiling, slide_id)
     size, mpp = _slide_geometry(store, slide_id)
-    att = run.table("attention")
-    a = att[(att["model"] == model) & (att["gene"] == gene) & (att["slide_id"] == slide_id)]
+    a = _slide_attention(run, model, slide_id)
+    a = a[a["gene"] == gene]
     maps: dict[str, ScoreMap] = {}
     if not a.empty:
         a = a.groupby("tile_id").agg(
             attention=("attention", "mean"), tile_pred=("tile_pred", "mean"), bag_id=("bag_id", "first")
         )
-        n_bag = int(
-            ((att["model"] == model) & (att["gene"] == gene) & (att["bag_id"] == a["bag_id"].iloc[0])).sum()
-        )
+        n_bag = bag_tiles(run, model=model, gene=gene, bag_id=a["bag_id"].iloc[0])
         a = a.reindex(tiles["tile_id"])
         maps[f"{model} attention"] = tile_score_map(
             tiles,
@@ -186,6 +185,17 @@ def slide_score_maps(
                 tiles, v, slide_size=size, mpp=mpp, sigma=sigma, label="tile SHAP"
             )
     return maps
+
+
+def _slide_attention(run: Run, model: str, slide_id: str) -> pd.DataFrame:
+    """Every gene's attention rows of ``model`` on one slide; the last slide asked for is kept, so the genes of a
+    slide read the run's attention table once."""
+    key = (model, slide_id)
+    kept = run._tables.get("_slide_attention")
+    if kept is None or kept[0] != key:
+        kept = (key, run.attention_rows(models=[model], slides=[slide_id]))
+        run._tables["_slide_attention"] = kept
+    return kept[1]
 
 
 def write_maps(
@@ -230,38 +240,40 @@ def write_maps(
     notes = notes if notes is not None else []
     out = Path(out)
     thumbs: dict[str, np.ndarray | None] = {}
-    written = []
-    for g in genes:
-        for sid in per_gene.get(g, []):
-            if sid not in thumbs:
-                try:
-                    thumbs[sid] = slide_thumbnail(store, sid, max_size=thumbnail_size)
-                except ExplainError as exc:
-                    thumbs[sid] = None
-                    notes.append(f"maps of {sid} are drawn without the H&E thumbnail: {exc}")
-            maps = slide_score_maps(
-                run, store=store, slide_id=sid, gene=g, model=model, sigma=sigma, shap_tiles=shap_tiles
+    pairs = list(dict.fromkeys((g, sid) for g in genes for sid in per_gene.get(g, [])))
+    drawn: dict[tuple[str, str], list[tuple[str, Path]]] = {}
+    # slide by slide, so that each slide's attention is read once; returned in gene order
+    for g, sid in sorted(pairs, key=lambda pair: pair[1]):
+        if sid not in thumbs:
+            try:
+                thumbs[sid] = slide_thumbnail(store, sid, max_size=thumbnail_size)
+            except ExplainError as exc:
+                thumbs[sid] = None
+                notes.append(f"maps of {sid} are drawn without the H&E thumbnail: {exc}")
+        maps = slide_score_maps(
+            run, store=store, slide_id=sid, gene=g, model=model, sigma=sigma, shap_tiles=shap_tiles
+        )
+        if not maps:
+            notes.append(f"slide {sid} has no {model} attention or SHAP values for {g}: no map drawn")
+            continue
+        hs = None
+        if hotspots is not None and len(hotspots):
+            hs = hotspots[(hotspots["gene"] == g) & (hotspots["slide_id"] == sid)]
+        n_hs = 0 if hs is None else len(hs)
+        for scale in scales:
+            fig = plot_slide_maps(
+                maps,
+                thumbnail=thumbs[sid],
+                scale=scale,
+                raw_first=raw_first,
+                title=f"{g} — {sid}",
+                hotspots=hs,
+                hotspots_on=f"{model} attention",
             )
-            if not maps:
-                notes.append(f"slide {sid} has no {model} attention or SHAP values for {g}: no map drawn")
-                continue
-            hs = None
-            if hotspots is not None and len(hotspots):
-                hs = hotspots[(hotspots["gene"] == g) & (hotspots["slide_id"] == sid)]
-            n_hs = 0 if hs is None else len(hs)
-            for scale in scales:
-                fig = plot_slide_maps(
-                    maps,
-                    thumbnail=thumbs[sid],
-                    scale=scale,
-                    raw_first=raw_first,
-                    title=f"{g} — {sid}",
-                    hotspots=hs,
-                    hotspots_on=f"{model} attention",
-                )
-                p = save_figure(fig, heatmap_path(out, model, g, sid, scale))
-                written.append((f"{g} on {sid} ({scale} colour scale): {n_hs} hotspot(s)", p))
-    return written
+            p = save_figure(fig, heatmap_path(out, model, g, sid, scale))
+            caption = f"{g} on {sid} ({scale} colour scale): {n_hs} hotspot(s)"
+            drawn.setdefault((g, sid), []).append((caption, p))
+    return [w for pair in pairs for w in drawn.get(pair, [])]
 
 
 def explain_run(
@@ -274,6 +286,7 @@ def explain_run(
     models=None,
     top_slides: int = 3,
     top_by: str = "highest",
+    hotspots_on: str = "auto",
     percentile: float = 90.0,
     min_cells: int = 2,
     sigma: float = 0.0,
@@ -283,6 +296,7 @@ def explain_run(
     overwrite: bool = False,
     detections: bool = True,
     overlays: bool = False,
+    gallery: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ExplainResult:
     """Explain a run: maps, hotspots + GeoJSON, QuPath detections, gallery, SHAP, localisation and the HTML report.
@@ -305,11 +319,14 @@ def explain_run(
         it holds only explain's outputs.
     slides
         Slides to draw maps for (default, per gene, the slides of the ``top_slides`` bags ranked by ``top_by``).
-        Hotspots, GeoJSON and detections cover every slide with attention either way.
     top_slides, top_by
         Without ``slides``: how many bags per gene, and how they are ranked: ``"highest"`` or ``"lowest"`` true
         expression (predicted expression when there is none), or ``"largest-error"`` (|predicted − true| of the
         map model; needs true expression). Only the run's tables are read to rank them.
+    hotspots_on
+        The slides hotspots, their GeoJSON and the QuPath detections cover: ``"all"`` slides with attention,
+        the ``"maps"`` slides only, or ``"auto"`` (all up to 200 slides with attention, else the map slides, with
+        a note). With the map slides only, explain reads the attention rows of those slides and no others.
     genes, models
         Subsets of the run's genes and models (default all).
     percentile, min_cells
@@ -319,7 +336,9 @@ def explain_run(
     n_bins, top_k
         Gallery: expression bins and tiles per bin.
     detections
-        Write every tile of each slide with attention as a QuPath detection with its measurements.
+        Write every tile of each hotspot slide (``hotspots_on``) as a QuPath detection with its measurements.
+    gallery
+        Write the gallery (it reads each gene's attention on every bag; needs true expression).
     overlays
         Write a pyramidal TIFF per map slide, gene and score (attention, tile prediction), aligned to the slide's
         level-0 pixels (:func:`write_overlay`).
@@ -351,6 +370,7 @@ def explain_run(
         models=models,
         top_slides=top_slides,
         top_by=top_by,
+        hotspots_on=hotspots_on,
         percentile=percentile,
         min_cells=min_cells,
         sigma=sigma,
@@ -360,6 +380,7 @@ def explain_run(
         overwrite=overwrite,
         detections=detections,
         overlays=overlays,
+        gallery=gallery,
     )
     return run_plan(plan, progress=progress)
 
@@ -522,11 +543,9 @@ def _write_hotspots(plan: ExplainPlan, res: ExplainResult) -> pd.DataFrame:
 
 def _write_detections(plan: ExplainPlan, res: ExplainResult) -> None:
     """``detections/<slide_id>.geojson``: every tile of each slide with attention, as QuPath detections."""
-    scores = attention_scores(plan.run, models=[plan.map_model])
-    scores = scores[scores["gene"].isin(plan.genes)]
-    by_slide = dict(tuple(scores.groupby("slide_id", sort=False)))
     for sid in plan.hotspot_slides:
         size, _ = _slide_geometry(plan.store, sid)
+        scores = attention_scores(plan.run, models=[plan.map_model], slides=[sid], genes=list(plan.genes))
         res.detections.append(
             write_detections(
                 plan.run,
@@ -535,7 +554,7 @@ def _write_detections(plan: ExplainPlan, res: ExplainResult) -> None:
                 path=plan.layout.detections(sid),
                 model=plan.map_model,
                 genes=list(plan.genes),
-                scores=by_slide.get(sid, scores.iloc[:0]),
+                scores=scores,
                 slide_size=size,
             )
         )

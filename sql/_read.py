@@ -32,6 +32,9 @@ from slide2expr.sql._bags import _dim_of, _list_parquet, read_slide_file
 
 #: Keys every run's ``config.json`` holds (``regress.compare`` writes them).
 RUN_CONFIG_KEYS = ("tiling", "encoder", "genes", "models")
+#: A run's ``attention.parquet`` up to this many rows is read whole and kept; a larger one is read per request
+#: (:meth:`Run.attention_rows`), so memory follows what is asked for, not the cohort.
+ATTENTION_IN_MEMORY_ROWS = 5_000_000
 
 
 def read_slides(store: str | os.PathLike) -> pd.DataFrame:
@@ -147,6 +150,56 @@ class Run:
                 return None
             self._tables[name] = pq.read_table(p).to_pandas()
         return self._tables[name]
+
+    def attention_index(self) -> pd.DataFrame | None:
+        """What ``attention.parquet`` covers, read once without loading it: one row per model, gene, bag and slide
+        with attention rows, and ``n_tiles``, the slide's distinct tiles among them (None without the file).
+
+        Columns ``model``, ``gene``, ``bag_id``, ``slide_id``, ``n_tiles``; sorted by them. One streaming pass
+        (DuckDB), so its cost is a scan of four columns whatever the run's size.
+        """
+        if "attention_index" not in self._tables:
+            p = self.layout.attention
+            if not p.exists():
+                return None
+            import duckdb
+
+            with duckdb.connect() as con:
+                self._tables["attention_index"] = con.execute(
+                    "SELECT model, gene, bag_id, slide_id, count(DISTINCT tile_id)::BIGINT AS n_tiles "
+                    "FROM read_parquet(?) GROUP BY ALL ORDER BY ALL",
+                    [str(p)],
+                ).df()
+        return self._tables["attention_index"]
+
+    def attention_rows(
+        self, *, models=None, genes=None, slides=None, bags=None, columns=None
+    ) -> pd.DataFrame:
+        """The rows of ``attention.parquet`` of the given models, genes, slides and bags (each None: all), in the
+        file's order with a fresh index; ``columns`` (default all) of ``ATTENTION_SCHEMA``.
+
+        A table of at most :data:`ATTENTION_IN_MEMORY_ROWS` rows is read whole once and filtered in memory; a
+        larger one is read with the filters pushed into Parquet (row groups whose statistics exclude the slides are
+        skipped), so asking for a few slides of a large run reads little of it. Raises
+        :class:`~slide2expr.contract.StoreError` when the run has no attention table.
+        """
+        wanted = {"model": models, "gene": genes, "slide_id": slides, "bag_id": bags}
+        wanted = {k: list(v) for k, v in wanted.items() if v is not None}
+        p = self.layout.attention
+        if "attention" in self._tables or (
+            p.exists() and read_parquet_metadata(p).num_rows <= ATTENTION_IN_MEMORY_ROWS
+        ):
+            att = self.table("attention")
+            keep = np.ones(len(att), dtype=bool)
+            for col, values in wanted.items():
+                keep &= att[col].isin(values).to_numpy()
+            out = att.loc[keep, list(columns) if columns is not None else att.columns]
+            return out.reset_index(drop=True)
+        if not p.exists():
+            self.table("attention")  # the missing file's error
+        filters = [(col, "in", values) for col, values in wanted.items()] or None
+        cols = list(columns) if columns is not None else None
+        return pq.read_table(p, filters=filters, columns=cols).to_pandas()
 
 
 def open_run(run: str | os.PathLike | Run) -> Run:

@@ -75,6 +75,14 @@ def explain(
             "are read to rank them, whatever the cohort's size.",
         ),
     ] = "highest",
+    hotspots_on: Annotated[
+        str,
+        typer.Option(
+            help="Slides that get hotspots (GeoJSON) and QuPath detections: all slides with attention, the map "
+            "slides only (on a large run, explain then reads only those slides' attention), or auto: all up to "
+            "200 slides, else the map slides.",
+        ),
+    ] = "auto",
     percentile: Annotated[
         float, typer.Option(help="Hotspot threshold: percentile of a slide's tile scores.")
     ] = 90.0,
@@ -88,6 +96,14 @@ def explain(
         typer.Option(
             "--detections/--no-detections",
             help="Write every tile as a QuPath detection with its attention and prediction per gene.",
+        ),
+    ] = True,
+    gallery: Annotated[
+        bool,
+        typer.Option(
+            "--gallery/--no-gallery",
+            help="Write the gallery: the top-attention tiles per bin of true expression (reads every bag's "
+            "attention for each gene).",
         ),
     ] = True,
     overlays: Annotated[
@@ -113,6 +129,7 @@ def explain(
         models=_split(models),
         top_slides=top_slides,
         top_by=top_by,
+        hotspots_on=hotspots_on,
         percentile=percentile,
         min_cells=min_cells,
         sigma=sigma,
@@ -121,6 +138,7 @@ def explain(
         report=report,
         detections=detections,
         overlays=overlays,
+        gallery=gallery,
     )
     if is_model_dir(run):
         _explain_model(
