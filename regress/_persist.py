@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.contract import (
+    ATTENTION_ROW_GROUP_ROWS,
     PREDICT_FOLD,
     PREDICTION_KIND,
     PREDICTIONS_SCHEMA,
@@ -399,7 +400,9 @@ def _write_prediction_dir(out, *, config: dict, predictions: pd.DataFrame, atten
                 as_table(predictions, PREDICTIONS_SCHEMA), layout.predictions, compression="zstd"
             )
             if attention is not None:
-                write_table_atomic(attention, layout.attention, compression="zstd")
+                write_table_atomic(
+                    attention, layout.attention, compression="zstd", row_group_size=ATTENTION_ROW_GROUP_ROWS
+                )
     except KeyboardInterrupt:
         raise PredictInterrupted(n_bags, n_bags, Path(out)) from None
 

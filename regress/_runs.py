@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slide2expr.contract import (
+    ATTENTION_ROW_GROUP_ROWS,
     COMPARISONS_SCHEMA,
     FOLDS_SCHEMA,
     METRICS_SCHEMA,
@@ -201,7 +202,9 @@ def write_run(
     write_table_atomic(as_table(predictions, PREDICTIONS_SCHEMA), layout.predictions, compression="zstd")
     write_table_atomic(as_table(metrics, METRICS_SCHEMA), layout.metrics)
     write_table_atomic(as_table(comparisons, COMPARISONS_SCHEMA), layout.comparisons)
-    write_table_atomic(attention, layout.attention, compression="zstd")
+    write_table_atomic(
+        attention, layout.attention, compression="zstd", row_group_size=ATTENTION_ROW_GROUP_ROWS
+    )
     fig = plot_compare_pearson(metrics, models=models)
     layout.plots.mkdir(exist_ok=True)
     fig.savefig(layout.plots / COMPARE_PLOT, dpi=PLOT_DPI)

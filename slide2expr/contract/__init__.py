@@ -59,6 +59,7 @@ from slide2expr.contract._ids import (
     tcga_sample,
 )
 from slide2expr.contract._run import (
+    ATTENTION_ROW_GROUP_ROWS,
     ATTENTION_SCHEMA,
     COMPARISONS_SCHEMA,
     FOLDS_SCHEMA,
@@ -116,6 +117,7 @@ from slide2expr.contract._store import (
 from slide2expr.contract._tiling import Tiling, TilingError, tiling_name
 
 __all__ = [
+    "ATTENTION_ROW_GROUP_ROWS",
     "ATTENTION_SCHEMA",
     "CLAIMS_DIR",
     "COMPARISONS_SCHEMA",

@@ -152,6 +152,9 @@ ATTENTION_SCHEMA = pa.schema(
         ("tile_pred", pa.float32()),
     ]
 )
+#: Rows per row group of ``attention.parquet``: rows are grouped by fold and bag, so small groups let a reader of a
+#: few slides skip the rest by the groups' slide_id statistics.
+ATTENTION_ROW_GROUP_ROWS = 131_072
 
 
 #: ``RUN/truth_tiles.parquet``: tile-level ground truth of a synthetic cohort, the share of each tile covered by each
