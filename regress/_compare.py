@@ -78,7 +78,6 @@ from slide2expr.regress._stats import (
     paired_comparison,
 )
 from slide2expr.regress._streaming import (
-    SPILL_DIR,
     MemoryBoundWarning,
     Stages,
     attention_cap,
@@ -532,7 +531,7 @@ def compare(
     cohort = plan_cohort(cohort, plan)  # y_true of the compared genes only
     # each fold's projected bags kept on disk, so its null reuses them (regress._streaming): under partial/ with a
     # run directory (a resumed run reuses them; removed with partial/), else in a temporary folder removed on exit
-    spill = True if plan.out is None else RunLayout(plan.out).partial / SPILL_DIR
+    spill = True if plan.out is None else RunLayout(plan.out).partial_projected
     with fold_inputs(cohort, plan, spill=spill) as inputs:
         if is_lazy(cohort) and any(not model_info(m).attention for m in plan.models if m != FLOOR_MODEL):
             with stages("pooled features"):

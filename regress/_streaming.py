@@ -25,9 +25,9 @@ bags' offsets in a ``.joblib``, each written atomically) and maps them back for 
 instead of reading the store again. Memory still holds one fold's projected bags. A spill's name is a hash of
 everything the projected bags depend on (fold, projection parameters, seed, the kept and training bags and their
 tile counts, the cohort's identity and the run's settings' fingerprint), so it is used only where it is the same.
-With a run directory the spills live in ``RUN/partial/projected/`` (:data:`SPILL_DIR`): an interrupted run resumes
-with them, and they go with ``partial/`` when the run is written; without one, in a temporary folder the inputs own
-and remove on :meth:`StreamingInputs.close`.
+With a run directory the spills live in ``RUN/partial/projected/`` (``RunLayout.partial_projected``): an
+interrupted run resumes with them, and they go with ``partial/`` when the run is written; without one, in a
+temporary folder the inputs own and remove on :meth:`StreamingInputs.close`.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ from slide2expr.regress._projection import TILE_SAMPLE_ROWS
 READ_THREADS = 2
 #: The statistics a streaming pass gives, in :func:`sql.pooled_features`' column order.
 POOLED_STATS = ("mean", "max", "min", "std")
-#: The folder of a run's ``partial/`` that holds its folds' projected bags (:class:`StreamingInputs`).
-SPILL_DIR = "projected"
 
 
 class StreamingError(CompareError):

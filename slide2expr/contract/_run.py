@@ -52,6 +52,9 @@ EXPLAIN_DIR = "explain"
 #: A compare run's finished model × fold outputs while it runs (resume reads them; removed when it ends).
 PARTIAL_DIR = "partial"
 PARTIAL_SETTINGS = "settings.json"
+#: ``partial/``'s folder of the folds' projected bags of a cohort read on access (``regress`` keeps them for the
+#: nulls and a resumed run).
+PARTIAL_PROJECTED = "projected"
 LOCALISATION_FILE = "localisation.parquet"
 TRUTH_TILES_FILE = "truth_tiles.parquet"
 #: The fitted estimator of a model directory (``train``).
@@ -250,6 +253,11 @@ class RunLayout:
     def partial_settings(self) -> Path:
         """``partial/settings.json``: the settings and their fingerprint, which a resumed compare must match."""
         return self.partial / PARTIAL_SETTINGS
+
+    @property
+    def partial_projected(self) -> Path:
+        """``partial/projected/``: the folds' projected bags of a cohort read on access (:data:`PARTIAL_PROJECTED`)."""
+        return self.partial / PARTIAL_PROJECTED
 
     def partial_fold(self, model: str, fold: int, part: str = "predictions") -> Path:
         """``partial/<model>/fold<k>.<part>.parquet``: ``predictions`` (written last: the fit is done) or

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from slide2expr import regress, sql
+from slide2expr.contract import RunLayout
 from slide2expr.regress import _compare, _streaming
 from slide2expr.regress._models import make_model
 from tests._fakestore import make_fake_store
@@ -115,7 +116,7 @@ def test_spill_under_partial_resumes_and_goes_with_it(lazy, tmp_path, tmpdir_of_
         _interrupt_after(m, 2)  # mil's folds 0 and 1; fold 2 is projected, then Ctrl-C
         with pytest.raises(regress.CompareInterrupted):
             regress.compare(lazy, out=run, **SETTINGS)
-    spill = run / "partial" / _streaming.SPILL_DIR
+    spill = RunLayout(run).partial_projected
     names = sorted(p.name for p in spill.iterdir())
     assert [n.split(".")[0] for n in names] == ["fold0"] * 2 + ["fold1"] * 2 + ["fold2"] * 2
     assert {n.rsplit(".", 1)[1] for n in names} == {"npy", "joblib"}
@@ -137,7 +138,7 @@ def test_other_settings_never_reuse_a_spill(lazy, tmp_path, monkeypatch):
         _interrupt_after(m, 1)
         with pytest.raises(regress.CompareInterrupted):
             regress.compare(lazy, out=run, **SETTINGS)
-    assert any((run / "partial" / _streaming.SPILL_DIR).iterdir())
+    assert any((RunLayout(run).partial_projected).iterdir())
     other = dict(SETTINGS, model_params={"mil": {**MIL, "pca_components": 3}})
     with pytest.raises(regress.OutputExistsError, match="other settings"):
         regress.compare(lazy, out=run, **other)
