@@ -8,6 +8,7 @@ tile (``contract.PredictionLayout``); ``explain`` draws its maps as for a compar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from slide2expr.contract import (
     ATTENTION_ROW_GROUP_ROWS,
+    ATTENTION_SCHEMA,
     PREDICT_FOLD,
     PREDICTION_KIND,
     PREDICTIONS_SCHEMA,
@@ -344,27 +348,112 @@ class PredictInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after predicting {done} of {total} bags: {where}")
 
 
-def _predict_in_batches(est, cohort: Cohort, *, n_genes: int, tiles: bool, batch_bags: int, progress, out):
-    """``(n_bags, n_genes)`` predictions and, with ``tiles``, one :class:`TileScores` per bag."""
+def _predict_in_batches(
+    est, cohort: Cohort, *, n_genes: int, batch_bags: int, progress, out, on_scores=None
+) -> np.ndarray:
+    """``(n_bags, n_genes)`` float64 predictions, made ``batch_bags`` bags at a time.
+
+    With ``on_scores``, each batch's :class:`TileScores` (one per bag) go to ``on_scores(first bag, scores)`` and
+    are dropped when it returns: one batch's bags and scores are held at a time.
+    """
     bags = cohort.bags
     n = len(bags)
     pred = np.empty((n, n_genes), dtype=np.float64)
-    scores: list = []
     done = 0
     try:
         for start in range(0, n, batch_bags):
             chunk = bags[start : start + batch_bags]
-            pred[start : start + len(chunk)] = np.asarray(est.predict(chunk), dtype=np.float64).reshape(
-                len(chunk), n_genes
-            )
-            if tiles:
-                scores += est.predict_tiles(chunk)
-            done = start + len(chunk)
+            stop = start + len(chunk)
+            pred[start:stop] = np.asarray(est.predict(chunk), dtype=np.float64).reshape(len(chunk), n_genes)
+            if on_scores is not None:
+                on_scores(start, est.predict_tiles(chunk))
+            del chunk
+            done = stop
             if progress is not None:
                 progress(done, n)
     except KeyboardInterrupt:
         raise PredictInterrupted(done, n, out) from None
-    return pred, scores
+    return pred
+
+
+class _RowGroupWriter:
+    """A Parquet file appended table by table and cut into row groups of ``rows`` rows (the last one shorter),
+    with the options of :func:`~slide2expr.contract.write_table_atomic` (zstd, dictionary-coded columns,
+    statistics, no ``slide2expr.*`` metadata): the file holds what one ``write_table_atomic`` of all the appended
+    tables would. Holds fewer than ``rows`` rows between appends; the file is fsynced when closed."""
+
+    def __init__(self, path: Path, schema: pa.Schema, *, rows: int):
+        self.path, self.schema, self.rows = path, schema, int(rows)
+        self._writer = pq.ParquetWriter(
+            path, schema, compression="zstd", use_dictionary=list(schema.names), write_statistics=True
+        )
+        self._pending: list[pa.Table] = []
+        self._n = 0
+
+    def append(self, table: pa.Table) -> None:
+        """Add ``table``'s rows (``schema``); full row groups go to the file."""
+        self._pending.append(table)
+        self._n += table.num_rows
+        if self._n >= self.rows:
+            self._flush(self._n // self.rows * self.rows)
+
+    def _flush(self, n_rows: int) -> None:
+        whole = pa.concat_tables(self._pending).combine_chunks()
+        self._writer.write_table(whole.slice(0, n_rows), row_group_size=self.rows)
+        rest = whole.slice(n_rows)
+        # a copy, so the appended tables' buffers are freed with `whole`
+        self._pending = [rest.take(np.arange(rest.num_rows))] if rest.num_rows else []
+        self._n = rest.num_rows
+
+    def close(self) -> None:
+        """Write the last (short) row group and the footer; fsync the file."""
+        if self._n:
+            self._flush(self._n)
+        self._writer.close()
+        with open(self.path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+    def abandon(self) -> None:
+        """Close the file without the rows still pending (the folder holding it is being deleted)."""
+        self._pending, self._n = [], 0
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+def _attention_appender(writer: _RowGroupWriter, cohort: Cohort, *, genes: list[str], recorded, name: str):
+    """``on_scores`` of :func:`_predict_in_batches`: each bag's rows of ``attention.parquet`` (the ``recorded``
+    genes' columns only, gene-major within a bag, bags in cohort order) appended to ``writer``, bag by bag."""
+    cols = np.asarray([genes.index(g) for g in recorded], dtype=np.int64)
+
+    def on_scores(first: int, scores: list) -> None:
+        for b, s in enumerate(scores, start=first):
+            kept = TileScores(*(None if f is None else f[:, cols] for f in s))
+            writer.append(
+                attention_rows([kept], cohort, [b], name=name, fold=PREDICT_FOLD, genes=list(recorded))
+            )
+
+    return on_scores
+
+
+def _predictions_frame(cohort: Cohort, pred: np.ndarray, *, genes: list[str], name: str) -> pd.DataFrame:
+    """What :func:`predict` returns: one row per bag × gene, ``y_true`` NaN where the cohort has no target."""
+    y_true = np.full_like(pred, np.nan)
+    if cohort.y_true is not None:
+        col = {g: j for j, g in enumerate(cohort.genes)}
+        for j, g in enumerate(genes):
+            if g in col:
+                y_true[:, j] = np.asarray(cohort.y_true, dtype=np.float64)[:, col[g]]
+    return pd.DataFrame(
+        {
+            "model": name,
+            "fold": np.int32(PREDICT_FOLD),
+            "bag_id": np.repeat(np.asarray(cohort.bag_ids, dtype=object).astype(str), len(genes)),
+            "patient_id": np.repeat(np.asarray(cohort.groups, dtype=object).astype(str), len(genes)),
+            "gene": np.tile(genes, cohort.n_bags),
+            "y_true": y_true.ravel(),
+            "y_pred": pred.ravel(),
+        }
+    )
 
 
 def _prediction_config(config: Mapping, cohort: Cohort, *, model, store, targets) -> dict:
@@ -388,23 +477,49 @@ def _prediction_config(config: Mapping, cohort: Cohort, *, model, store, targets
     }
 
 
-def _write_prediction_dir(out, *, config: dict, predictions: pd.DataFrame, attention, n_bags: int) -> None:
-    """Write ``config.json``, ``predictions.parquet`` and ``attention.parquet`` into ``out`` as one swap."""
+def _write_prediction_dir(
+    out: Path, est, cohort: Cohort, *, config: dict, recorded, batch_bags: int, progress
+) -> pd.DataFrame:
+    """Predict ``cohort`` into the prediction directory ``out`` and return :func:`predict`'s frame.
+
+    The folder is staged beside ``out`` and swapped in when complete (deleted on any error, Ctrl-C included):
+    ``attention.parquet`` (with ``recorded`` genes; none when ``recorded`` is None) is appended batch by batch as
+    the bags are predicted, then ``predictions.parquet`` and ``config.json`` are written.
+    """
     from slide2expr.regress._runs import as_table
 
+    genes, name, n = list(config["genes"]), str(config["model"]), cohort.n_bags
     try:
         with staged_output_dir(out) as tmp:
             layout = PredictionLayout(tmp)
-            write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
-            write_table_atomic(
-                as_table(predictions, PREDICTIONS_SCHEMA), layout.predictions, compression="zstd"
-            )
-            if attention is not None:
-                write_table_atomic(
-                    attention, layout.attention, compression="zstd", row_group_size=ATTENTION_ROW_GROUP_ROWS
+            on_scores, writer = None, None
+            if recorded is not None:
+                writer = _RowGroupWriter(layout.attention, ATTENTION_SCHEMA, rows=ATTENTION_ROW_GROUP_ROWS)
+                on_scores = _attention_appender(writer, cohort, genes=genes, recorded=recorded, name=name)
+            try:
+                pred = _predict_in_batches(
+                    est,
+                    cohort,
+                    n_genes=len(genes),
+                    batch_bags=batch_bags,
+                    progress=progress,
+                    out=out,
+                    on_scores=on_scores,
                 )
+            except BaseException:
+                if writer is not None:
+                    writer.abandon()
+                raise
+            if writer is not None:
+                writer.close()
+            df = _predictions_frame(cohort, pred, genes=genes, name=name)
+            write_table_atomic(as_table(df, PREDICTIONS_SCHEMA), layout.predictions, compression="zstd")
+            write_bytes_atomic(layout.config, json.dumps(config, indent=2).encode())
+    except PredictInterrupted:
+        raise
     except KeyboardInterrupt:
-        raise PredictInterrupted(n_bags, n_bags, Path(out)) from None
+        raise PredictInterrupted(n, n, out) from None
+    return df
 
 
 def predict(
@@ -423,30 +538,34 @@ def predict(
 
     Refuses (:class:`EncoderMismatchError`) a cohort featurized with another encoder name, weights, dimension or
     tiling, and (:class:`TransformMismatchError`) targets stored under another transform than the model's
-    (:func:`check_predict`).
+    (:func:`check_predict`). Memory: one batch of bags and their tile scores, one bag's ``attention.parquet`` rows
+    and one row group of them, and the (n_bags, n_genes) predictions; the tile scores are not computed without
+    ``out``.
 
     Parameters
     ----------
     cohort
-        Bags to predict, with or without targets.
+        Bags to predict, with or without targets: in memory (``sql.load_cohort``) or read on access
+        (``sql.lazy_cohort``, ``batch_bags`` bags at a time).
     model
         Model directory written by :func:`train`.
     out
         Prediction directory to write (:class:`~slide2expr.contract.PredictionLayout`): ``config.json`` (kind
         ``"predictions"``, the model directory and its encoder identity, genes, store), ``predictions.parquet``
         (bag × gene, ``PREDICTIONS_SCHEMA``) and, for attention models, ``attention.parquet`` (tile × gene:
-        attention, attention logit, tile prediction, ``ATTENTION_SCHEMA``). Every row has fold ``-1``
-        (``PREDICT_FOLD``: the model saw none of these bags and no fold is involved). The folder is written
-        beside ``out`` and swapped in when complete; a folder that is not empty is refused
-        (:class:`regress.OutputExistsError`) unless ``overwrite``, which replaces what slide2expr wrote there.
-        ``slide2expr explain PRED --store STORE`` draws its maps.
+        attention, attention logit, tile prediction, ``ATTENTION_SCHEMA``; bags in cohort order, gene-major within
+        a bag, written as the batches are predicted). Every row has fold ``-1`` (``PREDICT_FOLD``: the model saw
+        none of these bags and no fold is involved). The folder is written beside ``out`` and swapped in when
+        complete; a folder that is not empty is refused (:class:`regress.OutputExistsError`) unless
+        ``overwrite``, which replaces what slide2expr wrote there. ``slide2expr explain PRED --store STORE`` draws
+        its maps.
     store, targets
         Where the cohort's targets come from (``targets/<NAME>.parquet`` of ``store``); with both, their transform
         (log1p, log10p, none) must be the model's. ``store`` is recorded in ``config.json``.
     overwrite
         Replace a non-empty ``out`` that slide2expr wrote.
     batch_bags
-        Bags predicted per call of the model.
+        Bags predicted per call of the model (and held in memory at once).
     progress
         Called with ``(bags done, bags in all)`` after each batch.
     attention_genes
@@ -480,48 +599,20 @@ def predict(
     est = joblib.load(ModelLayout(model).model)
     genes = list(config["genes"])
     name = str(config["model"])
-    tiles = _gives_attention(name, est)
-    att_genes = _attention_genes(genes, attention_genes)
-    out_path = None if out is None else Path(out)
-    pred, scores = _predict_in_batches(
-        est, cohort, n_genes=len(genes), tiles=tiles, batch_bags=batch_bags, progress=progress, out=out_path
-    )
-    y_true = np.full_like(pred, np.nan)
-    if cohort.y_true is not None:
-        col = {g: j for j, g in enumerate(cohort.genes)}
-        for j, g in enumerate(genes):
-            if g in col:
-                y_true[:, j] = np.asarray(cohort.y_true, dtype=np.float64)[:, col[g]]
-    df = pd.DataFrame(
-        {
-            "model": name,
-            "fold": np.int32(PREDICT_FOLD),
-            "bag_id": np.repeat(np.asarray(cohort.bag_ids, dtype=object).astype(str), len(genes)),
-            "patient_id": np.repeat(np.asarray(cohort.groups, dtype=object).astype(str), len(genes)),
-            "gene": np.tile(genes, cohort.n_bags),
-            "y_true": y_true.ravel(),
-            "y_pred": pred.ravel(),
-        }
-    )
-    if out_path is not None:
-        attention = None
-        if tiles:
-            cols = np.asarray([genes.index(g) for g in att_genes], dtype=np.int64)
-            scores = [TileScores(*(None if f is None else f[:, cols] for f in s)) for s in scores]
-            attention = attention_rows(
-                scores, cohort, np.arange(cohort.n_bags), name=name, fold=PREDICT_FOLD, genes=list(att_genes)
-            )
-        _write_prediction_dir(
-            out_path,
-            config={
-                **_prediction_config(config, cohort, model=model, store=store, targets=targets),
-                "attention_genes": list(att_genes) if tiles else [],
-            },
-            predictions=df,
-            attention=attention,
-            n_bags=cohort.n_bags,
+    if out is None:
+        pred = _predict_in_batches(
+            est, cohort, n_genes=len(genes), batch_bags=batch_bags, progress=progress, out=None
         )
-    return df
+        return _predictions_frame(cohort, pred, genes=genes, name=name)
+    tiles = _gives_attention(name, est)
+    recorded = _attention_genes(genes, attention_genes) if tiles else None
+    config = {
+        **_prediction_config(config, cohort, model=model, store=store, targets=targets),
+        "attention_genes": list(recorded or ()),
+    }
+    return _write_prediction_dir(
+        Path(out), est, cohort, config=config, recorded=recorded, batch_bags=batch_bags, progress=progress
+    )
 
 
 def _attention_genes(genes: list[str], chosen) -> tuple[str, ...]:
