@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from slide2expr.explain._qupath import write_detections
 from slide2expr.explain._report import write_report
 from slide2expr.explain._shap import ShapResult, explain_folds, plot_shap_importance, plot_shap_summary
 from slide2expr.explain._slides import slide_thumbnail
+from slide2expr.regress import peak_rss_gb
 
 
 @dataclass
@@ -62,6 +64,8 @@ class ExplainResult:
         ``RUN/localisation.parquet`` rows, or None when the run has no ``truth_tiles.parquet``.
     notes
         Things left out and why (e.g. a slide file that could not be opened).
+    stages
+        Each stage written → ``{"seconds", "peak_rss_gb"}`` (the process's peak resident memory when it ended).
     """
 
     out: Path
@@ -74,6 +78,7 @@ class ExplainResult:
     shap: dict[str, ShapResult] = field(default_factory=dict)
     localisation: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add_figure(self, section: str, caption: str, path: Path) -> None:
         self.figures.setdefault(section, []).append((caption, Path(path)))
@@ -386,17 +391,27 @@ def explain_run(
 
 
 class _Stages:
-    """The stage being written and those finished, reported to ``progress``."""
+    """The stage being written and those finished, reported to ``progress``; :attr:`table` maps each finished
+    stage to its ``seconds`` and the process's ``peak_rss_gb`` when it ended."""
 
     def __init__(self, progress: Callable[[str], None] | None) -> None:
         self.progress, self.done, self.current = progress, [], None
+        self.table: dict[str, dict[str, float]] = {}
+        self._t0 = time.perf_counter()
 
     def __call__(self, stage: str) -> None:
-        if self.current is not None:
-            self.done.append(self.current)
+        self.finish()
         self.current = stage
         if self.progress is not None:
             self.progress(stage)
+
+    def finish(self) -> None:
+        """Close the current stage, if any."""
+        now = time.perf_counter()
+        if self.current is not None:
+            self.done.append(self.current)
+            self.table[self.current] = {"seconds": now - self._t0, "peak_rss_gb": peak_rss_gb()}
+        self.current, self._t0 = None, now
 
 
 class _KeepFile:
@@ -468,9 +483,8 @@ def _write_all(plan: ExplainPlan, stage: _Stages) -> ExplainResult:
     if plan.report:
         stage("report")
         res.report = write_report(plan.run, explain_dir=plan.out, store=plan.store)
-    if stage.current is not None:
-        stage.done.append(stage.current)
-        stage.current = None
+    stage.finish()
+    res.stages = stage.table
     return res
 
 

@@ -270,6 +270,14 @@ def _print_result(res) -> None:
         + f" under {res.out}",
         highlight=False,
     )
+    if res.stages:
+        worst = max(v["peak_rss_gb"] for v in res.stages.values())
+        console.print(
+            ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in res.stages.items())
+            + f"; peak RSS {worst:.2f} GB",
+            highlight=False,
+            soft_wrap=True,
+        )
     for note in res.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if res.localisation is not None and not res.localisation.empty:

@@ -41,6 +41,7 @@ def test_explain_command_writes_maps_geojson_and_report(toy, tmp_path):
     assert geo and all(json.loads(p.read_text())["type"] == "FeatureCollection" for p in geo)
     assert not (out / "shap").exists()  # --models mil: no tree model explained
     assert "localisation" in res.stderr
+    assert "heatmaps" in _flat(res.stderr) and "peak RSS" in _flat(res.stderr)  # time per stage, memory
 
 
 def test_report_command_and_bad_arguments(toy, tmp_path):

@@ -37,6 +37,8 @@ def test_reads_per_request_give_the_same_outputs(toy, tmp_path, monkeypatch):
         assert a.read_bytes() == b.read_bytes(), a.name
     assert [c for c, _ in whole.figures["heatmaps"]] == [c for c, _ in parts.figures["heatmaps"]]
     assert len(whole.detections) == len(toy.slides)
+    assert {"hotspots (mil attention)", "QuPath detections", "heatmaps"} <= set(parts.stages)
+    assert all(v["seconds"] >= 0 and v["peak_rss_gb"] > 0 for v in parts.stages.values())
 
 
 def test_map_slides_only_read_no_other_slide(toy, tmp_path, monkeypatch, read_per_request):
