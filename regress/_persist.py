@@ -348,10 +348,30 @@ class PredictInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after predicting {done} of {total} bags: {where}")
 
 
+#: Tiles read and predicted at once by :func:`predict` (fewer bags than ``batch_bags`` where bags are large), so a
+#: batch of a cohort read on access holds at most this many tiles' features.
+PREDICT_BATCH_TILES = 100_000
+
+
+def _batches(cohort: Cohort, batch_bags: int, batch_tiles: int = PREDICT_BATCH_TILES) -> list[range]:
+    """Consecutive bags in batches of at most ``batch_bags`` bags and ``batch_tiles`` tiles (a larger bag alone)."""
+    sizes = [cohort.bag_slice(i).stop - cohort.bag_slice(i).start for i in range(cohort.n_bags)]
+    out, start, tiles = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and (i - start >= batch_bags or tiles + n > batch_tiles):
+            out.append(range(start, i))
+            start, tiles = i, 0
+        tiles += n
+    if start < len(sizes):
+        out.append(range(start, len(sizes)))
+    return out
+
+
 def _predict_in_batches(
     est, cohort: Cohort, *, n_genes: int, batch_bags: int, progress, out, on_scores=None
 ) -> np.ndarray:
-    """``(n_bags, n_genes)`` float64 predictions, made ``batch_bags`` bags at a time.
+    """``(n_bags, n_genes)`` float64 predictions, made batch by batch (:func:`_batches`: at most ``batch_bags``
+    bags and :data:`PREDICT_BATCH_TILES` tiles).
 
     With ``on_scores``, each batch's :class:`TileScores` (one per bag) go to ``on_scores(first bag, scores)`` and
     are dropped when it returns: one batch's bags and scores are held at a time.
@@ -361,14 +381,15 @@ def _predict_in_batches(
     pred = np.empty((n, n_genes), dtype=np.float64)
     done = 0
     try:
-        for start in range(0, n, batch_bags):
-            chunk = bags[start : start + batch_bags]
-            stop = start + len(chunk)
-            pred[start:stop] = np.asarray(est.predict(chunk), dtype=np.float64).reshape(len(chunk), n_genes)
+        for batch in _batches(cohort, batch_bags):
+            chunk = bags[batch.start : batch.stop]
+            pred[batch.start : batch.stop] = np.asarray(est.predict(chunk), dtype=np.float64).reshape(
+                len(chunk), n_genes
+            )
             if on_scores is not None:
-                on_scores(start, est.predict_tiles(chunk))
+                on_scores(batch.start, est.predict_tiles(chunk))
             del chunk
-            done = stop
+            done = batch.stop
             if progress is not None:
                 progress(done, n)
     except KeyboardInterrupt:
@@ -565,7 +586,8 @@ def predict(
     overwrite
         Replace a non-empty ``out`` that slide2expr wrote.
     batch_bags
-        Bags predicted per call of the model (and held in memory at once).
+        Bags predicted per call of the model and held in memory at once (fewer where they hold more than
+        ``PREDICT_BATCH_TILES`` tiles).
     progress
         Called with ``(bags done, bags in all)`` after each batch.
     attention_genes
