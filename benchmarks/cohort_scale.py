@@ -33,6 +33,16 @@ Run::
 the store read on access, in a fresh process, and records wall time and peak RSS per stage and the pooled r per
 planted gene kind; ``--in-memory`` runs it again with the cohort loaded, for the peak RSS beside it (small stores).
 
+``explain`` writes a compare run for the store without fitting (``mil`` and the floor, 5 folds, predictions from the
+targets, and held-out attention for 4 genes per fold over every tile, as compare's memory bound records it at this
+scale; embeddings are not read, so a ``--dim 64`` store serves), then runs explain on it at ``slide2expr explain``'s
+defaults (above 200 slides: maps, hotspots and detections for the map slides only), again with ``--no-gallery``,
+and ``slide2expr report``, each in a fresh process: wall time and peak RSS, seconds per stage, what was written and
+the report's size (target ≤ 20 MB)::
+
+    python benchmarks/cohort_scale.py write --out /work/scale64 --dim 64
+    python benchmarks/cohort_scale.py explain --store /work/scale64 --save   # the run in /work/scale64_run
+
 The store is never written inside the repository; delete it when done (``rm -rf DIR``).
 """
 
@@ -993,6 +1003,390 @@ def bench_compare(store: Path, *, n_folds: int = 5, params: dict | None = None, 
     return figures
 
 
+# ---- explain ------------------------------------------------------------------------------------------------------
+
+#: The explain section's run: held-out attention for this many genes per fold (as many as compare's memory bound
+#: records on the 9.3 M-tile store with ``--max-memory-gb 8``: ``regress``'s attention cap), in 5 folds, of the
+#: attention model and the training-mean floor compare always adds.
+EXPLAIN_GENES = 4
+EXPLAIN_FOLDS = 5
+EXPLAIN_MODELS = ("mil", "mean")
+#: Attention logit added on a gene's planted driver tiles; sd of the smooth per-slide field under it (6 × 6 blocks)
+#: and of the tile-level noise.
+DRIVER_LOGIT, FIELD_SD, TILE_SD = 2.5, 1.0, 0.3
+#: Noise of the fabricated held-out MIL predictions, as a share of each gene's sd.
+PRED_NOISE = 0.5
+#: The file that marks a folder as the explain section's own (a rerun replaces such a folder, and no other).
+RUN_MARKER = ".cohort_scale_explain"
+
+
+def _store_design(store: Path) -> tuple[dict, Design, list[SlideSpec]]:
+    """The store's truth, the design that wrote it and its slides, checked against the store's slides table."""
+    from slide2expr import sql
+
+    truth = json.loads((store / TRUTH_DIR / "truth.json").read_text())
+    rows = sql.read_slides(store)
+    cfg = truth["design"]
+    design = Design(
+        int(rows["patient_id"].nunique()), cfg["dim"], cfg["dtype"], cfg["seed"], cfg["tile_scale"]
+    )
+    slides = cohort_slides(design)
+    if {s.slide_id: s.n_tiles for s in slides} != dict(zip(rows["slide_id"], rows["n_tiles"], strict=True)):
+        raise SystemExit(f"{store}: its slides are not those `cohort_scale.py write` writes for its design")
+    return truth, design, slides
+
+
+def _predictions(
+    bag_ids, patients, y: np.ndarray, folds: np.ndarray, genes: list[str], kinds: dict, *, seed: int
+):
+    """Held-out predictions as compare's fold outputs (``predictions.parquet`` columns plus ``y_baseline``, the
+    fold's training mean): ``mil`` is the truth plus noise on driven genes and the training mean plus noise on noise
+    genes; ``mean`` is the floor."""
+    import pandas as pd
+
+    rng = np.random.default_rng([seed, 8])
+    sd = np.std(y, axis=0)
+    parts = []
+    for k in range(EXPLAIN_FOLDS):
+        test = np.flatnonzero(folds == k)
+        base = y[folds != k].mean(axis=0)
+        for j, g in enumerate(genes):
+            noise = rng.standard_normal(len(test)) * PRED_NOISE * sd[j]
+            mil = (base[j] if kinds[g] == "noise" else y[test, j]) + noise
+            for model, pred in (("mil", mil), ("mean", np.full(len(test), base[j]))):
+                parts.append(pd.DataFrame({"model": model, "fold": np.int32(k), "bag_id": bag_ids[test],
+                                           "patient_id": patients[test], "gene": g, "y_true": y[test, j],
+                                           "y_pred": pred, "y_baseline": base[j]}))  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+def _comparisons(metrics, predictions, genes: list[str], *, seed: int):
+    """``comparisons.parquet`` rows of the model pairs, from ``regress``'s paired statistics (as compare's)."""
+    import pandas as pd
+
+    from slide2expr import regress
+
+    pooled = metrics[metrics["fold"] == -1].pivot(index="gene", columns="model", values="pearson_r")
+    per_gene = regress.gene_comparisons(predictions, models=list(EXPLAIN_MODELS), genes=genes)
+    rows = []
+    for i, a in enumerate(EXPLAIN_MODELS):
+        for b in EXPLAIN_MODELS[i + 1 :]:
+            g = per_gene[(per_gene["model_a"] == a) & (per_gene["model_b"] == b)]
+            sig = regress.bh_fdr(g["p"].to_numpy()) < 0.05  # regress's FDR level
+            rows.append({"model_a": a, "model_b": b, "metric": "pearson_r",
+                         **regress.paired_comparison(pooled[a].to_numpy(), pooled[b].to_numpy(), seed=seed),
+                         "n_genes_a_better": int((sig & (g["diff"] > 0)).sum()),
+                         "n_genes_b_better": int((sig & (g["diff"] < 0)).sum()),
+                         "n_genes_tied": int(g["tie"].sum())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _as_table(df, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+class AttentionWriter:
+    """``attention.parquet`` written bag by bag through one ``ParquetWriter``, in row groups of
+    ``ATTENTION_ROW_GROUP_ROWS`` rows (as compare writes it), to a hidden temporary file renamed into place by
+    :meth:`close`; memory holds at most one row group and one bag."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        from slide2expr.contract import ATTENTION_ROW_GROUP_ROWS, ATTENTION_SCHEMA
+
+        self.path, self.group = path, ATTENTION_ROW_GROUP_ROWS
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, ATTENTION_SCHEMA, compression="zstd", write_statistics=True)
+        self.pending: list[pa.Table] = []
+        self.n_pending = self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.n_pending += table.num_rows
+        if self.n_pending >= self.group:
+            self._flush(whole_groups=True)
+
+    def _flush(self, *, whole_groups: bool) -> None:
+        t = pa.concat_tables(self.pending)
+        n = t.num_rows // self.group * self.group if whole_groups else t.num_rows
+        if n:
+            self.writer.write_table(t.slice(0, n), row_group_size=self.group)
+        self.pending, self.n_pending, self.rows = [t.slice(n)], t.num_rows - n, self.rows + n
+
+    def close(self) -> None:
+        self._flush(whole_groups=False)
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+
+
+def _bag_attention(design: Design, specs: list[SlideSpec], store: Path, genes: list[str], drivers: dict,
+                   y_pred: dict, *, bag_id: str, fold: int) -> pa.Table:  # fmt: skip
+    """One bag's attention rows, gene-major (tiles in slide then tile_id order within each gene), as
+    ``regress``'s fold outputs: per gene a softmax over the bag's tiles of a logit high on the gene's planted
+    driver tiles, over a smooth random field of the slide; ``tile_pred`` the bag's prediction shifted by it."""
+    from slide2expr import sql
+    from slide2expr.contract import ATTENTION_SCHEMA
+
+    cols: dict[str, list] = {"slide_id": [], "tile_id": [], "x": [], "y": [], "labels": [], "field": []}
+    for spec in specs:
+        tiles = sql.read_tiles(store, TILING.name, spec.slide_id)
+        _, _, labels, block = slide_layout(design, spec)
+        tid = tiles["tile_id"].to_numpy()
+        rng = np.random.default_rng([design.seed, 9, spec.index])
+        _, block_of = np.unique(block[tid], return_inverse=True)
+        field = rng.standard_normal((len(genes), block_of.max() + 1))[:, block_of] * FIELD_SD
+        field += rng.standard_normal((len(genes), len(tid))) * TILE_SD
+        for k, v in (("slide_id", np.full(len(tid), spec.slide_id, dtype=object)), ("tile_id", tid),
+                     ("x", tiles["x"].to_numpy()), ("y", tiles["y"].to_numpy()), ("labels", labels[tid]),
+                     ("field", field)):  # fmt: skip
+            cols[k].append(v)
+    c = {k: np.concatenate(v, axis=-1) for k, v in cols.items()}
+    n, G = len(c["tile_id"]), len(genes)
+    logit = c["field"] + DRIVER_LOGIT * np.stack([np.isin(c["labels"], drivers[g]) for g in genes])
+    att = np.exp(logit - logit.max(axis=1, keepdims=True))
+    att /= att.sum(axis=1, keepdims=True)
+    z = (logit - logit.mean(axis=1, keepdims=True)) / (logit.std(axis=1, keepdims=True) + 1e-9)
+    tile_pred = np.array([y_pred[g] for g in genes])[:, None] + 0.3 * z
+    return pa.table(
+        {
+            "model": pa.array(np.full(n * G, "mil", dtype=object), pa.string()),
+            "fold": pa.array(np.full(n * G, fold, np.int32)),
+            "bag_id": pa.array(np.full(n * G, bag_id, dtype=object), pa.string()),
+            "slide_id": pa.array(np.tile(c["slide_id"], G), pa.string()),
+            "tile_id": pa.array(np.tile(c["tile_id"], G).astype(np.int32)),
+            "x": pa.array(np.tile(c["x"], G).astype(np.int64)),
+            "y": pa.array(np.tile(c["y"], G).astype(np.int64)),
+            "gene": pa.array(np.repeat(np.asarray(genes, dtype=object), n), pa.string()),
+            "attention": pa.array(att.ravel().astype(np.float32)),
+            "attention_logit": pa.array(logit.ravel().astype(np.float32)),
+            "tile_pred": pa.array(tile_pred.ravel().astype(np.float32)),
+        },
+        schema=ATTENTION_SCHEMA,
+    )
+
+
+def fabricate_run(store: Path, run: Path, *, n_genes: int = EXPLAIN_GENES, seed: int = 0) -> dict:
+    """Write a valid compare run directory for the benchmark store without fitting anything: ``config.json``,
+    ``folds`` (the store's patients in :data:`EXPLAIN_FOLDS` folds), ``predictions`` and ``metrics`` (from
+    ``regress.metrics_table``) of :data:`EXPLAIN_MODELS` for the 35 genes, ``comparisons``, and ``attention`` of
+    ``mil`` for the ``n_genes`` genes of highest variance on each fold's training patients, over every tile of
+    every held-out bag (written fold by fold and bag by bag, memory bounded by one bag)."""
+    import pandas as pd
+
+    from slide2expr import regress, sql
+    from slide2expr.contract import (
+        COMPARISONS_SCHEMA,
+        FOLDS_SCHEMA,
+        METRICS_SCHEMA,
+        PREDICTIONS_SCHEMA,
+        RunLayout,
+        package_version,
+        write_bytes_atomic,
+    )
+
+    t0 = time.perf_counter()
+    truth, design, specs = _store_design(store)
+    genes = list(truth["genes"])
+    cohort = sql.lazy_cohort(store, encoder=truth["encoder"], targets=truth["targets"], genes=genes)
+    y = np.asarray(cohort.y_true, dtype=np.float64)
+    bag_ids, patients = np.asarray(cohort.bag_ids, dtype=object), np.asarray(cohort.groups, dtype=object)
+    order = np.random.default_rng([seed, 7]).permutation(len(bag_ids))
+    folds = np.empty(len(bag_ids), np.int32)
+    folds[order] = np.arange(len(bag_ids)) % EXPLAIN_FOLDS
+    kinds = {g: truth["genes"][g]["kind"] for g in genes}
+    pred = _predictions(bag_ids, patients, y, folds, genes, kinds, seed=seed)
+    metrics = regress.metrics_table(pred, genes=genes, models=list(EXPLAIN_MODELS))
+    metrics["folds_selected"] = np.int32(EXPLAIN_FOLDS)
+    att_genes = [
+        [genes[j] for j in regress.top_genes_of(y[folds != k], top=n_genes)] for k in range(EXPLAIN_FOLDS)
+    ]
+    lay = RunLayout(run)
+    run.mkdir(parents=True, exist_ok=True)
+    config = {"store": str(store), "targets": truth["targets"], "encoder": truth["encoder"], "tiling": TILING.name,
+              "by": "patient", "models": list(EXPLAIN_MODELS), "model_params": {}, "n_folds": EXPLAIN_FOLDS,
+              "seed": seed, "genes": genes,
+              "gene_selection": {"genes_per_fold": [len(genes)] * EXPLAIN_FOLDS,
+                                 "attention_genes": sorted({g for a in att_genes for g in a})},
+              "transform": "log1p", "version": package_version(), "encoder_meta": {}, "dropped_bags": []}  # fmt: skip
+    write_bytes_atomic(lay.config, json.dumps(config, indent=2).encode())
+    fold_table = pd.DataFrame({"bag_id": bag_ids, "patient_id": patients, "fold": folds})
+    write_table_atomic(_as_table(fold_table, FOLDS_SCHEMA), lay.folds)
+    write_table_atomic(_as_table(pred, PREDICTIONS_SCHEMA), lay.predictions, compression="zstd")
+    write_table_atomic(_as_table(metrics, METRICS_SCHEMA), lay.metrics)
+    write_table_atomic(
+        _as_table(_comparisons(metrics, pred, genes, seed=seed), COMPARISONS_SCHEMA), lay.comparisons
+    )
+    tables_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    slides_of: dict[str, list[SlideSpec]] = {}
+    for s in specs:
+        slides_of.setdefault(s.patient_id, []).append(s)
+    drivers = {g: [COMPARTMENTS.index(c) for c in truth["genes"][g]["drivers"]] for g in genes}
+    mil = pred[pred["model"] == "mil"].set_index(["bag_id", "gene"])["y_pred"]
+    writer = AttentionWriter(lay.attention)
+    shown = time.perf_counter()
+    try:
+        for k in range(EXPLAIN_FOLDS):
+            for b in np.flatnonzero(folds == k):
+                bag = str(bag_ids[b])
+                bag_slides = sorted(slides_of[bag], key=lambda s: s.slide_id)
+                table = _bag_attention(design, bag_slides, store, att_genes[k], drivers,
+                                       {g: mil[(bag, g)] for g in att_genes[k]}, bag_id=bag, fold=k)  # fmt: skip
+                writer.write(table)
+                if time.perf_counter() - shown > 10:
+                    shown = time.perf_counter()
+                    print(f"attention: fold {k + 1}/{EXPLAIN_FOLDS}, {writer.rows:,} rows written, "
+                          f"{shown - t1:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+        writer.close()
+    finally:
+        Path(writer.tmp).unlink(missing_ok=True)
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(lay.attention).metadata
+    return {
+        "models": list(EXPLAIN_MODELS),
+        "n_folds": EXPLAIN_FOLDS,
+        "genes": len(genes),
+        "attention_genes_per_fold": n_genes,
+        "attention_genes": config["gene_selection"]["attention_genes"],
+        "attention_rows": meta.num_rows,
+        "attention_row_groups": meta.num_row_groups,
+        "attention_mb": round(lay.attention.stat().st_size / 1e6, 1),
+        "tables_s": round(tables_s, 1),
+        "attention_write_s": round(time.perf_counter() - t1, 1),
+    }
+
+
+def explain_once(
+    run: Path, store: Path, out: Path, *, top_slides: int, hotspots_on: str, gallery: bool
+) -> dict:
+    """``plan_explain`` then ``run_plan`` with ``slide2expr explain``'s defaults but the arguments given (the two
+    calls the command makes), in this process: seconds and peak RSS per stage (each line of explain's progress
+    starts one), what it wrote and the plan's notes."""
+    marks: list[tuple[str, float, float]] = []
+    t0 = time.perf_counter()
+
+    def mark(stage: str) -> None:
+        marks.append((stage, time.perf_counter(), _peak_rss_gb()))
+        print(f"explain: {stage} … ({marks[-1][1] - t0:.1f} s)", file=sys.stderr, flush=True)
+
+    mark("import")
+    from slide2expr.explain import plan_explain, run_plan
+
+    mark("plan")
+    plan = plan_explain(
+        run, store=store, out=out, top_slides=top_slides, hotspots_on=hotspots_on, gallery=gallery
+    )
+    res = run_plan(plan, progress=mark)
+    mark("end")
+    stages = {
+        name: {"seconds": round(t_next - t, 2), "peak_rss_gb": round(rss_next, 3)}
+        for (name, t, _), (_, t_next, rss_next) in zip(marks, marks[1:], strict=False)
+    }
+    heatmaps = [p for _, p in res.figures.get("heatmaps", [])]
+    later = res.notes[len(plan.notes) :]
+    return {
+        "hotspots_on": hotspots_on,
+        "gallery": gallery,
+        "wall_s_inside": round(marks[-1][1] - t0, 1),
+        "stages": stages,
+        "map_slides": len({s for v in plan.map_slides.values() for s in v}),
+        "map_slides_by": plan.map_slides_by,
+        "hotspot_slides": len(plan.hotspot_slides),
+        "heatmaps": len(heatmaps),
+        "heatmap_slides": len({p.stem.rsplit("_", 1)[0] for p in heatmaps}),
+        "hotspots": 0 if res.hotspots is None else len(res.hotspots),
+        "geojson": len(res.geojson),
+        "detections": len(res.detections),
+        "gallery_figures": len(res.figures.get("gallery", [])),
+        "report_mb": None if res.report is None else round(res.report.stat().st_size / 1e6, 3),
+        "out_mb": round(_tree_bytes(res.out) / 1e6, 1),
+        "plan_notes": list(plan.notes),
+        "notes_while_writing": len(later),
+        "notes_while_writing_first": later[:3],
+    }
+
+
+def _timed(cmd: list[str]) -> dict:
+    """Run ``cmd`` (its stderr echoed here as it comes): wall time, the child's own peak RSS (``wait4``), exit
+    code, and its stdout's last line parsed as JSON when it is."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stderr:
+            tail[:] = [*tail[-40:], line]
+            sys.stderr.write(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    thread.join()
+    proc.stdout.close()
+    proc.stderr.close()
+    out = {"wall_s": round(time.perf_counter() - t, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3),
+           "returncode": proc.returncode}  # fmt: skip
+    if proc.returncode:
+        out["error"] = "".join(tail[-5:]).strip()
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(last)
+        out.update(parsed if isinstance(parsed, dict) else {"stdout": parsed})
+    if "stdout" not in out and last and not last.startswith("{"):
+        out["stdout"] = last
+    return out
+
+
+def _fresh_run_dir(path: Path) -> Path:
+    """``path`` empty and marked as this section's (an earlier one of its own is replaced, anything else refused)."""
+    if path.exists() and any(path.iterdir()):
+        if not (path / RUN_MARKER).exists():
+            raise SystemExit(
+                f"--run-dir {path} holds files this benchmark did not write: choose another folder"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / RUN_MARKER).write_text("written by benchmarks/cohort_scale.py explain; delete when done\n")
+    return path
+
+
+def bench_explain(
+    store: Path, *, n_genes: int = EXPLAIN_GENES, top_slides: int = 3, run_dir: Path | None = None
+) -> dict:
+    """Fabricate a run with attention over every tile of the store (:func:`fabricate_run`) in ``run_dir`` (default
+    ``STORE_run`` beside the store), then, each in a fresh process with its wall time and peak RSS: explain at
+    ``slide2expr explain``'s defaults with ``top_slides`` (``RUN/explain``), the same without the gallery
+    (``run_dir/explain-no-gallery``), and ``slide2expr report RUN``, which rewrites ``RUN/explain/report.html``."""
+    from slide2expr import sql
+
+    store = store.resolve()
+    run_dir = _fresh_run_dir(_check_out(str(run_dir or store.with_name(f"{store.name}_run"))))
+    run = run_dir / "run"
+    slides = sql.read_slides(store)
+    figures: dict = {"store": {"patients": int(slides["patient_id"].nunique()), "slides": len(slides),
+                               "tiles": int(slides["n_tiles"].sum())}}  # fmt: skip
+    figures["run"] = fabricate_run(store, run, n_genes=n_genes)
+    once = [sys.executable, str(Path(__file__).resolve()), "explain-once", "--run", str(run), "--store", str(store),
+            "--top-slides", str(top_slides)]  # fmt: skip
+    figures["explain"] = _timed([*once, "--out", str(run / "explain")])
+    figures["explain_no_gallery"] = _timed(
+        [*once, "--out", str(run_dir / "explain-no-gallery"), "--no-gallery"]
+    )
+    report = _timed(
+        [sys.executable, "-m", "slide2expr.cli", "report", str(run)]
+    )  # what `slide2expr report` runs
+    html_path = run / "explain" / "report.html"
+    report["report_mb"] = round(html_path.stat().st_size / 1e6, 3) if html_path.exists() else None
+    figures["report"] = report
+    figures["report_mb_target"] = 20
+    figures["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return figures
+
+
 def machine() -> dict:
     import psutil
 
@@ -1087,7 +1481,24 @@ def main(argv: list[str] | None = None) -> dict:
     q = sub.add_parser("queries", help="time every named query on the store")
     q.add_argument("--store", required=True)
     q.add_argument("--timeout", type=int, default=900)
-    for p in (w, m, c, pl, me, cp, q):
+    ex = sub.add_parser(
+        "explain",
+        help="a run with attention on every tile of the store, then explain, explain --no-gallery and report on it",
+    )
+    ex.add_argument("--store", required=True)
+    ex.add_argument("--genes", type=int, default=EXPLAIN_GENES, help="attention genes per fold")
+    ex.add_argument("--top-slides", type=int, default=3)
+    ex.add_argument(
+        "--run-dir", help="where the run and explain's outputs go (default STORE_run beside the store)"
+    )
+    eo = sub.add_parser("explain-once", help=argparse.SUPPRESS)
+    eo.add_argument("--run", required=True)
+    eo.add_argument("--store", required=True)
+    eo.add_argument("--out", required=True)
+    eo.add_argument("--top-slides", type=int, default=3)
+    eo.add_argument("--hotspots-on", default="auto")
+    eo.add_argument("--no-gallery", action="store_true")
+    for p in (w, m, c, pl, me, cp, q, ex):
         p.add_argument(
             "--save", action="store_true", help=f"merge the figures into {RESULTS.relative_to(ROOT)}"
         )
@@ -1108,6 +1519,14 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.step == "compare-once":
         figures = compare_once(Path(args.store), path=args.path, n_folds=args.n_folds, params=json.loads(args.params),
                                max_memory_gb=args.max_memory_gb, out=args.out and Path(args.out))  # fmt: skip
+        print(json.dumps(figures))
+        return figures
+    elif args.step == "explain":
+        figures = bench_explain(Path(args.store), n_genes=args.genes, top_slides=args.top_slides,
+                                run_dir=args.run_dir and Path(args.run_dir))  # fmt: skip
+    elif args.step == "explain-once":
+        figures = explain_once(Path(args.run), Path(args.store), Path(args.out), top_slides=args.top_slides,
+                               hotspots_on=args.hotspots_on, gallery=not args.no_gallery)  # fmt: skip
         print(json.dumps(figures))
         return figures
     elif args.step == "ann-choice":

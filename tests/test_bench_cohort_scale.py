@@ -88,3 +88,35 @@ def test_compare_section_reads_the_store_on_access(bench, tmp_path):
     assert set(out["pooled_r_median_by_kind"]) == {"mil", "lgbm", "ridge", "mean"}
     assert set(out["pooled_r_median_by_kind"]["ridge"]) == {"compartment", "hotspot", "noise"}
     assert out["attention_rows"] == out["tiles"] * 35
+
+
+def test_explain_section_explains_a_fabricated_run(bench, tmp_path):
+    store, run_dir = tmp_path / "s", tmp_path / "r"
+    bench.main(["write", "--out", str(store), "--patients", "8", "--dim", "16", "--tile-scale", "0.02"])
+    out = bench.main(
+        ["explain", "--store", str(store), "--run-dir", str(run_dir), "--genes", "2", "--top-slides", "1"]
+    )
+    assert {"store", "run", "explain", "explain_no_gallery", "report", "report_mb_target"} <= set(out)
+    assert out["store"]["patients"] == 8 and out["run"]["attention_genes_per_fold"] == 2
+    # every held-out tile has attention for each fold's 2 genes, in row groups of the contract's size
+    assert out["run"]["attention_rows"] == out["store"]["tiles"] * 2
+    for key in ("explain", "explain_no_gallery", "report"):
+        assert out[key]["returncode"] == 0 and out[key]["peak_rss_gb"] > 0 and out[key]["wall_s"] > 0
+    ex = out["explain"]
+    assert {"plan", "heatmaps", "report"} <= set(ex["stages"]) and "gallery" not in out["explain_no_gallery"][
+        "stages"
+    ]
+    assert (
+        ex["heatmaps"] >= 1 and ex["detections"] == ex["hotspot_slides"] == out["store"]["slides"]
+    )  # auto: all
+    run = run_dir / "run"
+    assert round((run / "explain" / "report.html").stat().st_size / 1e6, 3) == out["report"]["report_mb"] > 0
+    assert (run / "explain" / "manifest.json").is_file() and (
+        run_dir / "explain-no-gallery" / "report.html"
+    ).is_file()
+    assert len(list((run / "explain" / "maps").rglob("*.png"))) == ex["heatmaps"]
+    # a rerun replaces its own folder; a folder it did not write is refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="did not write"):
+        bench.main(["explain", "--store", str(store), "--run-dir", str(tmp_path / "other")])
