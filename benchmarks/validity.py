@@ -657,6 +657,12 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
+def _ci(row: dict) -> str:
+    """``low – high`` of a row's bootstrap CI, or ``–`` where there is none (fewer than 2 cohorts)."""
+    lo, hi = _fmt(row["ci_low"]), _fmt(row["ci_high"])
+    return "–" if lo == hi == "–" else f"{lo} – {hi}"
+
+
 def _per_cohort(values, seeds, all_seeds, spec: str) -> str:
     text = ", ".join("–" if np.isnan(v) else format(v, spec) for v in values)
     return text if list(seeds) == list(all_seeds) else f"{text} (seeds {_seed_list(seeds)})"
@@ -705,7 +711,7 @@ def _table_lines(s: dict) -> list[str]:
     order = {m: i for i, m in enumerate((*MODELS, SEED_MODEL, "oracle"))}
     for r in sorted(s["table"], key=lambda r: (KINDS.index(r["kind"]), order.get(r["model"], 9))):
         lines.append(
-            f"| {r['kind']} | {r['model']} | {_fmt(r['median_r'])} | {_fmt(r['ci_low'])} – {_fmt(r['ci_high'])} | "
+            f"| {r['kind']} | {r['model']} | {_fmt(r['median_r'])} | {_ci(r)} | "
             f"{_per_cohort(r['per_cohort'], r.get('seeds', seeds), seeds, '.2f')} | "
             f"{_fmt(r['well_predicted_share'])} |"
         )
@@ -718,7 +724,7 @@ def _table_lines(s: dict) -> list[str]:
     ]
     for d in s["mil_minus_best_baseline"]:
         lines.append(
-            f"| {d['kind']} | {_fmt(d['mean_diff'])} | {_fmt(d['ci_low'])} – {_fmt(d['ci_high'])} | "
+            f"| {d['kind']} | {_fmt(d['mean_diff'])} | {_ci(d)} | "
             f"{_per_cohort(d['per_cohort'], d.get('seeds', seeds), seeds, '+.3f')} | "
             f"{_fmt(d['median_cell_diff'])} |"
         )
