@@ -37,7 +37,7 @@ planted gene kind; ``--in-memory`` runs it again with the cohort loaded, for the
 targets, and held-out attention for 4 genes per fold over every tile, as compare's memory bound records it at this
 scale; embeddings are not read, so a ``--dim 64`` store serves), then runs explain on it at ``slide2expr explain``'s
 defaults (above 200 slides: maps, hotspots and detections for the map slides only), again with ``--no-gallery``,
-and ``slide2expr report``, each in a fresh process: wall time and peak RSS, seconds per stage, what was written and
+again with ``--genes`` the genes that have attention, and ``slide2expr report``, each in a fresh process: wall time and peak RSS, seconds per stage, what was written and
 the report's size (target ≤ 20 MB)::
 
     python benchmarks/cohort_scale.py write --out /work/scale64 --dim 64
@@ -1258,12 +1258,27 @@ def fabricate_run(store: Path, run: Path, *, n_genes: int = EXPLAIN_GENES, seed:
     }
 
 
+def _note_kind(note: str) -> str:
+    """What an explain note says, without its slide and gene (notes are counted by kind)."""
+    if note.startswith("gallery of"):
+        return "gallery left out: " + (
+            "no attention for the gene" if "no attention rows" in note else "slide file"
+        )
+    if "without the H&E thumbnail" in note:
+        return "map drawn without the slide's thumbnail (no slide file)"
+    if "no map drawn" in note:
+        return "map slide without the gene's attention: no map"
+    return note if len(note) <= 100 else note[:100] + " …"
+
+
 def explain_once(
-    run: Path, store: Path, out: Path, *, top_slides: int, hotspots_on: str, gallery: bool
+    run: Path, store: Path, out: Path, *, top_slides: int, hotspots_on: str, gallery: bool, genes=None
 ) -> dict:
     """``plan_explain`` then ``run_plan`` with ``slide2expr explain``'s defaults but the arguments given (the two
     calls the command makes), in this process: seconds and peak RSS per stage (each line of explain's progress
-    starts one), what it wrote and the plan's notes."""
+    starts one), what it wrote, the plan's notes and the notes written on the way, counted by kind."""
+    import collections
+
     marks: list[tuple[str, float, float]] = []
     t0 = time.perf_counter()
 
@@ -1276,7 +1291,13 @@ def explain_once(
 
     mark("plan")
     plan = plan_explain(
-        run, store=store, out=out, top_slides=top_slides, hotspots_on=hotspots_on, gallery=gallery
+        run,
+        store=store,
+        out=out,
+        genes=genes,
+        top_slides=top_slides,
+        hotspots_on=hotspots_on,
+        gallery=gallery,
     )
     res = run_plan(plan, progress=mark)
     mark("end")
@@ -1287,6 +1308,7 @@ def explain_once(
     heatmaps = [p for _, p in res.figures.get("heatmaps", [])]
     later = res.notes[len(plan.notes) :]
     return {
+        "genes": len(plan.genes),
         "hotspots_on": hotspots_on,
         "gallery": gallery,
         "wall_s_inside": round(marks[-1][1] - t0, 1),
@@ -1303,8 +1325,7 @@ def explain_once(
         "report_mb": None if res.report is None else round(res.report.stat().st_size / 1e6, 3),
         "out_mb": round(_tree_bytes(res.out) / 1e6, 1),
         "plan_notes": list(plan.notes),
-        "notes_while_writing": len(later),
-        "notes_while_writing_first": later[:3],
+        "notes_while_writing": dict(collections.Counter(map(_note_kind, later))),
     }
 
 
@@ -1359,8 +1380,10 @@ def bench_explain(
 ) -> dict:
     """Fabricate a run with attention over every tile of the store (:func:`fabricate_run`) in ``run_dir`` (default
     ``STORE_run`` beside the store), then, each in a fresh process with its wall time and peak RSS: explain at
-    ``slide2expr explain``'s defaults with ``top_slides`` (``RUN/explain``), the same without the gallery
-    (``run_dir/explain-no-gallery``), and ``slide2expr report RUN``, which rewrites ``RUN/explain/report.html``."""
+    ``slide2expr explain``'s defaults with ``top_slides`` (``RUN/explain``: every gene of the run), the same
+    without the gallery (``run_dir/explain-no-gallery``) and with ``--genes`` the genes that have attention
+    (``run_dir/explain-attention-genes``), and ``slide2expr report RUN``, which rewrites
+    ``RUN/explain/report.html``."""
     from slide2expr import sql
 
     store = store.resolve()
@@ -1375,6 +1398,10 @@ def bench_explain(
     figures["explain"] = _timed([*once, "--out", str(run / "explain")])
     figures["explain_no_gallery"] = _timed(
         [*once, "--out", str(run_dir / "explain-no-gallery"), "--no-gallery"]
+    )
+    genes = ",".join(figures["run"]["attention_genes"])
+    figures["explain_attention_genes"] = _timed(
+        [*once, "--out", str(run_dir / "explain-attention-genes"), "--genes", genes]
     )
     report = _timed(
         [sys.executable, "-m", "slide2expr.cli", "report", str(run)]
@@ -1498,6 +1525,7 @@ def main(argv: list[str] | None = None) -> dict:
     eo.add_argument("--top-slides", type=int, default=3)
     eo.add_argument("--hotspots-on", default="auto")
     eo.add_argument("--no-gallery", action="store_true")
+    eo.add_argument("--genes", default=None, help="comma-separated (default: every gene of the run)")
     for p in (w, m, c, pl, me, cp, q, ex):
         p.add_argument(
             "--save", action="store_true", help=f"merge the figures into {RESULTS.relative_to(ROOT)}"
@@ -1526,7 +1554,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 run_dir=args.run_dir and Path(args.run_dir))  # fmt: skip
     elif args.step == "explain-once":
         figures = explain_once(Path(args.run), Path(args.store), Path(args.out), top_slides=args.top_slides,
-                               hotspots_on=args.hotspots_on, gallery=not args.no_gallery)  # fmt: skip
+                               hotspots_on=args.hotspots_on, gallery=not args.no_gallery,
+                               genes=args.genes and args.genes.split(","))  # fmt: skip
         print(json.dumps(figures))
         return figures
     elif args.step == "ann-choice":

@@ -91,31 +91,33 @@ def test_compare_section_reads_the_store_on_access(bench, tmp_path):
 
 
 def test_explain_section_explains_a_fabricated_run(bench, tmp_path):
+    from slide2expr.contract import ATTENTION_ROW_GROUP_ROWS
+
     store, run_dir = tmp_path / "s", tmp_path / "r"
     bench.main(["write", "--out", str(store), "--patients", "8", "--dim", "16", "--tile-scale", "0.02"])
-    out = bench.main(
-        ["explain", "--store", str(store), "--run-dir", str(run_dir), "--genes", "2", "--top-slides", "1"]
-    )
-    assert {"store", "run", "explain", "explain_no_gallery", "report", "report_mb_target"} <= set(out)
+    args = ["explain", "--store", str(store), "--run-dir", str(run_dir), "--genes", "2", "--top-slides", "1"]
+    out = bench.main(args)
+    runs = ("explain", "explain_no_gallery", "explain_attention_genes", "report")
+    assert {"store", "run", "report_mb_target", *runs} <= set(out)
     assert out["store"]["patients"] == 8 and out["run"]["attention_genes_per_fold"] == 2
-    # every held-out tile has attention for each fold's 2 genes, in row groups of the contract's size
-    assert out["run"]["attention_rows"] == out["store"]["tiles"] * 2
-    for key in ("explain", "explain_no_gallery", "report"):
+    # every held-out tile has attention for its fold's 2 genes, in row groups of the contract's size
+    rows = out["run"]["attention_rows"]
+    assert rows == out["store"]["tiles"] * 2
+    assert out["run"]["attention_row_groups"] == -(-rows // ATTENTION_ROW_GROUP_ROWS)
+    for key in runs:
         assert out[key]["returncode"] == 0 and out[key]["peak_rss_gb"] > 0 and out[key]["wall_s"] > 0
     ex = out["explain"]
-    assert {"plan", "heatmaps", "report"} <= set(ex["stages"]) and "gallery" not in out["explain_no_gallery"][
-        "stages"
-    ]
-    assert (
-        ex["heatmaps"] >= 1 and ex["detections"] == ex["hotspot_slides"] == out["store"]["slides"]
-    )  # auto: all
-    run = run_dir / "run"
-    assert round((run / "explain" / "report.html").stat().st_size / 1e6, 3) == out["report"]["report_mb"] > 0
-    assert (run / "explain" / "manifest.json").is_file() and (
-        run_dir / "explain-no-gallery" / "report.html"
-    ).is_file()
-    assert len(list((run / "explain" / "maps").rglob("*.png"))) == ex["heatmaps"]
-    # a rerun replaces its own folder; a folder it did not write is refused
+    assert {"plan", "heatmaps", "gallery", "report"} <= set(ex["stages"])
+    assert "gallery" not in out["explain_no_gallery"]["stages"]
+    assert ex["genes"] == 35 and out["explain_attention_genes"]["genes"] == len(out["run"]["attention_genes"])
+    # 10 slides (at most 200): hotspots and detections on every slide with attention
+    assert ex["heatmaps"] >= 1 and ex["detections"] == ex["hotspot_slides"] == out["store"]["slides"]
+    explained = run_dir / "run" / "explain"
+    assert round((explained / "report.html").stat().st_size / 1e6, 3) == out["report"]["report_mb"] > 0
+    assert len(list((explained / "maps").rglob("*.png"))) == ex["heatmaps"]
+    assert (run_dir / "explain-no-gallery" / "report.html").is_file()
+    assert (run_dir / "explain-attention-genes" / "manifest.json").is_file()
+    # a folder the section did not write is refused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(SystemExit, match="did not write"):
