@@ -163,16 +163,22 @@ TOP_BY = ("highest", "lowest", "largest-error")
 def _choose_slides(
     run: Run, *, genes, model: str, top_slides: int, by: str, top_by: str = "highest"
 ) -> dict[str, list[str]]:
-    """gene → the slides (with attention) of the ``top_slides`` bags ranked by ``top_by``: the highest or lowest
-    ``by`` (``"y_true"`` or ``"y_pred"``) expression, or the largest absolute error of ``model``'s prediction
-    (|y_pred − y_true|). Only the run's tables are read, whatever the cohort's size."""
+    """gene → the slides of the ``top_slides`` bags with ``model``'s attention for the gene, ranked by ``top_by``:
+    the highest or lowest ``by`` (``"y_true"`` or ``"y_pred"``) expression, or the largest absolute error of
+    ``model``'s prediction (|y_pred − y_true|); a gene without attention gets none. Only the run's predictions
+    and attention index are read, whatever the cohort's size."""
     att = run.attention_index()
-    slides_of_bag = att[att["model"] == model].groupby("bag_id")["slide_id"].unique()
+    att = att[att["model"] == model]
+    slides = {g: d.groupby("bag_id")["slide_id"].unique() for g, d in att.groupby("gene")}
     preds = run.table("predictions")
     if by == "y_pred" or top_by == "largest-error":
         preds = preds[preds["model"] == model]
     out = {}
     for g in genes:
+        slides_of_bag = slides.get(g)
+        if slides_of_bag is None:
+            out[g] = []
+            continue
         rows = preds[preds["gene"] == g].groupby("bag_id")
         if top_by == "largest-error":
             value = (
@@ -184,6 +190,18 @@ def _choose_slides(
         top = value.sort_values(ascending=top_by == "lowest", kind="stable").head(top_slides).index
         out[g] = [sorted(slides_of_bag[b])[0] for b in top]
     return out
+
+
+def _note_genes_without_attention(att, model: str, genes, notes: list[str]) -> None:
+    """A note naming the genes the run recorded no ``model`` attention for (a run at scale records a few)."""
+    have = set(att.loc[att["model"] == model, "gene"])
+    missing = [g for g in genes if g not in have]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+        notes.append(
+            f"{len(missing)} of {len(genes)} genes have no {model} attention in the run ({shown}): no maps, "
+            "hotspots or gallery for them (compare records attention for the genes its memory bound allows)"
+        )
 
 
 def _hotspot_slides(with_attention, map_slides: dict, hotspots_on: str, notes: list[str]) -> tuple[str, ...]:
@@ -415,6 +433,7 @@ def plan_explain(
             )
         )
         with_attention = tuple(sorted(att.loc[att["model"] == map_model, "slide_id"].unique()))
+        _note_genes_without_attention(att, map_model, genes, notes)
         hotspot_slides = _hotspot_slides(with_attention, map_slides, hotspots_on, notes)
         _check_slides(run, store, list(hotspot_slides), what="slides with attention")
     report, why = _report_applies(run, out, report)

@@ -154,11 +154,13 @@ def slide_score_maps(
     """Score maps of one slide and gene: ``"<model> attention"``, ``"<model> tile prediction"`` (when the model has
     per-tile predictions) and, given tile SHAP rows, ``"<tree model> SHAP"``."""
     run = load_run(run)
-    tiles = read_tiles(store, run.tiling, slide_id)
-    size, mpp = _slide_geometry(store, slide_id)
     a = _slide_attention(run, model, slide_id)
     a = a[a["gene"] == gene]
     maps: dict[str, ScoreMap] = {}
+    if a.empty and (shap_tiles is None or shap_tiles.empty):
+        return maps
+    tiles = read_tiles(store, run.tiling, slide_id)
+    size, mpp = _slide_geometry(store, slide_id)
     if not a.empty:
         a = a.groupby("tile_id").agg(
             attention=("attention", "mean"), tile_pred=("tile_pred", "mean"), bag_id=("bag_id", "first")
@@ -617,7 +619,11 @@ def _write_heatmaps(plan: ExplainPlan, res: ExplainResult, shap_tiles: pd.DataFr
 def _write_gallery(plan: ExplainPlan, res: ExplainResult) -> None:
     """The gallery of each gene (a figure each) and ``gallery.parquet``; a gene without one gets a note."""
     tables = []
+    index = plan.run.attention_index()
+    with_attention = set(index.loc[index["model"] == plan.map_model, "gene"])
     for g in plan.genes:
+        if g not in with_attention:
+            continue  # the plan's notes name the genes without attention
         try:
             gal = gallery(
                 plan.run, store=plan.store, gene=g, model=plan.map_model, n_bins=plan.n_bins, top_k=plan.top_k

@@ -153,10 +153,11 @@ class Run:
 
     def attention_index(self) -> pd.DataFrame | None:
         """What ``attention.parquet`` covers, read once without loading it: one row per model, gene, bag and slide
-        with attention rows, and ``n_tiles``, the slide's distinct tiles among them (None without the file).
+        with attention rows, and ``n_tiles``, the slide's rows (one per tile: a run scores each bag's tiles once
+        per model and gene) (None without the file).
 
         Columns ``model``, ``gene``, ``bag_id``, ``slide_id``, ``n_tiles``; sorted by them. One streaming pass
-        (DuckDB), so its cost is a scan of four columns whatever the run's size.
+        (DuckDB) counting rows per group, so its cost is a scan of four columns whatever the run's size.
         """
         if "attention_index" not in self._tables:
             p = self.layout.attention
@@ -166,7 +167,7 @@ class Run:
 
             with duckdb.connect() as con:
                 self._tables["attention_index"] = con.execute(
-                    "SELECT model, gene, bag_id, slide_id, count(DISTINCT tile_id)::BIGINT AS n_tiles "
+                    "SELECT model, gene, bag_id, slide_id, count(*)::BIGINT AS n_tiles "
                     "FROM read_parquet(?) GROUP BY ALL ORDER BY ALL",
                     [str(p)],
                 ).df()

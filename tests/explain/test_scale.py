@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,3 +101,19 @@ def test_the_attention_index_counts_each_slides_tiles(toy):
     )
     got = run.attention_index()
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def test_genes_without_attention_get_no_maps_and_a_note(toy, tmp_path):
+    """A run that recorded attention for some genes only (as compare's memory bound does at scale): those genes are
+    ranked among their own bags, the others get no map slides, no gallery, and one note names them."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(toy.run, run_dir)
+    att = pq.read_table(run_dir / "attention.parquet")
+    keep = pa.compute.not_equal(att["gene"], "NOISE1")
+    pq.write_table(att.filter(keep), run_dir / "attention.parquet")
+    plan = explain.plan_explain(run_dir, store=toy.store, top_slides=2, overwrite=True)
+    assert plan.map_slides["NOISE1"] == [] and all(len(plan.map_slides[g]) == 2 for g in ("HOTA", "STRB"))
+    assert any("1 of 3 genes have no mil attention in the run (NOISE1)" in n for n in plan.notes)
+    res = explain.run_plan(explain.plan_explain(run_dir, store=toy.store, out=tmp_path / "out", report=False))
+    assert not any("gallery of NOISE1" in n for n in res.notes)
+    assert set(pq.read_table(res.out / "gallery.parquet").column("gene").to_pylist()) == {"HOTA", "STRB"}
