@@ -17,6 +17,7 @@ from slide2expr.contract import RunLayout
 from slide2expr.regress import _compare, _streaming
 from slide2expr.regress._models import make_model
 from tests._fakestore import make_fake_store
+from tests.regress.test_resume import _interrupt_after
 
 MIL = {"max_epochs": 2, "min_epochs": 0, "patience": 1, "n_inner": 2, "hidden_dim": 8, "attention_dim": 4,
        "pca_components": 4, "device": "cpu"}  # fmt: skip
@@ -59,19 +60,6 @@ def _watch(monkeypatch, *, spill: bool = True) -> dict:
     monkeypatch.setattr(_compare, "fold_inputs", inputs)
     monkeypatch.setattr(_compare, "null_fits", nulls)
     return seen
-
-
-def _interrupt_after(monkeypatch, n_fits: int) -> None:
-    """Ctrl-C at the fit that follows ``n_fits`` finished ones (as tests/regress/test_resume.py does)."""
-    real, calls = _streaming.fit_model, []
-
-    def fit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > n_fits:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_streaming, "fit_model", fit)
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
