@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from slide2expr.contract import ATTENTION_SCHEMA, Cohort
-from slide2expr.regress._harness import CompareError, null_key, plan_targets
+from slide2expr.regress._harness import CompareError, bag_tiles, null_key, plan_targets, tile_batches
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import make_model, model_info
 from slide2expr.regress._streaming import fold_inputs
@@ -104,10 +104,12 @@ def cross_fit(
                     if model_info(name).attention:
                         att_cols = np.asarray(plan.attention_genes[k])
                         within = np.searchsorted(cols, att_cols)
-                        scores = [
-                            TileScores(*(None if a is None else a[:, within] for a in s))
-                            for s in inputs.predict_tiles(est, k, te)
-                        ]
+                        scores = []  # batch by batch, keeping the recorded genes' columns only
+                        for b in tile_batches(bag_tiles(cohort, plan.keep[te])):
+                            scores += [
+                                TileScores(*(None if a is None else a[:, within] for a in s))
+                                for s in inputs.predict_tiles(est, k, te[b.start : b.stop])
+                            ]
                         genes = [plan.genes[i] for i in att_cols]
                         att = attention_rows(scores, cohort, plan.keep[te], name=name, fold=k, genes=genes)
                     est = inputs.finish(est, k)

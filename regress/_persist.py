@@ -44,10 +44,12 @@ from slide2expr.regress._folds import attention_rows
 from slide2expr.regress._genes import MAX_ATTENTION_GENES
 from slide2expr.regress._harness import (
     CompareError,
+    bag_tiles,
     check_cohort_targets,
     complete_bags,
     jsonable,
     target_transform,
+    tile_batches,
 )
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import UnknownModelError, make_model, model_info
@@ -348,30 +350,11 @@ class PredictInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after predicting {done} of {total} bags: {where}")
 
 
-#: Tiles read and predicted at once by :func:`predict` (fewer bags than ``batch_bags`` where bags are large), so a
-#: batch of a cohort read on access holds at most this many tiles' features.
-PREDICT_BATCH_TILES = 100_000
-
-
-def _batches(cohort: Cohort, batch_bags: int, batch_tiles: int = PREDICT_BATCH_TILES) -> list[range]:
-    """Consecutive bags in batches of at most ``batch_bags`` bags and ``batch_tiles`` tiles (a larger bag alone)."""
-    sizes = [cohort.bag_slice(i).stop - cohort.bag_slice(i).start for i in range(cohort.n_bags)]
-    out, start, tiles = [], 0, 0
-    for i, n in enumerate(sizes):
-        if i > start and (i - start >= batch_bags or tiles + n > batch_tiles):
-            out.append(range(start, i))
-            start, tiles = i, 0
-        tiles += n
-    if start < len(sizes):
-        out.append(range(start, len(sizes)))
-    return out
-
-
 def _predict_in_batches(
     est, cohort: Cohort, *, n_genes: int, batch_bags: int, progress, out, on_scores=None
 ) -> np.ndarray:
-    """``(n_bags, n_genes)`` float64 predictions, made batch by batch (:func:`_batches`: at most ``batch_bags``
-    bags and :data:`PREDICT_BATCH_TILES` tiles).
+    """``(n_bags, n_genes)`` float64 predictions, made batch by batch (at most ``batch_bags`` bags and
+    ``TILE_BATCH`` tiles).
 
     With ``on_scores``, each batch's :class:`TileScores` (one per bag) go to ``on_scores(first bag, scores)`` and
     are dropped when it returns: one batch's bags and scores are held at a time.
@@ -381,7 +364,8 @@ def _predict_in_batches(
     pred = np.empty((n, n_genes), dtype=np.float64)
     done = 0
     try:
-        for batch in _batches(cohort, batch_bags):
+        sizes = bag_tiles(cohort, range(cohort.n_bags))
+        for batch in tile_batches(sizes, max_bags=batch_bags):
             chunk = bags[batch.start : batch.stop]
             pred[batch.start : batch.stop] = np.asarray(est.predict(chunk), dtype=np.float64).reshape(
                 len(chunk), n_genes
@@ -587,7 +571,7 @@ def predict(
         Replace a non-empty ``out`` that slide2expr wrote.
     batch_bags
         Bags predicted per call of the model and held in memory at once (fewer where they hold more than
-        ``PREDICT_BATCH_TILES`` tiles).
+        ``TILE_BATCH`` tiles).
     progress
         Called with ``(bags done, bags in all)`` after each batch.
     attention_genes

@@ -149,16 +149,3 @@ def test_ctrl_c_in_the_second_batch_leaves_out_as_it_was(fake_store, mil_model, 
     assert _files(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == (
         ["pred"] if earlier else []
     )
-
-
-def test_batches_are_bounded_by_bags_and_tiles():
-    from types import SimpleNamespace
-
-    from slide2expr.regress._persist import _batches
-
-    sizes = [5, 5, 20, 1, 1, 1]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    cohort = SimpleNamespace(n_bags=len(sizes), bag_slice=lambda i: slice(offsets[i], offsets[i + 1]))
-    assert [list(b) for b in _batches(cohort, 64, batch_tiles=10)] == [[0, 1], [2], [3, 4, 5]]
-    assert [list(b) for b in _batches(cohort, 2, batch_tiles=100)] == [[0, 1], [2, 3], [4, 5]]
-    assert [list(b) for b in _batches(cohort, 64, batch_tiles=100)] == [list(range(6))]
