@@ -108,7 +108,9 @@ def gallery(
     index = run.attention_index()
     if index is None:
         run.table("attention")  # the missing file's error
-    att = run.attention_rows(models=[model], genes=[gene])
+    att = run.attention_rows(
+        models=[model], genes=[gene], columns=["bag_id", "slide_id", "tile_id", "attention"]
+    )
     if att.empty:
         have = sorted(index["model"].unique())
         raise ExplainError(
