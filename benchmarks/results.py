@@ -199,8 +199,8 @@ def load(folder: Path = RESULTS) -> list[dict]:
     entries = []
     for p in sorted(Path(folder).glob("*.json")):
         e = json.loads(p.read_text())
-        if not isinstance(e, dict) or "date" not in e:
-            continue
+        if not isinstance(e, dict) or "date" not in e or not isinstance(e.get("machine", {}), dict):
+            continue  # not a timing record (validity.json has a page of its own)
         e.setdefault("benchmark", p.stem.split("-")[0])
         e.setdefault("machine", {})
         e.setdefault("commit", "unknown")

@@ -12,6 +12,8 @@ A page holds a marker ``<!-- generated: WHAT [ARG] -->`` on a line of its own; :
 - ``benchmarks``: the results page (``benchmarks/results.py``);
 - ``cohort_scale SECTION``: the figures of one section of ``benchmarks/results/cohort_scale.json`` (``write``,
   ``ann-choice``, ``compare``, …) with the date, machine and commit they were measured on;
+- ``validity``: the validity page ``benchmarks/validity.py`` writes (``benchmarks/results/validity.md``), its
+  headings one level down;
 - ``tutorial``: the cells of ``docs/tutorial.ipynb``.
 """
 
@@ -377,6 +379,15 @@ def tutorial_markdown() -> str:
     return "\n\n".join(out)
 
 
+def validity_page() -> str:
+    page = ROOT / "benchmarks" / "results" / "validity.md"
+    if not page.is_file():
+        return "*Not measured yet: `python benchmarks/validity.py` writes it.*"
+    lines = page.read_text().splitlines()
+    body = lines[1:] if lines and lines[0].startswith("# ") else lines  # the page's own title
+    return "\n".join("#" + line if line.startswith("## ") else line for line in body).strip()
+
+
 GENERATORS = {
     "schema": schema_table,
     "encoders": encoder_table,
@@ -386,6 +397,7 @@ GENERATORS = {
     "cli": cli_reference,
     "benchmarks": benchmarks_page,
     "cohort_scale": cohort_scale_figures,
+    "validity": validity_page,
     "tutorial": tutorial_markdown,
 }
 
