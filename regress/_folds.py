@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 
 from slide2expr.contract import ATTENTION_SCHEMA, Cohort
-from slide2expr.regress._harness import CompareError, bag_tiles, null_key, plan_targets, tile_batches
+from slide2expr.regress._batches import bag_tiles, tile_batches
+from slide2expr.regress._harness import CompareError, null_key, plan_targets
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import make_model, model_info
 from slide2expr.regress._streaming import fold_inputs

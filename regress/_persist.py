@@ -40,16 +40,15 @@ from slide2expr.contract import (
     write_bytes_atomic,
     write_table_atomic,
 )
+from slide2expr.regress._batches import bag_tiles, tile_batches
 from slide2expr.regress._folds import attention_rows
 from slide2expr.regress._genes import MAX_ATTENTION_GENES
 from slide2expr.regress._harness import (
     CompareError,
-    bag_tiles,
     check_cohort_targets,
     complete_bags,
     jsonable,
     target_transform,
-    tile_batches,
 )
 from slide2expr.regress._meta import TileScores
 from slide2expr.regress._models import UnknownModelError, make_model, model_info

@@ -32,10 +32,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from slide2expr.regress._batches import tile_batches
+
 #: The readout features, in the order of the last axis of :func:`readout_features`.
 FEATURES = ("output", "mean", "q50", "q90", "frac_pred", "frac_att")
 #: Candidate thresholds: these quantiles of the training tiles' scores (prediction or attention logit).
 THRESHOLD_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98)
+#: Tiles whose scores :func:`learn_thresholds` pools whole; a cohort with more is sampled for the candidates.
+THRESHOLD_SAMPLE_TILES = 1_000_000
 
 
 def _tile_scores(model, bags: Sequence[np.ndarray]):
@@ -45,23 +49,47 @@ def _tile_scores(model, bags: Sequence[np.ndarray]):
     return out, [(s.tile_pred, s.attention_logit) for s in scores]
 
 
+def _batched_tile_scores(model, bags: Sequence[np.ndarray]):
+    """:func:`_tile_scores` batch by batch (at most ``TILE_BATCH`` tiles): ``(first bag, outputs, tiles)``."""
+    for b in tile_batches([len(x) for x in bags]):
+        out, tiles = _tile_scores(model, bags[b.start : b.stop])
+        yield b.start, out, tiles
+
+
 def learn_thresholds(model, bags: Sequence[np.ndarray], Y: np.ndarray) -> np.ndarray:
     """Per gene, the prediction and logit thresholds (``(n_genes, 2)``) whose tile shares correlate best (in
     absolute value) with ``Y`` (``(n_bags, n_genes)``) on ``bags``: candidates are :data:`THRESHOLD_QUANTILES` of
-    the bags' pooled tile scores."""
+    the bags' pooled tile scores (of every tile up to :data:`THRESHOLD_SAMPLE_TILES` tiles; above, of a uniform
+    sample of each bag's tiles in proportion to its size, and the shares are counted in a second pass, so memory
+    holds one batch of tile scores and the sample)."""
     Y = np.asarray(Y, dtype=np.float64).reshape(len(bags), -1)
-    _, tiles = _tile_scores(model, bags)
+    sizes = np.array([len(b) for b in bags])
+    whole = int(sizes.sum()) <= THRESHOLD_SAMPLE_TILES
+    if whole:
+        _, tiles = _tile_scores(model, bags)
+        pooled = tiles
+    else:
+        per = np.maximum(1, np.round(sizes / sizes.sum() * THRESHOLD_SAMPLE_TILES).astype(int))
+        rng, pooled = np.random.default_rng(0), []
+        for start, _, part in _batched_tile_scores(model, bags):
+            for i, t in enumerate(part, start):
+                rows = np.sort(rng.choice(sizes[i], size=min(per[i], sizes[i]), replace=False))
+                pooled.append(tuple(None if f is None else f[rows] for f in t))
     G = Y.shape[1]
-    out = np.zeros((G, 2))
-    for j in range(2):
-        if any(t[j] is None for t in tiles):
-            out[:, j] = np.inf
-            continue
-        pooled = np.concatenate([t[j] for t in tiles])  # (n_tiles, G)
-        cands = np.quantile(pooled, THRESHOLD_QUANTILES, axis=0)  # (Q, G)
-        shares = np.stack([[(t[j] > c).mean(axis=0) for c in cands] for t in tiles])  # (n_bags, Q, G)
+    out = np.full((G, 2), np.inf)
+    cands = {
+        j: np.quantile(np.concatenate([t[j] for t in pooled]), THRESHOLD_QUANTILES, axis=0)  # (Q, G)
+        for j in range(2)
+        if not any(t[j] is None for t in pooled)
+    }
+    shares = {j: np.empty((len(bags), len(THRESHOLD_QUANTILES), G)) for j in cands}
+    for start, _, part in [(0, None, tiles)] if whole else _batched_tile_scores(model, bags):
+        for i, t in enumerate(part, start):
+            for j, c in cands.items():
+                shares[j][i] = [(t[j] > q).mean(axis=0) for q in c]
+    for j, c in cands.items():
         for g in range(G):
-            out[g, j] = cands[_best_column(shares[:, :, g], Y[:, g]), g]
+            out[g, j] = c[_best_column(shares[j][:, :, g], Y[:, g]), g]
     return out
 
 
@@ -78,17 +106,19 @@ def _best_column(X: np.ndarray, y: np.ndarray) -> int:
 def readout_features(model, bags: Sequence[np.ndarray], *, thresholds: np.ndarray) -> np.ndarray:
     """The readout features (:data:`FEATURES`) of a fitted network on ``bags``: ``(n_bags, n_genes, 6)``;
     ``thresholds`` from :func:`learn_thresholds`."""
-    out, tiles = _tile_scores(model, bags)
-    G = out.shape[1]
-    F = np.zeros((len(bags), G, len(FEATURES)))
-    F[:, :, 0] = out
-    for b, (pred, logit) in enumerate(tiles):
-        if pred is not None:
-            F[b, :, 1] = pred.mean(axis=0)
-            F[b, :, 2], F[b, :, 3] = np.quantile(pred, [0.5, 0.9], axis=0)
-            F[b, :, 4] = (pred > thresholds[:, 0]).mean(axis=0)
-        else:
-            F[b, :, 1:5] = out[b][:, None]
-        if logit is not None:
-            F[b, :, 5] = (logit > thresholds[:, 1]).mean(axis=0)
+    F = None
+    for start, out, tiles in _batched_tile_scores(model, bags):  # one batch of tile scores at a time
+        if F is None:
+            F = np.zeros((len(bags), out.shape[1], len(FEATURES)))
+        for k, (pred, logit) in enumerate(tiles):
+            b = start + k
+            F[b, :, 0] = out[k]
+            if pred is not None:
+                F[b, :, 1] = pred.mean(axis=0)
+                F[b, :, 2], F[b, :, 3] = np.quantile(pred, [0.5, 0.9], axis=0)
+                F[b, :, 4] = (pred > thresholds[:, 0]).mean(axis=0)
+            else:
+                F[b, :, 1:5] = out[k][:, None]
+            if logit is not None:
+                F[b, :, 5] = (logit > thresholds[:, 1]).mean(axis=0)
     return F

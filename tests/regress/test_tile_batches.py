@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from slide2expr import regress, sql
-from slide2expr.regress import _harness, _streaming
+from slide2expr.regress import _batches, _streaming
 from tests._fakestore import make_fake_store
 from tests.regress.test_streaming_spill import MIL
 
@@ -32,7 +32,7 @@ def test_held_out_tiles_are_scored_in_bounded_batches(cohort, monkeypatch, tmp_p
     whole = regress.compare(cohort, out=tmp_path / "whole", **settings)
     sizes = np.array([cohort.bag_slice(i).stop - cohort.bag_slice(i).start for i in range(cohort.n_bags)])
     budget = int(np.sort(sizes)[-2])  # batches of one bag and of several
-    monkeypatch.setattr(_harness, "TILE_BATCH", budget)
+    monkeypatch.setattr(_batches, "TILE_BATCH", budget)
     calls, real = [], _streaming.InMemoryInputs.predict_tiles
 
     def spy(self, est, fold, rows):
