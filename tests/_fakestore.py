@@ -198,3 +198,17 @@ def add_encoder(fs: FakeStore, encoder: str, *, dim: int, seed: int = 1) -> dict
         write_table_atomic(table, embeddings_path(fs.root, fs.tiling, encoder, sid), metadata=meta)
         out[sid] = values
     return out
+
+
+def fake_cohort(root: Path, *, n_patients: int, dim: int = 16, lazy: bool = False):
+    """A fake store of ``n_patients`` (no failed slide) under ``root``, opened as a cohort with its ``expr``
+    targets: loaded, or read on access (``lazy``)."""
+    import warnings
+
+    from slide2expr import sql
+
+    store = make_fake_store(root, n_patients=n_patients, dim=dim, failed_slide=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        open_ = sql.lazy_cohort if lazy else sql.load_cohort
+        return open_(store.root, encoder=store.encoder, targets="expr")

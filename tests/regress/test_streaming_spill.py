@@ -6,17 +6,16 @@ temporary folder removed when compare ends, also on error."""
 from __future__ import annotations
 
 import tempfile
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from slide2expr import regress, sql
+from slide2expr import regress
 from slide2expr.contract import RunLayout
 from slide2expr.regress import _compare, _streaming
 from slide2expr.regress._models import make_model
-from tests._fakestore import make_fake_store
+from tests._fakestore import fake_cohort
 from tests.regress.test_resume import _interrupt_after
 
 MIL = {"max_epochs": 2, "min_epochs": 0, "patience": 1, "n_inner": 2, "hidden_dim": 8, "attention_dim": 4,
@@ -26,12 +25,7 @@ SETTINGS = dict(models=("mil",), n_folds=3, seed=0, model_params={"mil": MIL}, p
 
 @pytest.fixture(scope="module")
 def lazy(tmp_path_factory):
-    store = make_fake_store(
-        tmp_path_factory.mktemp("spill") / "store", n_patients=12, dim=16, failed_slide=False
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sql.lazy_cohort(store.root, encoder=store.encoder, targets="expr")
+    return fake_cohort(tmp_path_factory.mktemp("spill") / "store", n_patients=12, lazy=True)
 
 
 @pytest.fixture

@@ -4,27 +4,20 @@ that of one call over every held-out bag."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from slide2expr import regress, sql
+from slide2expr import regress
 from slide2expr.regress import _batches, _streaming
-from tests._fakestore import make_fake_store
+from tests._fakestore import fake_cohort
 from tests.regress.test_streaming_spill import MIL
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    store = make_fake_store(
-        tmp_path_factory.mktemp("batches") / "store", n_patients=9, dim=16, failed_slide=False
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sql.load_cohort(store.root, encoder=store.encoder, targets="expr")
+    return fake_cohort(tmp_path_factory.mktemp("batches") / "store", n_patients=9)
 
 
 def test_held_out_tiles_are_scored_in_bounded_batches(cohort, monkeypatch, tmp_path):
