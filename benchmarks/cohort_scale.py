@@ -1086,36 +1086,23 @@ def _as_table(df, schema: pa.Schema) -> pa.Table:
 
 
 class AttentionWriter:
-    """``attention.parquet`` written bag by bag through one ``ParquetWriter``, in row groups of
-    ``ATTENTION_ROW_GROUP_ROWS`` rows (as compare writes it), to a hidden temporary file renamed into place by
-    :meth:`close`; memory holds at most one row group and one bag."""
+    """``attention.parquet`` written bag by bag as ``predict`` writes it (``regress``'s row-group appender, in row
+    groups of ``ATTENTION_ROW_GROUP_ROWS`` rows), to a hidden temporary file renamed into place by :meth:`close`;
+    :attr:`rows` counts the rows written."""
 
     def __init__(self, path: Path):
-        import pyarrow.parquet as pq
-
         from slide2expr.contract import ATTENTION_ROW_GROUP_ROWS, ATTENTION_SCHEMA
+        from slide2expr.regress._persist import _RowGroupWriter
 
-        self.path, self.group = path, ATTENTION_ROW_GROUP_ROWS
+        self.path, self.rows = path, 0
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, ATTENTION_SCHEMA, compression="zstd", write_statistics=True)
-        self.pending: list[pa.Table] = []
-        self.n_pending = self.rows = 0
+        self.writer = _RowGroupWriter(self.tmp, ATTENTION_SCHEMA, rows=ATTENTION_ROW_GROUP_ROWS)
 
     def write(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.n_pending += table.num_rows
-        if self.n_pending >= self.group:
-            self._flush(whole_groups=True)
-
-    def _flush(self, *, whole_groups: bool) -> None:
-        t = pa.concat_tables(self.pending)
-        n = t.num_rows // self.group * self.group if whole_groups else t.num_rows
-        if n:
-            self.writer.write_table(t.slice(0, n), row_group_size=self.group)
-        self.pending, self.n_pending, self.rows = [t.slice(n)], t.num_rows - n, self.rows + n
+        self.writer.append(table)
+        self.rows += table.num_rows
 
     def close(self) -> None:
-        self._flush(whole_groups=False)
         self.writer.close()
         os.replace(self.tmp, self.path)
 
