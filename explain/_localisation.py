@@ -48,8 +48,10 @@ def bag_sizes(run: Run) -> pd.Series:
 
 
 def bag_tiles(run: Run, *, model: str, gene: str, bag_id: str) -> int:
-    """Tiles of one bag with ``model``'s attention for ``gene`` (0 when none)."""
-    return int(bag_sizes(run).get((model, gene, bag_id), 0))
+    """Tiles of one bag with ``model``'s attention for ``gene`` (0 when none); a lookup in the run's attention
+    index, without grouping it (called for every slide and gene a map is drawn of)."""
+    i = run.attention_index()
+    return int(i.loc[(i["model"] == model) & (i["gene"] == gene) & (i["bag_id"] == bag_id), "n_tiles"].sum())
 
 
 def shap_scores(shap_tiles: pd.DataFrame) -> pd.DataFrame:
