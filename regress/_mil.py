@@ -43,6 +43,21 @@ from slide2expr.regress._training import (
 MIN_TARGET_STD = 1e-12
 
 
+def _subsample_bags(bags: list, which, cap: int, rng: np.random.Generator) -> list:
+    """``bags`` with each bag of ``which`` longer than ``cap`` tiles replaced by ``cap`` of its tiles drawn without
+    replacement (kept in order).
+
+    >>> bags = [np.arange(10)[:, None], np.arange(3)[:, None]]
+    >>> [len(b) for b in _subsample_bags(bags, [0, 1], 4, np.random.default_rng(0))]
+    [4, 3]
+    """
+    out = list(bags)
+    for i in which:
+        if len(out[i]) > cap:
+            out[i] = out[i][np.sort(rng.choice(len(out[i]), cap, replace=False))]
+    return out
+
+
 class _TorchBagRegressor(RegressorMixin, BaseEstimator):
     """What the torch bag regressors share: checks, target scaling, the tile projection, training, inference.
 
@@ -52,12 +67,12 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
     #: Parameter → kind (see ``check_param``), checked before training.
     _PARAM_KINDS = dict.fromkeys(("batch_size", "max_epochs", "min_epochs"), "integer") | {
         **dict.fromkeys(("lr", "weight_decay", "dropout", "validation_fraction", "tile_fraction"), "number"),
-        **dict.fromkeys(("patience", "max_tiles", "n_threads"), "integer or None"),
+        **dict.fromkeys(("patience", "max_tiles", "val_max_tiles", "n_threads"), "integer or None"),
     }
     #: Parameter → the values it takes.
     _CHOICES: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS}
     #: Parameters that must be > 0 when given.
-    _POSITIVE: tuple[str, ...] = ("lr", "batch_size", "max_epochs", "max_tiles")
+    _POSITIVE: tuple[str, ...] = ("lr", "batch_size", "max_epochs", "max_tiles", "val_max_tiles")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -127,6 +142,10 @@ class _TorchBagRegressor(RegressorMixin, BaseEstimator):
         else:
             split = inner_split(groups, self.validation_fraction, seed) if self.patience else None
             train, val = (np.arange(n), None) if split is None else split
+        if val is not None and self.val_max_tiles is not None:
+            net_bags = _subsample_bags(
+                net_bags, val, int(self.val_max_tiles), np.random.default_rng([seed, 1])
+            )
         device = resolve_device(self.device)
         self.device_ = str(device)
         t0 = time.perf_counter()
@@ -239,6 +258,11 @@ class AttentionMILRegressor(_TorchBagRegressor):
         ``validation_fraction`` of the groups (needs ≥ 5 groups). None or 0: no early stopping.
     max_tiles, tile_fraction : int or None, float
         A training step sees ``min(max_tiles, ceil(tile_fraction × n_tiles))`` tiles of a bag; prediction all.
+    val_max_tiles : int or None
+        The early-stopping loss sees at most this many tiles of each validation bag, a random subsample drawn once
+        per fit (None: every tile). With bags of ~10,000 tiles the validation pass of every epoch costs more than
+        the training steps; a few thousand tiles per bag estimate the bag output well enough to choose the epoch.
+        Readouts and predictions use every tile.
     standardize, pca_components : bool, int or None
         The tile step (:class:`TileProjection`): standardised features, projected on at most this many principal
         axes (fewer when the tiles have fewer features).
@@ -302,6 +326,7 @@ class AttentionMILRegressor(_TorchBagRegressor):
         min_epochs: int = 40,
         validation_fraction: float = 0.2,
         max_tiles: int | None = None,
+        val_max_tiles: int | None = None,
         tile_fraction: float = 1.0,
         standardize: bool = True,
         pca_components: int | None = 16,
@@ -330,6 +355,7 @@ class AttentionMILRegressor(_TorchBagRegressor):
         self.min_epochs = min_epochs
         self.validation_fraction = validation_fraction
         self.max_tiles = max_tiles
+        self.val_max_tiles = val_max_tiles
         self.tile_fraction = tile_fraction
         self.standardize = standardize
         self.pca_components = pca_components
@@ -413,7 +439,7 @@ class HE2RNARegressor(_TorchBagRegressor):
     ks : tuple of int
         The top-k sizes.
     dropout, optimizer, lr, weight_decay, batch_size, max_epochs, patience, validation_fraction, max_tiles,
-    tile_fraction, standardize, device, n_threads, random_state, verbose
+    val_max_tiles, tile_fraction, standardize, device, n_threads, random_state, verbose
         As in :class:`AttentionMILRegressor`.
     """
 
@@ -432,6 +458,7 @@ class HE2RNARegressor(_TorchBagRegressor):
         min_epochs: int = 20,
         validation_fraction: float = 0.2,
         max_tiles: int | None = 512,
+        val_max_tiles: int | None = None,
         tile_fraction: float = 0.5,
         standardize: bool = True,
         device: str = "auto",
@@ -451,6 +478,7 @@ class HE2RNARegressor(_TorchBagRegressor):
         self.min_epochs = min_epochs
         self.validation_fraction = validation_fraction
         self.max_tiles = max_tiles
+        self.val_max_tiles = val_max_tiles
         self.tile_fraction = tile_fraction
         self.standardize = standardize
         self.device = device

@@ -202,6 +202,30 @@ def test_he2rna_topk_weights_and_learning(planted):
     assert np.isclose((att[:, 0] * tile[:, 0]).sum(), expect, rtol=1e-4, atol=1e-4)
 
 
+def test_val_max_tiles_subsamples_only_the_early_stopping_bags(planted):
+    (bags, y, _), (test_bags, y_test, _) = planted
+    longest = max(len(b) for b in test_bags[:20])
+    kw = dict(max_epochs=8, patience=2, min_epochs=0, random_state=0, device="cpu")
+
+    def fit(**extra):
+        return AttentionMILRegressor(**kw, **extra).fit(
+            bags[:60], y[:60], eval_set=(test_bags[:20], y_test[:20])
+        )
+
+    every, at_least = fit(), fit(val_max_tiles=longest)
+    assert [h["val_loss"] for h in every.history_] == [h["val_loss"] for h in at_least.history_]
+    np.testing.assert_array_equal(every.predict(test_bags), at_least.predict(test_bags))
+    few = fit(val_max_tiles=3)
+    assert [h["val_loss"] for h in few.history_] != [h["val_loss"] for h in every.history_]
+    # prediction sees every tile; the inner validation split (no eval_set) is subsampled the same way
+    assert len(few.predict_tiles(test_bags[:1])[0].attention) == len(test_bags[0])
+    inner = AttentionMILRegressor(**kw, val_max_tiles=3).fit(bags[:60], y[:60], groups=np.arange(60) // 2)
+    assert inner.n_epochs_ >= 1
+    for bad in (0, -1, 2.5):
+        with pytest.raises(BagInputError, match="val_max_tiles"):
+            AttentionMILRegressor(val_max_tiles=bad, max_epochs=1, device="cpu").fit(bags[:4], y[:4])
+
+
 def test_bad_input_is_named():
     mil = AttentionMILRegressor(max_epochs=1, device="cpu")
     with pytest.raises(BagInputError, match="list of"):
