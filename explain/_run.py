@@ -154,7 +154,7 @@ def slide_score_maps(
     """Score maps of one slide and gene: ``"<model> attention"``, ``"<model> tile prediction"`` (when the model has
     per-tile predictions) and, given tile SHAP rows, ``"<tree model> SHAP"``."""
     run = load_run(run)
-    a = _slide_attention(run, model, slide_id)
+    a = run.slide_attention(model, slide_id)
     a = a[a["gene"] == gene]
     maps: dict[str, ScoreMap] = {}
     if a.empty and (shap_tiles is None or shap_tiles.empty):
@@ -192,17 +192,6 @@ def slide_score_maps(
                 tiles, v, slide_size=size, mpp=mpp, sigma=sigma, label="tile SHAP"
             )
     return maps
-
-
-def _slide_attention(run: Run, model: str, slide_id: str) -> pd.DataFrame:
-    """Every gene's attention rows of ``model`` on one slide; the last slide asked for is kept, so the genes of a
-    slide read the run's attention table once."""
-    key = (model, slide_id)
-    kept = run._tables.get("_slide_attention")
-    if kept is None or kept[0] != key:
-        kept = (key, run.attention_rows(models=[model], slides=[slide_id]))
-        run._tables["_slide_attention"] = kept
-    return kept[1]
 
 
 def write_maps(

@@ -202,6 +202,18 @@ class Run:
         cols = list(columns) if columns is not None else None
         return pq.read_table(p, filters=filters, columns=cols).to_pandas()
 
+    def slide_attention(self, model: str, slide_id: str) -> pd.DataFrame:
+        """Every gene's :meth:`attention_rows` of ``model`` on one slide. The last slide asked for is kept, so
+        asking for its genes one at a time reads the attention table once."""
+        key = (model, slide_id)
+        kept = self._tables.get("_slide_attention")
+        if kept is None or kept[0] != key:
+            kept = self._tables["_slide_attention"] = (
+                key,
+                self.attention_rows(models=[model], slides=[slide_id]),
+            )
+        return kept[1]
+
 
 def open_run(run: str | os.PathLike | Run) -> Run:
     """Open a run directory: read its ``config.json``; tables are read when first asked for.
