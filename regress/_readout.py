@@ -42,17 +42,18 @@ THRESHOLD_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98)
 THRESHOLD_SAMPLE_TILES = 1_000_000
 
 
-def _tile_scores(model, bags: Sequence[np.ndarray]):
-    """``(outputs (n_bags, n_genes), [(tile_pred, logit) per bag])`` of a fitted network on ``y``'s scale."""
+def _tile_scores(model, bags: Sequence[np.ndarray], *, outputs: bool = True):
+    """``(outputs (n_bags, n_genes), [(tile_pred, logit) per bag])`` of a fitted network on ``y``'s scale; without
+    ``outputs`` the bag outputs are None (the network runs once instead of twice)."""
     scores = model.predict_tiles(bags)
-    out = np.asarray(model.predict(bags), dtype=np.float64).reshape(len(bags), -1)
+    out = np.asarray(model.predict(bags), dtype=np.float64).reshape(len(bags), -1) if outputs else None
     return out, [(s.tile_pred, s.attention_logit) for s in scores]
 
 
-def _batched_tile_scores(model, bags: Sequence[np.ndarray]):
+def _batched_tile_scores(model, bags: Sequence[np.ndarray], *, outputs: bool = True):
     """:func:`_tile_scores` batch by batch (at most ``TILE_BATCH`` tiles): ``(first bag, outputs, tiles)``."""
     for b in tile_batches([len(x) for x in bags]):
-        out, tiles = _tile_scores(model, bags[b.start : b.stop])
+        out, tiles = _tile_scores(model, bags[b.start : b.stop], outputs=outputs)
         yield b.start, out, tiles
 
 
@@ -66,12 +67,12 @@ def learn_thresholds(model, bags: Sequence[np.ndarray], Y: np.ndarray) -> np.nda
     sizes = np.array([len(b) for b in bags])
     whole = int(sizes.sum()) <= THRESHOLD_SAMPLE_TILES
     if whole:
-        _, tiles = _tile_scores(model, bags)
+        _, tiles = _tile_scores(model, bags, outputs=False)
         pooled = tiles
     else:
         per = np.maximum(1, np.round(sizes / sizes.sum() * THRESHOLD_SAMPLE_TILES).astype(int))
         rng, pooled = np.random.default_rng(0), []
-        for start, _, part in _batched_tile_scores(model, bags):
+        for start, _, part in _batched_tile_scores(model, bags, outputs=False):
             for i, t in enumerate(part, start):
                 rows = np.sort(rng.choice(sizes[i], size=min(per[i], sizes[i]), replace=False))
                 pooled.append(tuple(None if f is None else f[rows] for f in t))
@@ -83,7 +84,7 @@ def learn_thresholds(model, bags: Sequence[np.ndarray], Y: np.ndarray) -> np.nda
         if not any(t[j] is None for t in pooled)
     }
     shares = {j: np.empty((len(bags), len(THRESHOLD_QUANTILES), G)) for j in cands}
-    for start, _, part in [(0, None, tiles)] if whole else _batched_tile_scores(model, bags):
+    for start, _, part in [(0, None, tiles)] if whole else _batched_tile_scores(model, bags, outputs=False):
         for i, t in enumerate(part, start):
             for j, c in cands.items():
                 shares[j][i] = [(t[j] > q).mean(axis=0) for q in c]

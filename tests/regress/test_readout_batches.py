@@ -41,3 +41,17 @@ def test_thresholds_from_a_sample_above_the_cap(fitted, monkeypatch):
     scores = np.concatenate([s.tile_pred for s in net.predict_tiles(bags)])
     lo, hi = np.quantile(scores, [0.4, 0.99], axis=0)
     assert ((sampled[:, 0] >= lo) & (sampled[:, 0] <= hi)).all()  # a candidate quantile of the tiles' scores
+
+
+def test_thresholds_read_tile_scores_only(fitted, monkeypatch):
+    net, bags, Y = fitted
+    want = _readout.learn_thresholds(net, bags, Y)
+
+    def no_bag_outputs(b):
+        raise AssertionError("learn_thresholds ran the network for bag outputs it does not use")
+
+    monkeypatch.setattr(net, "predict", no_bag_outputs)
+    np.testing.assert_array_equal(_readout.learn_thresholds(net, bags, Y), want)
+    monkeypatch.setattr(_batches, "TILE_BATCH", 70)
+    monkeypatch.setattr(_readout, "THRESHOLD_SAMPLE_TILES", sum(map(len, bags)) // 2)
+    assert np.isfinite(_readout.learn_thresholds(net, bags, Y)).all()
