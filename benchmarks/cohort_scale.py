@@ -538,7 +538,8 @@ def _peak_rss_gb() -> float:
 
 #: (lists probed, candidates re-scored) per query setting measured by ``similar``: recall rises with both; latency
 #: with the candidates (each is one row read from the store).
-SIMILAR_SETTINGS = ((32, 200), (64, 200), (128, 200), (128, 400), (256, 400), (128, 1000), (256, 2000))
+SIMILAR_SETTINGS = ((32, 200), (64, 200), (128, 200), (128, 400), (256, 200), (256, 300), (256, 400), (384, 300),
+                    (512, 300), (512, 400), (128, 1000), (256, 2000))  # fmt: skip
 
 
 def bench_similar(
@@ -1421,17 +1422,18 @@ def commit() -> str | None:
 
 
 def save(section: str, figures: dict, *, path: Path = RESULTS) -> None:
-    """Merge ``figures`` under ``section`` into the results JSON (with date, machine and commit); steps run in
-    parallel take turns (a lock file in the temporary folder)."""
+    """Merge ``figures`` under ``section`` into the results JSON (with date, machine and commit, at the top for the
+    file and in the section for its own measurement); steps run in parallel take turns (a lock file in the
+    temporary folder)."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(Path(tempfile.gettempdir()) / "slide2expr-cohort_scale-results.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.exists() else {"benchmark": "cohort_scale"}
-        data.update({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-                     "commit": commit()})  # fmt: skip
-        data.setdefault("sections", {})[section] = figures
+        stamp = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit()}
+        data.update({**stamp, "machine": machine()})
+        data.setdefault("sections", {})[section] = {**figures, **stamp}
         path.write_text(json.dumps(data, indent=2) + "\n")
 
 

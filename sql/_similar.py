@@ -55,8 +55,10 @@ SAMPLE_TILES = 200_000
 N_LISTS_PER_SQRT = 2
 #: k-means iterations that place the lists' centroids.
 KMEANS_ITERATIONS = 10
-#: Lists visited per query, and candidates re-scored exactly, unless given.
-N_PROBE = 48
+#: Lists visited per query unless given: this share of the index's lists, and at least N_PROBE (a query must visit
+#: a fixed share of a large index's lists to keep its recall: the lists grow with √N and so do the neighbours'
+#: spread over them). Candidates re-scored exactly unless given.
+N_PROBE, N_PROBE_SHARE = 48, 1 / 24
 CANDIDATES = 200
 #: Threads reading candidates' rows for re-scoring (random reads: the disk serves several at once).
 RESCORE_THREADS = 8
@@ -570,6 +572,12 @@ class SimilarityIndex:
         self._readers: dict[int, _Reader] = {}
         self._pool: ThreadPoolExecutor | None = None
 
+    @property
+    def default_n_probe(self) -> int:
+        """Lists a query visits unless told: :data:`N_PROBE_SHARE` of the index's lists, at least :data:`N_PROBE`."""
+        lists = int(self.meta["params"]["n_lists"])
+        return int(min(lists, max(N_PROBE, np.ceil(N_PROBE_SHARE * lists))))
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -625,7 +633,7 @@ class SimilarityIndex:
         *,
         k: int = 20,
         candidates: int = CANDIDATES,
-        n_probe: int = N_PROBE,
+        n_probe: int | None = None,
     ) -> pa.Table:
         """The ``k`` tiles most similar to the given one (itself left out), exact cosine scores, best first."""
         i, j = self.locate(slide_id, tile_id)
@@ -640,18 +648,19 @@ class SimilarityIndex:
         *,
         k: int = 20,
         candidates: int = CANDIDATES,
-        n_probe: int = N_PROBE,
+        n_probe: int | None = None,
         exclude: int | None = None,
     ) -> pa.Table:
         """The ``k`` tiles most similar (cosine) to ``vector`` (``(dim,)``): the index's best ``candidates``,
-        re-scored exactly against their embeddings in the store."""
+        re-scored exactly against their embeddings in the store; ``n_probe`` lists visited (None:
+        :attr:`default_n_probe`)."""
         _check_k(k)
         q = _unit(np.asarray(vector, np.float32).reshape(-1))
         if q.shape[0] != self.files.dim:
             raise SimilarityError(
                 f"the query vector has {q.shape[0]} values; the embeddings have {self.files.dim}"
             )
-        self.index.nprobe = int(n_probe)
+        self.index.nprobe = int(self.default_n_probe if n_probe is None else n_probe)
         threads = self._faiss.omp_get_max_threads()
         self._faiss.omp_set_num_threads(1)  # one query: OpenMP's thread hand-offs cost more than they give
         try:
@@ -791,6 +800,7 @@ def similar_tiles(
     tiling: str | None = None,
     method: str = "auto",
     candidates: int = CANDIDATES,
+    n_probe: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> pa.Table:
     """The ``k`` tiles most similar (cosine) to tile ``tile_id`` of ``slide_id``, the query tile left out.
@@ -810,6 +820,9 @@ def similar_tiles(
         under ``STORE/.index/``) when it is missing or stale.
     candidates
         Tiles the index proposes and the store re-scores exactly (more: higher recall, slower).
+    n_probe
+        Inverted lists the index visits (more: higher recall, slower); None: a share of the index's lists
+        (:attr:`SimilarityIndex.default_n_probe`).
     progress
         ``progress(stage, done, total)`` during an exact pass or an index build (bytes of embeddings).
 
@@ -838,7 +851,7 @@ def similar_tiles(
     plan = _ready_plan(store, encoder=encoder, tiling=tiling, method=method, progress=progress)
     if plan.method == "index":
         with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:
-            return index.query(slide_id, int(tile_id), k=k, candidates=candidates)
+            return index.query(slide_id, int(tile_id), k=k, candidates=candidates, n_probe=n_probe)
     files = list_embedding_files(store, encoder=plan.encoder, tiling=plan.tiling)
     if slide_id not in files.slide_ids:
         raise SimilarityError(
@@ -871,15 +884,16 @@ def similar_to_vector(
     tiling: str | None = None,
     method: str = "auto",
     candidates: int = CANDIDATES,
+    n_probe: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> pa.Table:
     """The ``k`` tiles most similar (cosine) to ``vector`` (a prototype, a centroid: as long as the embeddings),
-    as :func:`similar_tiles` returns them; ``method`` as there."""
+    as :func:`similar_tiles` returns them; ``method``, ``candidates`` and ``n_probe`` as there."""
     _check_k(k)
     plan = _ready_plan(store, encoder=encoder, tiling=tiling, method=method, progress=progress)
     if plan.method == "index":
         with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:
-            return index.query_vector(vector, k=k, candidates=candidates)
+            return index.query_vector(vector, k=k, candidates=candidates, n_probe=n_probe)
     files = list_embedding_files(store, encoder=plan.encoder, tiling=plan.tiling)
     q = np.asarray(vector, np.float32).reshape(-1)
     if q.shape[0] != files.dim:

@@ -55,6 +55,13 @@ def similar(
     candidates: Annotated[
         int, typer.Option("--candidates", help="Tiles the index proposes and the store re-scores exactly.")
     ] = 200,
+    n_probe: Annotated[
+        int | None,
+        typer.Option(
+            "--n-probe",
+            help="Inverted lists the index visits (more: higher recall, slower; default: a share of its lists).",
+        ),
+    ] = None,
     build: Annotated[
         bool, typer.Option("--build", help="Build (or rebuild) the similarity index and query nothing.")
     ] = False,
@@ -102,7 +109,7 @@ def similar(
         hits = _with_progress(
             lambda cb: sql.similar_tiles(
                 store, slide_id=slide_id, tile_id=tile_id, k=k, encoder=plan.encoder, tiling=plan.tiling,
-                method=method.value, candidates=candidates, progress=cb,
+                method=method.value, candidates=candidates, n_probe=n_probe, progress=cb,
             )
         )  # fmt: skip
         seconds = time.perf_counter() - t0
