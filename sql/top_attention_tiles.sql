@@ -29,24 +29,48 @@ with model_attention as (
     where a.model = $model and (nullif($gene, '') is null or a.gene = $gene)
 ),
 
+bags as (
+    select
+        m.gene,
+        m.bag_id,
+        count(*) as n_bag_tiles
+    from model_attention as m
+    group by m.gene, m.bag_id
+),
+
 scored as (
     select
         m.*,
-        count(*) over (partition by m.gene, m.bag_id) as n_bag_tiles,
-        m.attention * count(*) over (partition by m.gene, m.bag_id) as relative_attention,
-        100.0 * percent_rank() over (partition by m.gene, m.bag_id order by m.attention) as bag_percentile
+        b.n_bag_tiles,
+        m.attention * b.n_bag_tiles as relative_attention
     from model_attention as m
+    inner join bags as b on m.gene = b.gene and m.bag_id = b.bag_id
 ),
 
-chosen as (
+-- 'percentile' ranks on every tile's percentile within its bag (a window over every tile of the gene)
+percentiles as (
     select
         s.*,
-        case $rank_by
-            when 'relative' then s.relative_attention
-            when 'percentile' then s.bag_percentile
-            else error('rank_by must be relative or percentile, got ' || $rank_by)
-        end as rank_score
+        100.0 * percent_rank() over (partition by s.gene, s.bag_id order by s.attention) as bag_percentile
     from scored as s
+    where $rank_by = 'percentile'
+),
+
+-- the tiles at or above each gene's k-th highest score (ties kept): the ranking below sorts these only
+shortlist as (
+    select
+        s.*,
+        null::double as bag_percentile,
+        s.relative_attention as rank_score
+    from scored as s
+    where $rank_by = 'relative'
+    qualify s.relative_attention >= list_min(max(s.relative_attention, $k::integer) over (partition by s.gene))
+    union all
+    select
+        p.*,
+        p.bag_percentile as rank_score
+    from percentiles as p
+    qualify p.bag_percentile >= list_min(max(p.bag_percentile, $k::integer) over (partition by p.gene))
 ),
 
 ranked as (
@@ -56,7 +80,29 @@ ranked as (
             partition by c.gene
             order by c.rank_score desc, c.relative_attention desc, c.bag_id, c.slide_id, c.tile_id
         ) as rank
-    from chosen as c
+    from shortlist as c
+    where case
+        when $rank_by in ('relative', 'percentile') then true
+        else error('rank_by must be relative or percentile, got ' || $rank_by)
+    end
+),
+
+top as (
+    select r.*
+    from ranked as r
+    where r.rank <= $k::integer
+),
+
+-- a tile's percentile within its bag (percent_rank: tiles of lower attention / (tiles − 1)), for the chosen tiles
+percentile_of_top as (
+    select
+        t.gene,
+        t.rank,
+        coalesce(100.0 * (count(m.attention) / nullif(any_value(t.n_bag_tiles) - 1, 0)), 0.0) as bag_percentile
+    from top as t
+    left join model_attention as m
+        on m.gene = t.gene and m.bag_id = t.bag_id and m.attention < t.attention
+    group by t.gene, t.rank
 )
 
 select
@@ -73,9 +119,9 @@ select
     r.n_bag_tiles,
     r.attention,
     r.relative_attention,
-    r.bag_percentile,
+    coalesce(r.bag_percentile, p.bag_percentile) as bag_percentile,
     r.attention_logit,
     r.tile_pred
-from ranked as r
-where r.rank <= $k::integer
+from top as r
+inner join percentile_of_top as p on r.gene = p.gene and r.rank = p.rank
 order by r.gene, r.rank;
