@@ -841,11 +841,13 @@ def bench_mil_epoch(
 
 # ---- named queries -----------------------------------------------------------------------------------------------
 
+#: The named queries that read a compare run rather than the store.
+RUN_QUERIES = ("model_summary", "top_attention_tiles", "well_predicted_genes")
 _QUERY_SCRIPT = """
 import json, sys, time
 from slide2expr import sql
-store, name, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-con = sql.connect(store)
+store, name, params, run = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] or None
+con = sql.connect(store, run=run)
 con.execute("set threads = 2")
 con.execute("set memory_limit = '6GB'")
 out = {}
@@ -860,10 +862,11 @@ print(json.dumps(out))
 """
 
 
-def bench_queries(store: Path, *, timeout: int = 900) -> dict:
+def bench_queries(store: Path, *, timeout: int = 900, run: Path | None = None) -> dict:
     """Each named query on the store, in a fresh process (first and second run), with ``timeout`` seconds each,
     as ``sql.run_query`` answers it: the scanning queries from the pooled cache and the similarity search (run the
-    ``similar`` section first, or the first nearest-tiles query builds the index inside its timeout)."""
+    ``similar`` section first, or the first nearest-tiles query builds the index inside its timeout). The queries
+    against a run need ``run``: a compare run of this store (``compare --run-dir``)."""
     from slide2expr import sql
     from slide2expr.sql._similar import list_embedding_files
 
@@ -874,12 +877,14 @@ def bench_queries(store: Path, *, timeout: int = 900) -> dict:
         "nearest_tiles_to_vector": None,
         "patient_bag": {"patient_id": sid[:12], "encoder": files.encoder},
         "targets_with_tiles": {"name": TARGETS_NAME},
+        "top_attention_tiles": {"model": "mil", "gene": "", "rank_by": "relative", "k": 20},
+        "well_predicted_genes": {"model": "mil"},
     }
     out = {}
     for name in sql.list_queries():
         info = sql.get_query(name)
-        if name in ("model_summary", "top_attention_tiles", "well_predicted_genes"):
-            out[name] = {"skipped": "reads a run directory (compare), not the store"}
+        if name in RUN_QUERIES and run is None:
+            out[name] = {"skipped": "reads a run directory (compare): give --run"}
             continue
         p = params.get(name, {})
         if name == "nearest_tiles_to_vector":
@@ -897,7 +902,7 @@ def bench_queries(store: Path, *, timeout: int = 900) -> dict:
             continue
         t = time.perf_counter()
         try:
-            res = subprocess.run([sys.executable, "-c", _QUERY_SCRIPT, str(store), name, json.dumps(p)],
+            res = subprocess.run([sys.executable, "-c", _QUERY_SCRIPT, str(store), name, json.dumps(p), str(run or "")],
                                  capture_output=True, text=True, timeout=timeout)  # fmt: skip
         except subprocess.TimeoutExpired:
             out[name] = {"timeout_s": timeout}
@@ -1498,6 +1503,7 @@ def main(argv: list[str] | None = None) -> dict:
     q = sub.add_parser("queries", help="time every named query on the store")
     q.add_argument("--store", required=True)
     q.add_argument("--timeout", type=int, default=900)
+    q.add_argument("--run", help="a compare run of this store, for the queries that read a run")
     ex = sub.add_parser(
         "explain",
         help="a run with attention on every tile of the store, then explain, explain --no-gallery and report on it",
@@ -1551,7 +1557,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.step == "ann-choice":
         figures = bench_ann_choice(Path(args.store), n=args.sample)
     else:
-        figures = bench_queries(Path(args.store), timeout=args.timeout)
+        figures = bench_queries(Path(args.store), timeout=args.timeout, run=args.run and Path(args.run))
     if args.save:
         save(args.step, figures)
     print(json.dumps(figures, indent=2))

@@ -230,7 +230,9 @@ def test_top_attention_tiles(con, fake_run):
     np.testing.assert_allclose(got.relative_attention, exp.relative, rtol=1e-6)
     pct = att.groupby(["gene", "bag_id"])["attention"].rank(method="min", pct=False).sub(1)
     pct = 100 * pct / (att.groupby(["gene", "bag_id"])["attention"].transform("size") - 1)
-    np.testing.assert_allclose(got.bag_percentile, pct.loc[exp.index])  # the percentile of the chosen tiles only
+    np.testing.assert_allclose(
+        got.bag_percentile, pct.loc[exp.index]
+    )  # the percentile of the chosen tiles only
     one = q(con, "top_attention_tiles", model="mil", gene=exp.gene.iloc[0], rank_by="percentile", k=2)
     assert set(one.gene) == {exp.gene.iloc[0]} and (one.bag_percentile == 100).all()
 
