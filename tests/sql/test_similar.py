@@ -113,6 +113,8 @@ def test_index_rescores_exactly_and_goes_stale(tmp_path):
         assert index.default_n_probe == 8  # at least N_PROBE lists, never more than the index has
         index.meta["params"]["n_lists"] = 6108
         assert index.default_n_probe == 255  # and 1/24 of a large index's lists
+        with pytest.raises(ValueError, match="n_probe=0"):
+            index.query(sid, 2, k=10, n_probe=0)
     few = sql.similar_tiles(fs.root, slide_id=sid, tile_id=2, k=10, method="index", candidates=40, n_probe=2)
     assert few.equals(approx)
     want, scores = _brute(fs, sid, 2, 10)
