@@ -93,7 +93,8 @@ top as (
     where r.rank <= $k::integer
 ),
 
--- a tile's percentile within its bag (percent_rank: tiles of lower attention / (tiles − 1)), for the chosen tiles
+-- a chosen tile's percentile within its bag where the ranking did not compute it ('relative'): percent_rank, the
+-- tiles of lower attention / (tiles − 1)
 percentile_of_top as (
     select
         t.gene,
@@ -102,6 +103,7 @@ percentile_of_top as (
     from top as t
     left join model_attention as m
         on m.gene = t.gene and m.bag_id = t.bag_id and m.attention < t.attention
+    where t.bag_percentile is null
     group by t.gene, t.rank
 )
 
@@ -123,5 +125,5 @@ select
     r.attention_logit,
     r.tile_pred
 from top as r
-inner join percentile_of_top as p on r.gene = p.gene and r.rank = p.rank
+left join percentile_of_top as p on r.gene = p.gene and r.rank = p.rank
 order by r.gene, r.rank;
