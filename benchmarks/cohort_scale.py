@@ -929,6 +929,84 @@ COMPARE_MODELS = ("mil", "lgbm", "ridge")
 COMPARE_PARAMS = {"mil": {"max_tiles": 512, "val_max_tiles": 2048}}
 
 
+#: Seconds between the samples of resident memory that place compare's peak.
+RSS_EVERY_S = 1.0
+
+
+def _rss_gb() -> float:
+    """This process's resident memory now, in GB (``/proc/self/statm``; NaN where there is none)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+class _MemoryTrace(threading.Thread):
+    """Resident memory every :data:`RSS_EVERY_S` seconds and, with a run directory, when each finished model ×
+    fold lands in ``RUN/partial/`` (``model/fold<k>``, a null fit ``model.null/fold<k>``): where in the run the
+    peak fell."""
+
+    def __init__(self, run: Path | None):
+        super().__init__(daemon=True)
+        self.run_dir, self.t0, self.done = run, time.perf_counter(), threading.Event()
+        self.samples: list[tuple[float, float]] = []
+        self.landed: dict[str, float] = {}
+
+    def run_once(self) -> None:
+        t = time.perf_counter() - self.t0
+        self.samples.append((t, _rss_gb()))
+        partial = None if self.run_dir is None else self.run_dir / "partial"
+        if partial is not None and partial.is_dir():
+            for f in partial.glob("*/*.predictions.parquet"):
+                self.landed.setdefault(f"{f.parent.name}/{f.name.split('.')[0]}", t)
+
+    def run(self) -> None:  # noqa: D102
+        while not self.done.wait(RSS_EVERY_S):
+            self.run_once()
+
+    def stop(self) -> dict:
+        """Stop sampling: the peak sampled, when, the fits that landed just before and after it, and the largest
+        sample in each minute."""
+        self.done.set()
+        self.join()
+        self.run_once()
+        t_peak, peak = max(self.samples, key=lambda s: s[1])
+        landed = sorted(self.landed.items(), key=lambda kv: kv[1])
+        before = [name for name, t in landed if t <= t_peak]
+        after = [name for name, t in landed if t > t_peak]
+        minutes: dict[int, float] = {}
+        for t, gb in self.samples:
+            minutes[int(t // 60)] = max(minutes.get(int(t // 60), 0.0), gb)
+        return {
+            "peak_sampled_gb": round(peak, 3),
+            "peak_at_s": round(t_peak, 1),
+            "landed_before_peak": before[-1] if before else None,
+            "landed_after_peak": after[0] if after else None,
+            "landed_s": {name: round(t, 1) for name, t in landed},
+            "max_gb_by_minute": [round(minutes.get(m, float("nan")), 3) for m in range(max(minutes) + 1)],
+        }
+
+
+def _holdings_gb(cohort, n_folds: int, params: dict, max_memory_gb: float | None, seed: int) -> dict:
+    """What compare's memory bound counts on for this cohort (``regress._streaming.streaming_bytes``: one fold's
+    projected bags, the projection's tile sample, the largest bag, the pooled rows) and the held-out attention it
+    allows, in GB: the accounted part of the peak."""
+    from slide2expr.regress._compare import plan_compare
+    from slide2expr.regress._streaming import ATTENTION_ROW_BYTES, streaming_bytes
+
+    plan = plan_compare(cohort, models=COMPARE_MODELS, n_folds=n_folds, seed=seed, model_params=params,
+                        max_memory_gb=max_memory_gb)  # fmt: skip
+    held = {k: v / 1e9 for k, v in streaming_bytes(cohort, plan).items()}
+    # each fold's attention rows: its held-out tiles for each of its attention genes
+    tiles = np.asarray(cohort.n_tiles)[np.asarray(plan.keep)]
+    most = max(
+        float(tiles[plan.folds == k].sum()) * len(genes) for k, genes in enumerate(plan.attention_genes)
+    )
+    held["attention_one_fold"] = most * ATTENTION_ROW_BYTES / 1e9
+    return {k: round(v, 3) for k, v in held.items()}
+
+
 def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memory_gb: float | None,
                  seed: int = 0, out: Path | None = None) -> dict:  # fmt: skip
     """One ``regress.compare`` of :data:`COMPARE_MODELS` in this process, the cohort read on access (``path`` =
@@ -946,11 +1024,18 @@ def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memo
         warnings.simplefilter("ignore")
         cohort = sql.lazy_cohort(store, **kw) if path == "lazy" else sql.load_cohort(store, **kw)
     opened = {"seconds": time.perf_counter() - t, "peak_rss_gb": regress.peak_rss_gb()}
+    trace = _MemoryTrace(out)
+    trace.start()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", regress.MemoryBoundWarning)
         result = regress.compare(cohort, models=COMPARE_MODELS, n_folds=n_folds, seed=seed, model_params=params,
                                  max_memory_gb=max_memory_gb, progress=False, device="cpu", out=out,
                                  save_models=False)  # fmt: skip
+    memory = trace.stop()
+    if path == "lazy":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            memory["accounted_gb"] = _holdings_gb(cohort, n_folds, params, max_memory_gb, seed)
     pooled = result.metrics[result.metrics["fold"] == -1]
     r_by_gene = {
         m: dict(zip(g["gene"], g["pearson_r"].astype(float), strict=True)) for m, g in pooled.groupby("model")
@@ -977,6 +1062,7 @@ def compare_once(store: Path, *, path: str, n_folds: int, params: dict, max_memo
         "pooled_r_median_by_kind": by_kind,
         "pooled_r_by_gene": r_by_gene,
         "attention_rows": result.attention_rows,
+        "memory": memory,
         "memory_warnings": [
             str(w.message) for w in caught if issubclass(w.category, regress.MemoryBoundWarning)
         ],
