@@ -345,20 +345,41 @@ from query(
     end
 );
 
+-- _attention_rows: the run's attention.parquet as written (no w, h); a query that reads every row and keeps a few
+-- (top_attention_tiles) reads it and joins _run_tile_sizes to the rows it keeps
+create or replace view _attention_rows as
+from query(
+    case
+        when getvariable('_stages') is null then 'from range(error(_no_setup_msg()))'
+        when list_contains(getvariable('_run_tables'), 'attention')
+            then 'from read_parquet(getvariable(''run'') || ''/attention.parquet'')'
+        when getvariable('_creating') then 'select null as missing'
+        else 'from range(error(_run_msg(''attention'')))'
+    end
+);
+
+-- _run_tile_sizes: each tile's w and h (level-0 px) at the run's tiling; no rows when the store has no tiles there
+create or replace view _run_tile_sizes as
+from query(
+    case
+        when getvariable('_run_tiling') is not null
+            then 'select slide_id, tile_id, w, h
+                  from read_parquet(getvariable(''store'') || ''/tiles/'' || getvariable(''_run_tiling'')
+                                    || ''/*.parquet'')'
+        else 'select null::varchar as slide_id, null::bigint as tile_id, null::bigint as w, null::bigint as h
+              where false'
+    end
+);
+
 -- attention carries each tile's w and h (level-0 px) from the tiles of the run's tiling (null when the store has none)
 create or replace view attention as
 from query(
     case
         when getvariable('_stages') is null then 'from range(error(_no_setup_msg()))'
-        when list_contains(getvariable('_run_tables'), 'attention') and getvariable('_run_tiling') is not null
-            then 'select a.*, t.w, t.h
-                  from read_parquet(getvariable(''run'') || ''/attention.parquet'') as a
-                  left join read_parquet(getvariable(''store'') || ''/tiles/'' || getvariable(''_run_tiling'')
-                                         || ''/*.parquet'') as t
-                      on t.slide_id = a.slide_id and t.tile_id = a.tile_id'
         when list_contains(getvariable('_run_tables'), 'attention')
-            then 'select *, null::bigint as w, null::bigint as h
-                  from read_parquet(getvariable(''run'') || ''/attention.parquet'')'
+            then 'select a.*, t.w, t.h
+                  from _attention_rows as a
+                  left join _run_tile_sizes as t on t.slide_id = a.slide_id and t.tile_id = a.tile_id'
         when getvariable('_creating') then 'select null as missing'
         else 'from range(error(_run_msg(''attention'')))'
     end

@@ -11,6 +11,8 @@
 -- any size), bag_percentile = the percentile rank of the attention of the tile within its bag (0–100; the top
 -- tile of every bag has 100, so 'percentile' ranks the top tiles of all bags first, ties broken by relative
 -- attention).
+-- It ranks the attention rows as the run wrote them (_attention_rows: the attention view without w and h), and joins
+-- w and h (_run_tile_sizes) to the chosen tiles only: no step joins every row to the tiles of the store.
 with model_attention as (
     select
         a.gene,
@@ -19,13 +21,11 @@ with model_attention as (
         a.tile_id,
         a.x,
         a.y,
-        a.w,
-        a.h,
         a.fold,
         a.attention,
         a.attention_logit,
         a.tile_pred
-    from attention as a
+    from _attention_rows as a
     where a.model = $model and (nullif($gene, '') is null or a.gene = $gene)
 ),
 
@@ -115,8 +115,8 @@ select
     r.tile_id,
     r.x,
     r.y,
-    r.w,
-    r.h,
+    s.w,
+    s.h,
     r.fold,
     r.n_bag_tiles,
     r.attention,
@@ -126,4 +126,5 @@ select
     r.tile_pred
 from top as r
 left join percentile_of_top as p on r.gene = p.gene and r.rank = p.rank
+left join _run_tile_sizes as s on s.slide_id = r.slide_id and s.tile_id = r.tile_id
 order by r.gene, r.rank;
