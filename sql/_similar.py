@@ -7,10 +7,14 @@ table that joins with the ``tiles``/``slides`` views on ``(slide_id, tile_id)``.
   :mod:`sql._rows`), cosine against the query, a running top-k. Memory stays at one slide's embeddings.
 - **index**: an approximate nearest-neighbour index over the embeddings' principal components (the unit vectors
   projected on :data:`PCA_DIM` axes fitted on a random sample of tiles), an inverted file of
-  :data:`N_LISTS_PER_SQRT` × √N lists with 8-bit codes (faiss ``IVF…,SQ8`` on an HNSW coarse quantizer). A query
-  takes the ``candidates`` best tiles by the index, reads those tiles' full embeddings from the store and
-  re-scores them exactly, so every returned score is the exact cosine and only the membership of the top k is
-  approximate.
+  :data:`N_LISTS_PER_SQRT` × √N lists with 8-bit codes (faiss ``IVF…,SQ8`` on an HNSW coarse quantizer), and for
+  each tile a sign code of its residual (one bit per dimension of what the axes leave out, and one scale). A query
+  takes :data:`SHORTLIST_FACTOR` × ``candidates`` tiles by the 8-bit codes, adds each one's residual estimate (the
+  1-bit estimator of RaBitQ, Gao & Long 2024, without its random rotation), keeps the best ``candidates``, reads
+  those tiles' full embeddings from the store and re-scores them exactly, so every returned score is the exact
+  cosine and only the membership of the top k is approximate. The residual code matters where the embeddings'
+  variance is spread over many dimensions: their order among near-tied neighbours is set by the dimensions the
+  axes leave out, and reading a candidate from the store (a random read) costs more than ranking ten by code.
 
 The index is derived data, never the source of truth: it lives in ``STORE/.index/<tiling>/<encoder>/<fingerprint>/``
 (hidden: no view or glob of the store reads it), written to a hidden temporary folder and renamed into place, and
@@ -60,6 +64,9 @@ KMEANS_ITERATIONS = 10
 #: about this share). Candidates re-scored exactly unless given.
 N_PROBE, N_PROBE_SHARE = 48, 1 / 24
 CANDIDATES = 200
+#: A query ranks this many times ``candidates`` tiles by the 8-bit codes and their residual sign codes, and the store
+#: re-scores the best ``candidates`` of them.
+SHORTLIST_FACTOR = 10
 #: Threads reading candidates' rows for re-scoring (random reads: the disk serves several at once).
 RESCORE_THREADS = 8
 METHODS = ("auto", "exact", "index")
@@ -402,9 +409,11 @@ def build_similarity_index(
     """Build the similarity index of one tiling/encoder; write ``STORE/.index/<tiling>/<encoder>/<fingerprint>/``.
 
     One streaming pass over the embeddings (plus a sample of whole data pages first): memory holds the sample, one
-    slide's embeddings, and the index itself (``pca_dim`` bytes per tile plus its id). Writes, atomically (a hidden
-    folder renamed into place): ``index.faiss`` (inverted lists of 8-bit codes of the projected unit vectors),
-    ``projection.npy`` (``(d, pca_dim)`` float32), ``tile_id.npy`` (N,) int32, ``x.npy``/``y.npy`` (N,) int64 (rows
+    slide's embeddings, and the index itself (``pca_dim`` + d/8 + 4 bytes per tile plus its id). Writes, atomically
+    (a hidden folder renamed into place): ``index.faiss`` (inverted lists of 8-bit codes of the projected unit
+    vectors), ``projection.npy`` (``(d, pca_dim)`` float32), ``residual_signs.npy`` ``(N, d/8)`` uint8 and
+    ``residual_scale.npy`` (N,) float32 (each unit vector's residual off the axes: its signs, packed, and
+    |r|²/|r|₁), ``tile_id.npy`` (N,) int32, ``x.npy``/``y.npy`` (N,) int64 (rows
     in file order: slides by id, tiles by tile_id), each file's page map (``page_at.npy``, ``page_first_row.npy``,
     ``page_offset.npy``: queries read candidates without parsing footers) and ``index.json`` (files with their size
     and modification time, fingerprint, parameters, timings).
@@ -440,7 +449,7 @@ def build_similarity_index(
         del projected
         seconds["train"] = time.perf_counter() - t
         t = time.perf_counter()
-        tile_ids, xs, ys = _add_all(index, readers, files, axes, progress)
+        tile_ids, xs, ys, signs, scale = _add_all(index, readers, files, axes, progress)
         seconds["add"] = time.perf_counter() - t
         page_arrays, page_dtypes = _page_arrays(readers)
         file_stats = [[(st := os.fstat(r.fd)).st_size, st.st_mtime_ns] for r in readers]
@@ -449,6 +458,7 @@ def build_similarity_index(
             r.close()
     t = time.perf_counter()
     params = {"pca_dim": dim, "n_lists": lists, "sample_tiles": sample_tiles, "seed": seed, "codes": "SQ8",
+              "residual": "signs",
               "quantizer": "HNSW32", "kmeans_iterations": KMEANS_ITERATIONS, "library": f"faiss {faiss.__version__}"}  # fmt: skip
     meta = {
         "tiling": files.tiling,
@@ -463,7 +473,14 @@ def build_similarity_index(
         "params": params,
         "seconds": seconds,
     }
-    arrays = {"tile_id": tile_ids, "x": xs, "y": ys, **page_arrays}
+    arrays = {
+        "tile_id": tile_ids,
+        "x": xs,
+        "y": ys,
+        "residual_signs": signs,
+        "residual_scale": scale,
+        **page_arrays,
+    }
     path = _write_index(files, index, axes, arrays, meta, faiss)
     seconds["write"] = time.perf_counter() - t
     size = sum(p.stat().st_size for p in path.iterdir())
@@ -472,12 +489,14 @@ def build_similarity_index(
 
 def _add_all(index, readers, files: EmbeddingFiles, axes: np.ndarray, progress) -> tuple[np.ndarray, ...]:
     """Project every row of every file and add it to ``index`` (ids = global rows), reading the next file while
-    this one is added; return the rows' tile ids and coordinates."""
+    this one is added; return the rows' tile ids, coordinates and residual codes (:func:`_residual_code`)."""
     starts = files.starts()
     total = files.n_tiles * files.dim * 4
     tile_ids = np.empty(files.n_tiles, np.int32)
     xs = np.empty(files.n_tiles, np.int64)
     ys = np.empty(files.n_tiles, np.int64)
+    signs = np.empty((files.n_tiles, (files.dim + 7) // 8), np.uint8)
+    scale = np.empty(files.n_tiles, np.float32)
     done = 0
 
     def load(i: int) -> tuple[np.ndarray, pa.Table]:
@@ -493,12 +512,33 @@ def _add_all(index, readers, files: EmbeddingFiles, axes: np.ndarray, progress) 
             xs[a : a + len(values)] = cols.column("x").to_numpy()
             ys[a : a + len(values)] = cols.column("y").to_numpy()
             for s in range(0, len(values), _ROWS_PER_STEP * 4):
-                chunk = _unit(values[s : s + _ROWS_PER_STEP * 4]) @ axes
+                units = _unit(values[s : s + _ROWS_PER_STEP * 4])
+                chunk = units @ axes
                 index.add_with_ids(chunk, np.arange(a + s, a + s + len(chunk), dtype=np.int64))
+                signs[a + s : a + s + len(chunk)], scale[a + s : a + s + len(chunk)] = _residual_code(
+                    units, chunk, axes
+                )
             done += values.size * 4
             if progress is not None:
                 progress("index", done, total)
-    return tile_ids, xs, ys
+    return tile_ids, xs, ys, signs, scale
+
+
+def _residual_code(
+    units: np.ndarray, projected: np.ndarray, axes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit row's residual ``r`` off the axes as its signs (packed bits) and the scale ``|r|²/|r|₁`` that turns
+    a query residual's inner product with the signs (±1) into an estimate of its inner product with ``r`` (exact
+    when the query residual is ``r``)."""
+    r = units - projected @ axes.T
+    scale = np.einsum("ij,ij->i", r, r) / np.maximum(np.abs(r).sum(axis=1), np.float32(1e-12))
+    return np.packbits(r > 0, axis=1), scale.astype(np.float32)
+
+
+def _residual_estimate(signs: np.ndarray, scale: np.ndarray, rq: np.ndarray) -> np.ndarray:
+    """Estimated inner products of the query residual ``rq`` with the residuals coded as ``signs``/``scale``."""
+    bits = np.unpackbits(signs, axis=1, count=len(rq)).astype(np.float32)
+    return scale * (2 * (bits @ rq) - rq.sum())
 
 
 def _page_arrays(readers: list[_Reader]) -> tuple[dict[str, np.ndarray], list[str | None]]:
@@ -550,8 +590,8 @@ def _write_index(files: EmbeddingFiles, index, axes: np.ndarray, arrays: dict, m
 class SimilarityIndex:
     """An opened similarity index of one tiling/encoder; :meth:`query` answers top-k questions with exact scores.
 
-    Open it once and query many times (the index is read into memory, ``pca_dim`` bytes per tile; ids and
-    coordinates are memory-mapped; the store's files stay open for the exact re-scoring).
+    Open it once and query many times (the index and the residual codes are read into memory, ``pca_dim`` + d/8 + 4
+    bytes per tile; ids and coordinates are memory-mapped; the store's files stay open for the exact re-scoring).
     """
 
     def __init__(self, path: Path, files: EmbeddingFiles):
@@ -567,6 +607,11 @@ class SimilarityIndex:
         self.page_at = np.load(path / "page_at.npy")
         self.page_first_row = np.load(path / "page_first_row.npy")
         self.page_offset = np.load(path / "page_offset.npy")
+        has_codes = (
+            path / "residual_signs.npy"
+        ).is_file()  # an index built without them ranks by the 8-bit codes
+        self.residual_signs = np.load(path / "residual_signs.npy") if has_codes else None
+        self.residual_scale = np.load(path / "residual_scale.npy") if has_codes else None
         self.starts = files.starts()
         self._slide = {s: i for i, s in enumerate(files.slide_ids)}
         self._readers: dict[int, _Reader] = {}
@@ -667,15 +712,26 @@ class SimilarityIndex:
                 f"n_probe={n_probe!r}: give a whole number of lists ≥ 1 (or None for the default)"
             )
         self.index.nprobe = int(self.default_n_probe if n_probe is None else n_probe)
+        want = int(max(candidates, k + 1))
+        coded = self.residual_signs is not None
+        zq = q @ self.axes
         threads = self._faiss.omp_get_max_threads()
         self._faiss.omp_set_num_threads(1)  # one query: OpenMP's thread hand-offs cost more than they give
         try:
-            _, ids = self.index.search((q @ self.axes)[None, :], int(max(candidates, k + 1)))
+            approx, ids = self.index.search(zq[None, :], want * SHORTLIST_FACTOR if coded else want)
         finally:
             self._faiss.omp_set_num_threads(threads)
-        rows = np.unique(ids[0][ids[0] >= 0])
+        found = ids[0] >= 0
         if exclude is not None:
-            rows = rows[rows != exclude]
+            found &= ids[0] != exclude
+        ids, approx = ids[0][found], approx[0][found]
+        if coded and len(ids) > want:
+            # the unit query's cosine with a tile = its projection's (the 8-bit codes) + its residual's (estimated)
+            approx = approx + _residual_estimate(
+                self.residual_signs[ids], self.residual_scale[ids], q - self.axes @ zq
+            )
+            ids = ids[np.argpartition(-approx, want - 1)[:want]]
+        rows = np.unique(ids)
         fi = np.searchsorted(self.starts, rows, side="right") - 1
         groups = [(int(f), np.flatnonzero(fi == f)) for f in np.unique(fi)]
         readers = {f: self._reader(f) for f, _ in groups}  # opened here: one thread owns the dict
