@@ -536,10 +536,13 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-#: (lists probed, candidates re-scored) per query setting measured by ``similar``: recall rises with both; latency
-#: with the candidates (each is one row read from the store).
-SIMILAR_SETTINGS = ((32, 200), (64, 200), (128, 200), (128, 400), (256, 200), (256, 300), (256, 400), (384, 300),
-                    (512, 300), (512, 400), (128, 1000), (256, 2000))  # fmt: skip
+#: (lists probed, candidates re-scored, shortlist factor) per query setting measured by ``similar``: the index ranks
+#: factor × candidates tiles by its 8-bit codes plus their residual sign codes and re-scores the best candidates (1:
+#: no residual stage, the 8-bit codes' best candidates). Recall rises with all three; latency mostly with the
+#: candidates (each is one random read of a row of the store).
+SIMILAR_SETTINGS = ((128, 200, 1), (256, 200, 1), (256, 400, 1), (256, 2000, 1), (256, 100, 10), (256, 150, 10),
+                    (256, 200, 10), (256, 300, 10), (384, 200, 10), (512, 200, 10), (512, 300, 10), (256, 150, 20),
+                    (384, 200, 20), (512, 200, 20))  # fmt: skip
 
 
 def bench_similar(
@@ -600,7 +603,11 @@ def bench_similar(
         out["exact_batch_s"] = round(time.perf_counter() - t, 1)
         truth_sets = [{(int(f), int(r)) for f, r, _ in zip(*tr, strict=True)} for tr in truth]
         settings = []
-        for n_probe, cands in SIMILAR_SETTINGS:
+        from slide2expr.sql import _similar
+
+        default_factor = _similar.SHORTLIST_FACTOR
+        for n_probe, cands, factor in SIMILAR_SETTINGS:
+            _similar.SHORTLIST_FACTOR = factor
             lat, cpu, rec = [], [], []
             for (sid, tid), want in zip(qs, truth_sets, strict=True):
                 t, c = time.perf_counter(), time.thread_time()
@@ -613,10 +620,11 @@ def bench_similar(
                 }
                 rec.append(len(got & {(f, int(index.tile_id[starts[f] + r])) for f, r in want}) / k)
             lat_ms = np.array(lat) * 1e3
-            settings.append({"n_probe": n_probe, "candidates": cands, "recall_at_k": float(np.mean(rec)),
+            settings.append({"n_probe": n_probe, "candidates": cands, "shortlist_factor": factor, "recall_at_k": float(np.mean(rec)),
                              "median_ms": float(np.median(lat_ms)), "p95_ms": float(np.percentile(lat_ms, 95)),
                              "first_query_ms": float(lat_ms[0]), "median_cpu_ms": float(np.median(cpu) * 1e3), "load_average": os.getloadavg()[0]})  # fmt: skip
             print(f"similar: {settings[-1]}", file=sys.stderr, flush=True)
+        _similar.SHORTLIST_FACTOR = default_factor
         out["index_queries"] = settings
     t = time.perf_counter()
     sql.similar_tiles(store, slide_id=qs[0][0], tile_id=qs[0][1], k=k, method="exact")
