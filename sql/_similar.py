@@ -696,8 +696,9 @@ class SimilarityIndex:
         n_probe: int | None = None,
         exclude: int | None = None,
     ) -> pa.Table:
-        """The ``k`` tiles most similar (cosine) to ``vector`` (``(dim,)``): the index's best ``candidates``,
-        re-scored exactly against their embeddings in the store; ``n_probe`` lists visited (None:
+        """The ``k`` tiles most similar (cosine) to ``vector`` (``(dim,)``): of the :data:`SHORTLIST_FACTOR` ×
+        ``candidates`` best tiles by the 8-bit codes, the best ``candidates`` after adding their residual codes'
+        estimate, re-scored exactly against their embeddings in the store; ``n_probe`` lists visited (None:
         :attr:`default_n_probe`)."""
         _check_k(k)
         q = _unit(np.asarray(vector, np.float32).reshape(-1))
