@@ -998,20 +998,20 @@ class _MemoryTrace(threading.Thread):
 
 def _holdings_gb(cohort, n_folds: int, params: dict, max_memory_gb: float | None, seed: int) -> dict:
     """What compare's memory bound counts on for this cohort (``regress._streaming.streaming_bytes``: one fold's
-    projected bags, the projection's tile sample, the largest bag, the pooled rows) and the held-out attention it
-    allows, in GB: the accounted part of the peak."""
+    projected bags, the projection's tile sample, the largest bag, the pooled rows) and the held-out attention of
+    every fold (held until the run is written), in GB: the accounted part of the peak."""
     from slide2expr.regress._compare import plan_compare
     from slide2expr.regress._streaming import ATTENTION_ROW_BYTES, streaming_bytes
 
     plan = plan_compare(cohort, models=COMPARE_MODELS, n_folds=n_folds, seed=seed, model_params=params,
                         max_memory_gb=max_memory_gb)  # fmt: skip
     held = {k: v / 1e9 for k, v in streaming_bytes(cohort, plan).items()}
-    # each fold's attention rows: its held-out tiles for each of its attention genes
+    # the held-out attention rows, kept until the run is written: each fold's tiles × its attention genes
     tiles = np.asarray(cohort.n_tiles)[np.asarray(plan.keep)]
-    most = max(
+    rows = sum(
         float(tiles[plan.folds == k].sum()) * len(genes) for k, genes in enumerate(plan.attention_genes)
     )
-    held["attention_one_fold"] = most * ATTENTION_ROW_BYTES / 1e9
+    held["attention_all_folds"] = rows * ATTENTION_ROW_BYTES / 1e9
     return {k: round(v, 3) for k, v in held.items()}
 
 
