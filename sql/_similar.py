@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import time
@@ -541,6 +542,13 @@ def _residual_estimate(signs: np.ndarray, scale: np.ndarray, rq: np.ndarray) -> 
     return scale * (2 * (bits @ rq) - rq.sum())
 
 
+def _read_ahead(arr: np.ndarray | None) -> None:
+    """Ask the kernel to read a memory-mapped array into the page cache in the background (where it can)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+        mm.madvise(mmap.MADV_WILLNEED)
+
+
 def _page_arrays(readers: list[_Reader]) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """Every file's page map as three flat arrays (``page_at`` (n_files + 1,) indexes the other two) and each
     file's value dtype (None: not plain pages; such a file is opened the slow way)."""
@@ -590,8 +598,9 @@ def _write_index(files: EmbeddingFiles, index, axes: np.ndarray, arrays: dict, m
 class SimilarityIndex:
     """An opened similarity index of one tiling/encoder; :meth:`query` answers top-k questions with exact scores.
 
-    Open it once and query many times (the index and the residual codes are read into memory, ``pca_dim`` + d/8 + 4
-    bytes per tile; ids and coordinates are memory-mapped; the store's files stay open for the exact re-scoring).
+    Open it once and query many times (the index is read into memory, ``pca_dim`` bytes per tile; the residual codes,
+    d/8 bytes per tile, are memory-mapped and read ahead; ids and coordinates memory-mapped; the store's files stay
+    open for the exact re-scoring).
     """
 
     def __init__(self, path: Path, files: EmbeddingFiles):
@@ -607,10 +616,11 @@ class SimilarityIndex:
         self.page_at = np.load(path / "page_at.npy")
         self.page_first_row = np.load(path / "page_first_row.npy")
         self.page_offset = np.load(path / "page_offset.npy")
-        has_codes = (
-            path / "residual_signs.npy"
-        ).is_file()  # an index built without them ranks by the 8-bit codes
-        self.residual_signs = np.load(path / "residual_signs.npy") if has_codes else None
+        # an index built without residual codes ranks by its 8-bit codes alone; the codes are mapped and read ahead
+        # in the background, so opening the index for one query does not wait for d/8 bytes per tile
+        has_codes = (path / "residual_signs.npy").is_file()
+        self.residual_signs = np.load(path / "residual_signs.npy", mmap_mode="r") if has_codes else None
+        _read_ahead(self.residual_signs)
         self.residual_scale = np.load(path / "residual_scale.npy") if has_codes else None
         self.starts = files.starts()
         self._slide = {s: i for i, s in enumerate(files.slide_ids)}
