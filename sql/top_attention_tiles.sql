@@ -56,21 +56,36 @@ percentiles as (
     where $rank_by = 'percentile'
 ),
 
--- the tiles at or above each gene's k-th highest score (ties kept): the ranking below sorts these only
-shortlist as (
+-- each tile's score for the ranking: its relative attention, or its percentile within its bag
+candidates as (
     select
         s.*,
         null::double as bag_percentile,
         s.relative_attention as rank_score
     from scored as s
     where $rank_by = 'relative'
-    qualify s.relative_attention >= list_min(max(s.relative_attention, $k::integer) over (partition by s.gene))
     union all
     select
         p.*,
         p.bag_percentile as rank_score
     from percentiles as p
-    qualify p.bag_percentile >= list_min(max(p.bag_percentile, $k::integer) over (partition by p.gene))
+),
+
+-- each gene's k-th highest score: a top-k aggregate per gene, no sort or window over every tile
+kth as (
+    select
+        c.gene,
+        list_min(max(c.rank_score, $k::integer)) as kth_score
+    from candidates as c
+    group by c.gene
+),
+
+-- the tiles at or above their gene's k-th highest score (ties kept): the ranking below sorts these only
+shortlist as (
+    select c.*
+    from candidates as c
+    inner join kth as t on c.gene = t.gene
+    where c.rank_score >= t.kth_score
 ),
 
 ranked as (
