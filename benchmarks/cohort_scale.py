@@ -603,15 +603,11 @@ def bench_similar(
         out["exact_batch_s"] = round(time.perf_counter() - t, 1)
         truth_sets = [{(int(f), int(r)) for f, r, _ in zip(*tr, strict=True)} for tr in truth]
         settings = []
-        from slide2expr.sql import _similar
-
-        default_factor = _similar.SHORTLIST_FACTOR
         for n_probe, cands, factor in SIMILAR_SETTINGS:
-            _similar.SHORTLIST_FACTOR = factor
             lat, cpu, rec = [], [], []
             for (sid, tid), want in zip(qs, truth_sets, strict=True):
                 t, c = time.perf_counter(), time.thread_time()
-                hits = index.query(sid, tid, k=k, candidates=cands, n_probe=n_probe)
+                hits = index.query(sid, tid, k=k, candidates=cands, n_probe=n_probe, shortlist_factor=factor)
                 lat.append(time.perf_counter() - t)
                 cpu.append(time.thread_time() - c)
                 got = {
@@ -624,7 +620,6 @@ def bench_similar(
                              "median_ms": float(np.median(lat_ms)), "p95_ms": float(np.percentile(lat_ms, 95)),
                              "first_query_ms": float(lat_ms[0]), "median_cpu_ms": float(np.median(cpu) * 1e3), "load_average": os.getloadavg()[0]})  # fmt: skip
             print(f"similar: {settings[-1]}", file=sys.stderr, flush=True)
-        _similar.SHORTLIST_FACTOR = default_factor
         out["index_queries"] = settings
     t = time.perf_counter()
     sql.similar_tiles(store, slide_id=qs[0][0], tile_id=qs[0][1], k=k, method="exact")

@@ -689,13 +689,15 @@ class SimilarityIndex:
         k: int = 20,
         candidates: int = CANDIDATES,
         n_probe: int | None = None,
+        shortlist_factor: int = SHORTLIST_FACTOR,
     ) -> pa.Table:
         """The ``k`` tiles most similar to the given one (itself left out), exact cosine scores, best first."""
         i, j = self.locate(slide_id, tile_id)
         q = self._reader(i).rows(np.array([j]))[0].astype(np.float32)
         return self.query_vector(
-            q, k=k, candidates=candidates, n_probe=n_probe, exclude=int(self.starts[i]) + j
-        )
+            q, k=k, candidates=candidates, n_probe=n_probe, shortlist_factor=shortlist_factor,
+            exclude=int(self.starts[i]) + j,
+        )  # fmt: skip
 
     def query_vector(
         self,
@@ -704,24 +706,24 @@ class SimilarityIndex:
         k: int = 20,
         candidates: int = CANDIDATES,
         n_probe: int | None = None,
+        shortlist_factor: int = SHORTLIST_FACTOR,
         exclude: int | None = None,
     ) -> pa.Table:
-        """The ``k`` tiles most similar (cosine) to ``vector`` (``(dim,)``): of the :data:`SHORTLIST_FACTOR` ×
+        """The ``k`` tiles most similar (cosine) to ``vector`` (``(dim,)``): of the ``shortlist_factor`` ×
         ``candidates`` best tiles by the 8-bit codes, the best ``candidates`` after adding their residual codes'
-        estimate, re-scored exactly against their embeddings in the store; ``n_probe`` lists visited (None:
-        :attr:`default_n_probe`)."""
-        _check_k(k)
+        estimate (1: the 8-bit codes' best ``candidates``), re-scored exactly against their embeddings in the store;
+        ``n_probe`` lists visited (None: :attr:`default_n_probe`)."""
+        _check_count("k", k, "neighbours ≥ 1")
         q = _unit(np.asarray(vector, np.float32).reshape(-1))
         if q.shape[0] != self.files.dim:
             raise SimilarityError(
                 f"the query vector has {q.shape[0]} values; the embeddings have {self.files.dim}"
             )
-        if n_probe is not None and (
-            isinstance(n_probe, bool) or not isinstance(n_probe, int | np.integer) or n_probe < 1
-        ):
-            raise ValueError(
-                f"n_probe={n_probe!r}: give a whole number of lists ≥ 1 (or None for the default)"
-            )
+        if n_probe is not None:
+            _check_count("n_probe", n_probe, "lists ≥ 1 (or None for the default)")
+        _check_count(
+            "shortlist_factor", shortlist_factor, "times the candidates ≥ 1 (1: no residual ranking)"
+        )
         self.index.nprobe = int(self.default_n_probe if n_probe is None else n_probe)
         want = int(max(candidates, k + 1))
         coded = self.residual_signs is not None
@@ -729,7 +731,7 @@ class SimilarityIndex:
         threads = self._faiss.omp_get_max_threads()
         self._faiss.omp_set_num_threads(1)  # one query: OpenMP's thread hand-offs cost more than they give
         try:
-            approx, ids = self.index.search(zq[None, :], want * SHORTLIST_FACTOR if coded else want)
+            approx, ids = self.index.search(zq[None, :], want * shortlist_factor if coded else want)
         finally:
             self._faiss.omp_set_num_threads(threads)
         found = ids[0] >= 0
@@ -759,9 +761,10 @@ class SimilarityIndex:
         return _result(self, fi[best], rows[best] - self.starts[fi[best]], scores[best])
 
 
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k={k!r}: give a whole number of neighbours ≥ 1")
+def _check_count(name: str, value, what: str) -> None:
+    """ValueError naming ``name`` unless ``value`` is a whole number ≥ 1 (``what``: the rest of the message)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name}={value!r}: give a whole number of {what}")
 
 
 def _result(src, fi: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> pa.Table:
@@ -920,7 +923,7 @@ def similar_tiles(
     >>> con.execute("select count(*) from hits join tiles using (slide_id, tile_id)").fetchone()
     (3,)
     """
-    _check_k(k)
+    _check_count("k", k, "neighbours ≥ 1")
     plan = _ready_plan(store, encoder=encoder, tiling=tiling, method=method, progress=progress)
     if plan.method == "index":
         with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:
@@ -962,7 +965,7 @@ def similar_to_vector(
 ) -> pa.Table:
     """The ``k`` tiles most similar (cosine) to ``vector`` (a prototype, a centroid: as long as the embeddings),
     as :func:`similar_tiles` returns them; ``method``, ``candidates`` and ``n_probe`` as there."""
-    _check_k(k)
+    _check_count("k", k, "neighbours ≥ 1")
     plan = _ready_plan(store, encoder=encoder, tiling=tiling, method=method, progress=progress)
     if plan.method == "index":
         with open_similarity_index(store, encoder=plan.encoder, tiling=plan.tiling) as index:

@@ -115,6 +115,8 @@ def test_index_rescores_exactly_and_goes_stale(tmp_path):
         assert index.default_n_probe == 255  # and 1/24 of a large index's lists
         with pytest.raises(ValueError, match="n_probe=0"):
             index.query(sid, 2, k=10, n_probe=0)
+        with pytest.raises(ValueError, match="k=0: give a whole number of neighbours"):
+            index.query(sid, 2, k=0)
     few = sql.similar_tiles(fs.root, slide_id=sid, tile_id=2, k=10, method="index", candidates=40, n_probe=2)
     assert few.equals(approx)
     want, scores = _brute(fs, sid, 2, 10)
@@ -175,6 +177,9 @@ def test_an_index_without_residual_codes_ranks_by_its_8bit_codes(tmp_path):
     sid = fs.slides[2][0]
     with sql.open_similarity_index(fs.root) as index:
         coded = index.query(sid, 1, k=5, candidates=report.n_tiles, n_probe=8)
+        codes_only = index.query(sid, 1, k=5, candidates=10, n_probe=8, shortlist_factor=1)
+        with pytest.raises(ValueError, match="shortlist_factor=0"):
+            index.query(sid, 1, k=5, shortlist_factor=0)
     for name in ("residual_signs.npy", "residual_scale.npy"):
         (report.path / name).unlink()
     with sql.open_similarity_index(fs.root) as index:
@@ -182,6 +187,9 @@ def test_an_index_without_residual_codes_ranks_by_its_8bit_codes(tmp_path):
         plain = index.query(sid, 1, k=5, candidates=report.n_tiles, n_probe=8)
         few = index.query(sid, 1, k=5, candidates=10, n_probe=8)
     assert plain.equals(coded)  # every tile a candidate: the exact answer either way
+    assert few.equals(
+        codes_only
+    )  # shortlist_factor=1: the 8-bit codes alone, as an index without residual codes
     exact_all = dict(zip(*_brute(fs, sid, 1, 10_000), strict=True))
     for key, score in zip(zip(few["slide_id"].to_pylist(), few["tile_id"].to_pylist(), strict=True),
                           few["score"].to_pylist(), strict=True):  # fmt: skip
